@@ -1,0 +1,62 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Device-prefixed kernel messages (`dev_err!`, `dev_warn!`, `dev_info!`,
+//! `dev_dbg!`), which the 6.12 `kernel` crate does not have yet.
+//!
+//! Messages go through the C `_dev_*` functions with the `%pA` format, so
+//! they carry the driver and device name like any C driver's messages.
+
+use super::virtio::Device;
+use core::{ffi::c_void, fmt};
+use kernel::bindings;
+
+/// Severity of a device message.
+#[derive(Clone, Copy)]
+pub(crate) enum Level {
+    Err,
+    Warn,
+    Info,
+}
+
+/// Prints `args` prefixed with the device's driver and name.
+pub(crate) fn dev_print(dev: &Device, level: Level, args: fmt::Arguments<'_>) {
+    let dev = dev.raw_dev();
+    let fmt = c"%pA".as_ptr().cast::<kernel::ffi::c_char>();
+    let arg = core::ptr::from_ref(&args).cast::<c_void>();
+    // SAFETY: `dev` points to the live `struct device` embedded in the virtio
+    // device the caller holds a reference to; the format string
+    // is NUL-terminated and `%pA` consumes exactly one `fmt::Arguments`
+    // pointer, which stays valid for the duration of the call.
+    unsafe {
+        match level {
+            Level::Err => bindings::_dev_err(dev, fmt, arg),
+            Level::Warn => bindings::_dev_warn(dev, fmt, arg),
+            Level::Info => bindings::_dev_info(dev, fmt, arg),
+        }
+    }
+}
+
+/// Prints an error message prefixed with the device name.
+macro_rules! dev_err {
+    ($dev:expr, $($arg:tt)*) => {
+        $crate::kapi::print::dev_print(
+            &*$dev, $crate::kapi::print::Level::Err, format_args!($($arg)*))
+    };
+}
+
+/// Prints a warning prefixed with the device name.
+#[allow(unused_macros)]
+macro_rules! dev_warn {
+    ($dev:expr, $($arg:tt)*) => {
+        $crate::kapi::print::dev_print(
+            &*$dev, $crate::kapi::print::Level::Warn, format_args!($($arg)*))
+    };
+}
+
+/// Prints an informational message prefixed with the device name.
+macro_rules! dev_info {
+    ($dev:expr, $($arg:tt)*) => {
+        $crate::kapi::print::dev_print(
+            &*$dev, $crate::kapi::print::Level::Info, format_args!($($arg)*))
+    };
+}

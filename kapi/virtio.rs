@@ -1,0 +1,571 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Virtio drivers: registration, the device, its config space and its
+//! virtqueues.
+//!
+//! A driver implements [`Driver`] and keeps a [`Registration`] for as long as
+//! it wants to be bound. The bus calls `probe` for each matching device; the
+//! data it returns is owned by the binding until `remove` has run.
+
+use super::sync::Completion;
+use core::{ffi::c_void, marker::PhantomData, ptr::NonNull};
+use kernel::{
+    bindings,
+    error::{from_result, to_result},
+    prelude::*,
+    types::Opaque,
+    ThisModule,
+};
+
+/// Device IDs (`include/uapi/linux/virtio_ids.h`).
+pub(crate) mod id {
+    use kernel::bindings;
+    /// The memory balloon.
+    pub(crate) const BALLOON: u32 = bindings::VIRTIO_ID_BALLOON;
+}
+
+/// Feature bits (`include/uapi/linux/virtio_balloon.h`,
+/// `virtio_config.h`, `virtio_ring.h`).
+pub(crate) mod feature {
+    use kernel::bindings;
+    pub(crate) const BALLOON_MUST_TELL_HOST: u32 = bindings::VIRTIO_BALLOON_F_MUST_TELL_HOST;
+    pub(crate) const BALLOON_STATS_VQ: u32 = bindings::VIRTIO_BALLOON_F_STATS_VQ;
+    pub(crate) const BALLOON_DEFLATE_ON_OOM: u32 = bindings::VIRTIO_BALLOON_F_DEFLATE_ON_OOM;
+    pub(crate) const BALLOON_FREE_PAGE_HINT: u32 = bindings::VIRTIO_BALLOON_F_FREE_PAGE_HINT;
+    pub(crate) const BALLOON_PAGE_POISON: u32 = bindings::VIRTIO_BALLOON_F_PAGE_POISON;
+    pub(crate) const BALLOON_REPORTING: u32 = bindings::VIRTIO_BALLOON_F_REPORTING;
+    /// `VIRTIO_RING_F_INDIRECT_DESC` (uapi/linux/virtio_ring.h, not in the
+    /// 6.12 bindings).
+    pub(crate) const RING_INDIRECT_DESC: u32 = 28;
+    pub(crate) const ACCESS_PLATFORM: u32 = bindings::VIRTIO_F_ACCESS_PLATFORM;
+}
+
+/// A virtio device (`struct virtio_device`).
+///
+/// # Invariants
+///
+/// A `&Device` is only created for a device that is registered with the
+/// virtio bus and stays valid for the reference's lifetime: the bus holds it
+/// while a driver callback runs, and [`DeviceRef`] holds a reference count.
+#[repr(transparent)]
+pub(crate) struct Device(Opaque<bindings::virtio_device>);
+
+// SAFETY: the C side synchronises access to a virtio device; the methods
+// here are the kind the C drivers call from any thread.
+unsafe impl Send for Device {}
+// SAFETY: see `Send`.
+unsafe impl Sync for Device {}
+
+impl Device {
+    /// # Safety
+    ///
+    /// `ptr` must point to a registered virtio device that stays valid for `'a`.
+    unsafe fn from_raw<'a>(ptr: *mut bindings::virtio_device) -> &'a Self {
+        // SAFETY: `Device` is a transparent wrapper of `virtio_device`; the
+        // caller guarantees validity for `'a`.
+        unsafe { &*ptr.cast::<Self>() }
+    }
+
+    fn as_raw(&self) -> *mut bindings::virtio_device {
+        self.0.get()
+    }
+
+    /// The embedded `struct device`, for messages.
+    pub(crate) fn raw_dev(&self) -> *mut bindings::device {
+        // SAFETY: `as_raw` is valid (type invariant); this only computes the
+        // address of a field.
+        unsafe { core::ptr::addr_of_mut!((*self.as_raw()).dev) }
+    }
+
+    /// The bus index `N` of `virtioN`.
+    pub(crate) fn index(&self) -> i32 {
+        // SAFETY: valid device (type invariant); `index` is set before the
+        // device is registered and never changes.
+        unsafe { (*self.as_raw()).index }
+    }
+
+    /// Whether feature `bit` was negotiated (or, during `validate`, offered).
+    pub(crate) fn has_feature(&self, bit: u32) -> bool {
+        // SAFETY: valid device (type invariant).
+        unsafe { bindings::virtio_has_feature(self.as_raw(), bit) }
+    }
+
+    /// The negotiated feature bits.
+    pub(crate) fn features(&self) -> u64 {
+        // SAFETY: valid device (type invariant); the bus writes `features`
+        // only before `probe`.
+        unsafe { (*self.as_raw()).features }
+    }
+
+    /// Reads a little-endian `u32` field of the device's config space.
+    pub(crate) fn read_config_le32(&self, offset: usize) -> u32 {
+        let mut bytes = [0u8; 4];
+        // SAFETY: valid device (type invariant) with config access (checked
+        // in `probe_callback` before the driver sees the device); `bytes` is
+        // valid for 4 bytes of writes.
+        unsafe {
+            bindings::virtio_cread_bytes(self.as_raw(), offset as u32, bytes.as_mut_ptr().cast(), bytes.len())
+        };
+        u32::from_le_bytes(bytes)
+    }
+
+    /// Writes a little-endian `u32` field of the device's config space.
+    pub(crate) fn write_config_le32(&self, offset: usize, value: u32) {
+        let bytes = value.to_le_bytes();
+        // SAFETY: valid device with config access (see `read_config_le32`);
+        // `bytes` is valid for 4 bytes of reads.
+        unsafe {
+            bindings::virtio_cwrite_bytes(self.as_raw(), offset as u32, bytes.as_ptr().cast(), bytes.len() as u32)
+        };
+    }
+
+    /// Clears feature `bit` from the features offered to the driver. Only
+    /// meaningful in [`Driver::validate`], before negotiation completes.
+    pub(crate) fn clear_feature(&self, bit: u32) {
+        // SAFETY: valid device (type invariant); during `validate` the bus
+        // expects drivers to clear bits they cannot accept.
+        unsafe { bindings::__virtio_clear_bit(self.as_raw(), bit) }
+    }
+
+    /// A counted reference to this device.
+    pub(crate) fn get_ref(&self) -> DeviceRef {
+        // SAFETY: the device is valid (type invariant); `get_device` takes a
+        // reference that `DeviceRef::drop` releases.
+        unsafe { bindings::get_device(self.raw_dev()) };
+        // INVARIANT: a reference was just taken.
+        DeviceRef(NonNull::from(self))
+    }
+}
+
+/// A reference-counted handle on a virtio device: the `struct virtio_device`
+/// stays in memory for as long as the handle exists.
+///
+/// # Invariants
+///
+/// Holds one reference on the device's `struct device` (`get_device`).
+pub(crate) struct DeviceRef(NonNull<Device>);
+
+// SAFETY: device references may be taken and dropped on any thread.
+unsafe impl Send for DeviceRef {}
+// SAFETY: `Device` is `Sync`.
+unsafe impl Sync for DeviceRef {}
+
+impl core::ops::Deref for DeviceRef {
+    type Target = Device;
+    fn deref(&self) -> &Device {
+        // SAFETY: the held reference keeps the device valid (type invariant).
+        unsafe { self.0.as_ref() }
+    }
+}
+
+impl Drop for DeviceRef {
+    fn drop(&mut self) {
+        // SAFETY: releases the reference taken in `Device::get_ref`.
+        unsafe { bindings::put_device(self.raw_dev()) };
+    }
+}
+
+/// A virtio driver.
+pub(crate) trait Driver: Sized + Send + Sync + 'static {
+    /// Driver name, as in `/sys/bus/virtio/drivers/<NAME>`.
+    const NAME: &'static CStr;
+    /// Device ID this driver binds to (`VIRTIO_ID_*`).
+    const DEVICE_ID: u32;
+    /// Feature bits the driver understands.
+    const FEATURES: &'static [u32];
+
+    /// Called before feature negotiation completes: may clear offered bits.
+    fn validate(_dev: &Device) -> Result {
+        Ok(())
+    }
+
+    /// Binds to `dev`: negotiated features are known, the device is not yet
+    /// live (`DRIVER_OK` is set right after `probe` returns).
+    fn probe(dev: &Device) -> Result<KBox<Self>>;
+
+    /// Called once the device is live, right after `probe`.
+    fn ready(&self, _dev: &Device) {}
+
+    /// The device's config space changed. Runs in interrupt context.
+    fn config_changed(&self, dev: &Device);
+
+    /// Unbinds from `dev`. The data is dropped when this returns.
+    fn remove(&self, dev: &Device);
+}
+
+/// Storage the bus points into while the driver is registered.
+///
+/// # Invariants
+///
+/// `drv` points into `ids` and `T::FEATURES` (static); the whole struct is
+/// pinned, so these pointers stay valid while it is registered.
+#[pin_data]
+struct DriverStorage {
+    #[pin]
+    drv: Opaque<bindings::virtio_driver>,
+    ids: [bindings::virtio_device_id; 2],
+}
+
+/// Registration of driver `T` with the virtio bus; unregisters on drop.
+///
+/// # Invariants
+///
+/// `storage.drv` is registered with the bus for the lifetime of `self`.
+pub(crate) struct Registration<T: Driver> {
+    storage: Pin<KBox<DriverStorage>>,
+    _t: PhantomData<T>,
+}
+
+// SAFETY: the registration is only touched at creation and drop; the bus
+// serialises its own accesses to the driver struct.
+unsafe impl<T: Driver> Send for Registration<T> {}
+// SAFETY: no `&self` methods.
+unsafe impl<T: Driver> Sync for Registration<T> {}
+
+impl<T: Driver> Registration<T> {
+    /// Registers `T` with the virtio bus on behalf of `module`.
+    pub(crate) fn new(module: &'static ThisModule) -> Result<Self> {
+        let storage = KBox::pin(
+            DriverStorage {
+                drv: Opaque::uninit(),
+                ids: [
+                    bindings::virtio_device_id {
+                        device: T::DEVICE_ID,
+                        vendor: bindings::VIRTIO_DEV_ANY_ID,
+                    },
+                    bindings::virtio_device_id { device: 0, vendor: 0 },
+                ],
+            },
+            GFP_KERNEL,
+        )?;
+        // The struct is pinned; only plain data is written through this
+        // reference, nothing is moved out.
+        let ids = storage.ids.as_ptr();
+        let drv = storage.drv.get();
+        // SAFETY: `drv` is valid for writes and not yet shared with C; an
+        // all-zero `virtio_driver` is valid (null pointers and `None`s).
+        unsafe {
+            drv.write(core::mem::zeroed());
+            (*drv).driver.name = T::NAME.as_char_ptr();
+            (*drv).id_table = ids;
+            (*drv).feature_table = T::FEATURES.as_ptr();
+            (*drv).feature_table_size = T::FEATURES.len() as u32;
+            (*drv).validate = Some(validate_callback::<T>);
+            (*drv).probe = Some(probe_callback::<T>);
+            (*drv).remove = Some(remove_callback::<T>);
+            (*drv).config_changed = Some(config_changed_callback::<T>);
+        }
+        // SAFETY: `drv` is fully initialised and pinned; `module` is this
+        // module. On success the bus may call the callbacks at once.
+        to_result(unsafe { bindings::__register_virtio_driver(drv, module.as_ptr()) })?;
+        // INVARIANT: registered just above.
+        Ok(Self { storage, _t: PhantomData })
+    }
+}
+
+impl<T: Driver> Drop for Registration<T> {
+    fn drop(&mut self) {
+        // SAFETY: registered (type invariant); unregistering unbinds every
+        // device (running `remove`) before it returns.
+        unsafe { bindings::unregister_virtio_driver(self.storage.drv.get()) };
+    }
+}
+
+/// # Safety
+///
+/// Called by the virtio bus with a valid device.
+unsafe extern "C" fn validate_callback<T: Driver>(vdev: *mut bindings::virtio_device) -> core::ffi::c_int {
+    // SAFETY: the bus passes a registered device valid for the call.
+    let dev = unsafe { Device::from_raw(vdev) };
+    from_result(|| {
+        T::validate(dev)?;
+        Ok(0)
+    })
+}
+
+/// # Safety
+///
+/// Called by the virtio bus with a valid device that has no driver data yet.
+unsafe extern "C" fn probe_callback<T: Driver>(vdev: *mut bindings::virtio_device) -> core::ffi::c_int {
+    // SAFETY: the bus passes a registered device valid for the call.
+    let dev = unsafe { Device::from_raw(vdev) };
+    from_result(|| {
+        // SAFETY: valid device; reading a field.
+        if !unsafe { bindings::virtio_config_has_get(vdev) } {
+            dev_err!(dev, "config space access is not available\n");
+            return Err(EINVAL);
+        }
+        let data = T::probe(dev)?;
+        let ptr = KBox::into_raw(data);
+        // SAFETY: `priv` belongs to the driver; it holds the data until
+        // `remove_callback` takes it back.
+        unsafe { (*vdev).priv_ = ptr.cast::<c_void>() };
+        // SAFETY: valid device with its virtqueues set up by `probe`.
+        unsafe { bindings::virtio_device_ready(vdev) };
+        // SAFETY: `ptr` came from `KBox::into_raw` just above and is freed
+        // only in `remove_callback`, which the bus cannot run concurrently
+        // with `probe`.
+        let data = unsafe { &*ptr };
+        data.ready(dev);
+        Ok(0)
+    })
+}
+
+/// # Safety
+///
+/// Called by the virtio bus for a device whose `probe` succeeded.
+unsafe extern "C" fn remove_callback<T: Driver>(vdev: *mut bindings::virtio_device) {
+    // SAFETY: the bus passes a bound device valid for the call.
+    let dev = unsafe { Device::from_raw(vdev) };
+    // SAFETY: `priv` was set from `KBox::into_raw` in `probe_callback`.
+    let ptr = unsafe { (*vdev).priv_ }.cast::<T>();
+    if ptr.is_null() {
+        return;
+    }
+    // SAFETY: `ptr` is live until the `from_raw` below; `remove` must quiesce
+    // every callback that could still read `priv`.
+    T::remove(unsafe { &*ptr }, dev);
+    // SAFETY: clears the pointer before freeing what it points to; nothing
+    // reads it any more (`remove` reset the device).
+    unsafe { (*vdev).priv_ = core::ptr::null_mut() };
+    // SAFETY: `ptr` came from `KBox::into_raw` in `probe_callback`.
+    drop(unsafe { KBox::from_raw(ptr) });
+}
+
+/// # Safety
+///
+/// Called by the virtio core, in interrupt context, for a bound device.
+unsafe extern "C" fn config_changed_callback<T: Driver>(vdev: *mut bindings::virtio_device) {
+    // SAFETY: the core passes a bound device valid for the call.
+    let dev = unsafe { Device::from_raw(vdev) };
+    // SAFETY: `priv` is the driver data while bound (see `probe_callback`).
+    let ptr = unsafe { (*vdev).priv_ }.cast::<T>();
+    if ptr.is_null() {
+        return;
+    }
+    // SAFETY: config callbacks are disabled by the core before `remove`
+    // frees the data, so `ptr` is live here.
+    T::config_changed(unsafe { &*ptr }, dev);
+}
+
+/// How the driver wants a virtqueue set up.
+pub(crate) struct QueueSpec {
+    /// Queue name, for `/proc/interrupts` and debugging.
+    pub(crate) name: &'static CStr,
+    /// Whether the driver uses this queue at all; an unused queue keeps its
+    /// index but is not allocated.
+    pub(crate) used: bool,
+}
+
+/// Per-queue state the interrupt callback reaches through `vq->priv`.
+#[pin_data]
+struct QueueShared {
+    #[pin]
+    used: Completion,
+}
+
+/// A virtqueue of a device, for synchronous host round trips: buffers go
+/// out, the caller sleeps until the device has used them all.
+///
+/// # Invariants
+///
+/// `vq` is a live virtqueue of a device whose driver holds the owning
+/// [`Virtqueues`], and `(*vq).priv` points to `shared`.
+pub(crate) struct Virtqueue {
+    vq: NonNull<bindings::virtqueue>,
+    shared: Pin<KBox<QueueShared>>,
+}
+
+// SAFETY: a virtqueue may be driven from any thread as long as accesses are
+// serialised, which `&mut self` on every operation guarantees.
+unsafe impl Send for Virtqueue {}
+
+/// A buffer the device reads: heap memory (never the stack, which may not be
+/// DMA-able), filled by the driver.
+pub(crate) struct OutBuf {
+    bytes: KVec<u8>,
+}
+
+impl OutBuf {
+    /// A zeroed buffer of `len` bytes.
+    pub(crate) fn new(len: usize) -> Result<Self> {
+        Ok(Self {
+            bytes: KVec::from_elem(0u8, len, GFP_KERNEL)?,
+        })
+    }
+
+    /// The contents, to fill.
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.bytes
+    }
+}
+
+impl Virtqueue {
+    /// Number of descriptors in the ring.
+    pub(crate) fn ring_size(&self) -> u32 {
+        // SAFETY: live virtqueue (type invariant).
+        unsafe { bindings::virtqueue_get_vring_size(self.vq.as_ptr()) }
+    }
+
+    /// Sends the first `len` bytes of each of `bufs` (one descriptor each),
+    /// kicks the device once and sleeps until it has used every one.
+    ///
+    /// Returns the number of buffers sent. At most the ring's size go out at
+    /// once; the caller sends the rest in another call.
+    pub(crate) fn send(&mut self, bufs: &[(&OutBuf, usize)]) -> Result<usize> {
+        let mut added = 0usize;
+        for (buf, len) in bufs {
+            let len = (*len).min(buf.bytes.len());
+            let mut sg = core::mem::MaybeUninit::<bindings::scatterlist>::uninit();
+            let data = buf.bytes.as_ptr().cast_mut().cast::<c_void>();
+            // SAFETY: `sg` is valid for writes; `buf` is heap memory valid
+            // for `len` bytes that outlives the round trip (we wait below
+            // until the device returned it).
+            let ret = unsafe {
+                bindings::sg_init_one(sg.as_mut_ptr(), data, len as u32);
+                bindings::virtqueue_add_outbuf(self.vq.as_ptr(), sg.as_mut_ptr(), 1, data, bindings::GFP_KERNEL)
+            };
+            if ret != 0 {
+                if added == 0 {
+                    return Err(Error::from_errno(ret));
+                }
+                break;
+            }
+            added += 1;
+        }
+        // SAFETY: live virtqueue; accesses are serialised by `&mut self`.
+        unsafe { bindings::virtqueue_kick(self.vq.as_ptr()) };
+        let mut returned = 0usize;
+        while returned < added {
+            let mut len = 0u32;
+            // SAFETY: live virtqueue, serialised by `&mut self`.
+            let token = unsafe { bindings::virtqueue_get_buf(self.vq.as_ptr(), &mut len) };
+            if token.is_null() {
+                self.shared.used.wait();
+                continue;
+            }
+            returned += 1;
+        }
+        Ok(added)
+    }
+}
+
+/// The virtqueues of a device, from `find_vqs`. Dropping it (or calling
+/// [`Virtqueues::shutdown`]) resets the device and deletes the queues.
+///
+/// # Invariants
+///
+/// While `live`, the device's virtqueues exist and `queues[i]` wraps the one
+/// at index `i` (or is `None` for an unused index).
+pub(crate) struct Virtqueues {
+    dev: DeviceRef,
+    queues: KVec<Option<Virtqueue>>,
+    live: bool,
+}
+
+impl Virtqueues {
+    /// Sets up the virtqueues of `dev` as `specs` asks (at most 8).
+    pub(crate) fn find(dev: &Device, specs: &[QueueSpec]) -> Result<Self> {
+        const MAX: usize = 8;
+        if specs.len() > MAX {
+            return Err(EINVAL);
+        }
+        // Allocate everything first, so nothing can fail once queues exist.
+        let mut shared = KVec::with_capacity(specs.len(), GFP_KERNEL)?;
+        for _ in specs {
+            let sh = KBox::pin_init(pin_init!(QueueShared { used <- Completion::new() }), GFP_KERNEL)?;
+            shared.push(sh, GFP_KERNEL)?;
+        }
+        let queues = KVec::with_capacity(specs.len(), GFP_KERNEL)?;
+        // SAFETY: all-zero `virtqueue_info` is valid (no name, no callback).
+        let mut info: [bindings::virtqueue_info; MAX] = unsafe { core::mem::zeroed() };
+        let mut vqs = [core::ptr::null_mut::<bindings::virtqueue>(); MAX];
+        for (i, spec) in specs.iter().enumerate() {
+            if spec.used {
+                info[i].name = spec.name.as_char_ptr();
+                info[i].callback = Some(used_callback);
+            }
+        }
+        // SAFETY: valid device; `vqs` and `info` have at least `specs.len()`
+        // entries; names are static strings. Callbacks can only fire once the
+        // device is live, after `priv` is set below.
+        to_result(unsafe {
+            bindings::virtio_find_vqs(
+                dev.as_raw(),
+                specs.len() as u32,
+                vqs.as_mut_ptr(),
+                info.as_mut_ptr(),
+                core::ptr::null_mut(),
+            )
+        })?;
+        // INVARIANT: the queues exist from here on; dropping `out` deletes them.
+        let mut out = Self { dev: dev.get_ref(), queues, live: true };
+        for (i, sh) in shared.into_iter().enumerate() {
+            let item = match NonNull::new(vqs[i]) {
+                Some(vq) if specs[i].used => {
+                    let priv_ = core::ptr::from_ref::<QueueShared>(&sh).cast_mut().cast::<c_void>();
+                    // SAFETY: `vq` was just created by `find_vqs` and `priv`
+                    // belongs to the driver. `sh` is pinned and lives as long
+                    // as the `Virtqueue` that owns it.
+                    unsafe { (*vq.as_ptr()).priv_ = priv_ };
+                    Some(Virtqueue { vq, shared: sh })
+                }
+                _ => None,
+            };
+            // Capacity was reserved above: this does not allocate.
+            out.queues.push(item, GFP_KERNEL)?;
+        }
+        Ok(out)
+    }
+
+    /// The queue at `index`, if it was set up.
+    pub(crate) fn get(&mut self, index: usize) -> Option<&mut Virtqueue> {
+        if !self.live {
+            return None;
+        }
+        self.queues.get_mut(index).and_then(|q| q.as_mut())
+    }
+
+    /// Resets the device (so it stops using the queues and raising their
+    /// interrupts) and deletes the queues. Idempotent.
+    pub(crate) fn shutdown(&mut self) {
+        if !self.live {
+            return;
+        }
+        self.live = false;
+        // SAFETY: valid device (held by `self.dev`). After the reset the
+        // device no longer touches the rings and pending callbacks are
+        // synchronised, so deleting the queues is allowed.
+        unsafe {
+            bindings::virtio_reset_device(self.dev.as_raw());
+            bindings::virtio_del_vqs(self.dev.as_raw());
+        }
+        // The queues are gone; drop the handles (and their shared state).
+        self.queues = KVec::new();
+    }
+}
+
+impl Drop for Virtqueues {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Interrupt callback of every queue: wakes the sleeper in
+/// [`Virtqueue::send`].
+///
+/// # Safety
+///
+/// Called by the virtio core with a live virtqueue whose `priv` is null or
+/// was set by [`Virtqueues::find`].
+unsafe extern "C" fn used_callback(vq: *mut bindings::virtqueue) {
+    // SAFETY: `vq` is live for the call.
+    let shared = unsafe { (*vq).priv_ }.cast::<QueueShared>();
+    if shared.is_null() {
+        return;
+    }
+    // SAFETY: `priv` points to the pinned `QueueShared` of the queue, which
+    // is freed only after the queue is deleted (after a reset that
+    // synchronises callbacks).
+    unsafe { (*shared).used.complete() };
+}

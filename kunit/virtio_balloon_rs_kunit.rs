@@ -1,0 +1,245 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! KUnit tests of the driver's pure logic (`logic.rs`).
+//!
+//! Linux 6.12 has no `#[kunit_tests]`; this module declares its suite the
+//! way C's `kunit_test_suite()` does: a pointer to a `struct kunit_suite` in
+//! the `.kunit_test_suites` section, which the module loader collects and
+//! KUnit runs when the module is loaded. Results appear as KTAP in the
+//! kernel log and under /sys/kernel/debug/kunit/virtio_balloon_rs/results.
+
+#[path = "../logic.rs"]
+mod logic;
+
+use core::ptr::addr_of_mut;
+use kernel::{bindings, prelude::*};
+use logic::*;
+
+module! {
+    type: KunitModule,
+    name: "virtio_balloon_rs_kunit",
+    author: "virtio_balloon_rs developers",
+    description: "KUnit tests for virtio_balloon_rs",
+    license: "GPL",
+}
+
+struct KunitModule;
+
+impl kernel::Module for KunitModule {
+    fn init(_module: &'static ThisModule) -> Result<Self> {
+        // KUnit runs the suite once the module is live; nothing to do here.
+        Ok(KunitModule)
+    }
+}
+
+/// Fails the running test case (and ends it) unless `$left == $right`.
+macro_rules! check_eq {
+    ($left:expr, $right:expr $(,)?) => {
+        kernel::kunit_assert_eq!("virtio_balloon_rs", "kunit/virtio_balloon_rs_kunit.rs", 0, $left, $right)
+    };
+}
+
+/// Fails the running test case (and ends it) unless `$cond` holds.
+macro_rules! check {
+    ($cond:expr $(,)?) => {
+        kernel::kunit_assert!("virtio_balloon_rs", "kunit/virtio_balloon_rs_kunit.rs", 0, $cond)
+    };
+}
+
+const KIB: usize = 1024;
+
+// ---------------------------------------------------------------------------
+// The test cases.
+
+fn frames_per_page_by_page_size() {
+    check_eq!(frames_per_page(4 * KIB), Some(1));
+    check_eq!(frames_per_page(16 * KIB), Some(4));
+    check_eq!(frames_per_page(64 * KIB), Some(16));
+    check_eq!(frames_per_page(256 * KIB), Some(64));
+    // Not describable in 4 KiB frames.
+    check_eq!(frames_per_page(2 * KIB), None);
+    check_eq!(frames_per_page(12 * KIB), None);
+    check_eq!(frames_per_page(0), None);
+    // The running kernel's own page size is supported.
+    check!(frames_per_page(kernel::page::PAGE_SIZE).is_some());
+}
+
+fn first_frame_of_a_page() {
+    check_eq!(first_frame(0, 4 * KIB), 0);
+    check_eq!(first_frame(0x1234, 4 * KIB), 0x1234);
+    // With 64 KiB pages, page N starts at frame 16 N.
+    check_eq!(first_frame(3, 64 * KIB), 48);
+    check_eq!(first_frame(0x10_0000, 16 * KIB), 0x40_0000);
+}
+
+fn frames_beyond_32_bits_are_detected() {
+    check!(frame_fits(u32::MAX as u64, 4 * KIB));
+    check!(!frame_fits(u32::MAX as u64 + 1, 4 * KIB));
+    // With 64 KiB pages, the last page that fits ends at frame 2^32 - 1.
+    check!(frame_fits((1u64 << 28) - 1, 64 * KIB));
+    check!(!frame_fits(1u64 << 28, 64 * KIB));
+    check!(!frame_fits(u64::MAX, 64 * KIB));
+}
+
+fn targets_round_up_to_whole_pages() {
+    check_eq!(round_target(0, 1), 0);
+    check_eq!(round_target(7, 1), 7);
+    check_eq!(round_target(1, 16), 16);
+    check_eq!(round_target(16, 16), 16);
+    check_eq!(round_target(17, 16), 32);
+    // The largest target the host can express does not overflow.
+    check_eq!(round_target(u32::MAX, 16), (u32::MAX as u64 + 1));
+    check_eq!(round_target(u32::MAX, 1), u32::MAX as u64);
+}
+
+fn distance_to_target_has_a_sign() {
+    check_eq!(towards_target(100, 0, 1), 100);
+    check_eq!(towards_target(0, 100, 1), -100);
+    check_eq!(towards_target(100, 100, 1), 0);
+    // 17 frames with 64 KiB pages is two pages: 32 frames.
+    check_eq!(towards_target(17, 16, 16), 16);
+    check_eq!(towards_target(17, 32, 16), 0);
+}
+
+fn batches_hold_at_most_256_frames() {
+    check_eq!(pages_per_msg(1), 256);
+    check_eq!(pages_per_msg(16), 16);
+    check_eq!(pages_per_msg(64), 4);
+    check_eq!(next_batch(0, 1), 0);
+    check_eq!(next_batch(10, 1), 10);
+    check_eq!(next_batch(1000, 1), 256);
+    check_eq!(next_batch(1000, 16), 16);
+    // Splitting 1000 pages of 4 KiB: 256 + 256 + 256 + 232.
+    let mut left = 1000u64;
+    let mut msgs = 0;
+    while left > 0 {
+        let n = next_batch(left, 1);
+        check!(n > 0 && n <= MAX_PFNS_PER_MSG);
+        left -= n as u64;
+        msgs += 1;
+    }
+    check_eq!(msgs, 4);
+}
+
+fn page_frames_encode_little_endian() {
+    let mut buf = [0u8; 16];
+    // One 16 KiB page is four consecutive frames.
+    check_eq!(encode_page_frames(&mut buf, 0, 0x0102, 16 * KIB), Some(4));
+    check_eq!(buf[0..4], [0x08, 0x04, 0, 0]);
+    check_eq!(buf[4..8], [0x09, 0x04, 0, 0]);
+    check_eq!(buf[12..16], [0x0b, 0x04, 0, 0]);
+    // No room for a whole page: nothing is written.
+    let mut small = [0xffu8; 8];
+    check_eq!(encode_page_frames(&mut small, 1, 7, 4 * KIB), Some(2));
+    check_eq!(small[4..8], [7, 0, 0, 0]);
+    check_eq!(encode_page_frames(&mut small, 2, 7, 4 * KIB), None);
+    check_eq!(encode_page_frames(&mut small, 0, 7, 16 * KIB), None);
+}
+
+fn config_layout_matches_the_uapi() {
+    check_eq!(config::NUM_PAGES, core::mem::offset_of!(bindings::virtio_balloon_config, num_pages));
+    check_eq!(config::ACTUAL, core::mem::offset_of!(bindings::virtio_balloon_config, actual));
+    check_eq!(
+        config::FREE_PAGE_HINT_CMD_ID,
+        core::mem::offset_of!(bindings::virtio_balloon_config, __bindgen_anon_1)
+    );
+    check_eq!(
+        config::POISON_VAL,
+        core::mem::offset_of!(bindings::virtio_balloon_config, poison_val)
+    );
+    check_eq!(PFN_SHIFT, bindings::VIRTIO_BALLOON_PFN_SHIFT);
+}
+
+fn feature_names_are_listed() {
+    let mut out = [0u8; 64];
+    let mut w = SliceWriter { buf: &mut out, len: 0 };
+    check!(core::fmt::write(&mut w, format_args!("{}", FeatureList((1 << 0) | (1 << 2) | (1u64 << 32)))).is_ok());
+    let len = w.len;
+    check_eq!(&out[..len], b"MUST_TELL_HOST DEFLATE_ON_OOM VERSION_1");
+    let mut w = SliceWriter { buf: &mut out, len: 0 };
+    check!(core::fmt::write(&mut w, format_args!("{}", FeatureList(1 << 40))).is_ok());
+    let len = w.len;
+    check_eq!(&out[..len], b"bit40");
+}
+
+struct SliceWriter<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl core::fmt::Write for SliceWriter<'_> {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let end = self.len + s.len();
+        if end > self.buf.len() {
+            return Err(core::fmt::Error);
+        }
+        self.buf[self.len..end].copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Suite registration.
+
+/// Defines a C-callable KUnit case for a plain Rust test function.
+macro_rules! kunit_case {
+    ($name:ident) => {{
+        unsafe extern "C" fn run(_test: *mut bindings::kunit) {
+            $name()
+        }
+        // SAFETY: all-zero is a valid `kunit_case` (null pointers, no
+        // attributes, status 0); the fields set below are the ones KUnit reads.
+        let mut case: bindings::kunit_case = unsafe { core::mem::zeroed() };
+        case.run_case = Some(run);
+        case.name = concat!(stringify!($name), "\0").as_ptr().cast();
+        case
+    }};
+}
+
+const N_CASES: usize = 9;
+
+/// The cases, terminated by an all-zero entry as KUnit requires.
+static mut CASES: [bindings::kunit_case; N_CASES + 1] = [
+    kunit_case!(frames_per_page_by_page_size),
+    kunit_case!(first_frame_of_a_page),
+    kunit_case!(frames_beyond_32_bits_are_detected),
+    kunit_case!(targets_round_up_to_whole_pages),
+    kunit_case!(distance_to_target_has_a_sign),
+    kunit_case!(batches_hold_at_most_256_frames),
+    kunit_case!(page_frames_encode_little_endian),
+    kunit_case!(config_layout_matches_the_uapi),
+    kunit_case!(feature_names_are_listed),
+    // SAFETY: the all-zero terminator KUnit looks for.
+    unsafe { core::mem::zeroed() },
+];
+
+const fn suite_name(name: &[u8]) -> [kernel::ffi::c_char; 256] {
+    let mut out = [0 as kernel::ffi::c_char; 256];
+    let mut i = 0;
+    while i < name.len() && i < 255 {
+        out[i] = name[i] as kernel::ffi::c_char;
+        i += 1;
+    }
+    out
+}
+
+static mut SUITE: bindings::kunit_suite = {
+    // SAFETY: all-zero is a valid `kunit_suite` (no hooks, no attributes).
+    let mut suite: bindings::kunit_suite = unsafe { core::mem::zeroed() };
+    suite.name = suite_name(b"virtio_balloon_rs");
+    // Only the address of `CASES` is taken; KUnit is its only user.
+    suite.test_cases = addr_of_mut!(CASES).cast();
+    suite
+};
+
+/// What the module loader collects from `.kunit_test_suites`.
+#[repr(transparent)]
+struct SuitePtr(*mut bindings::kunit_suite);
+
+// SAFETY: the pointer is only read by the module loader and KUnit.
+unsafe impl Sync for SuitePtr {}
+
+#[used]
+#[link_section = ".kunit_test_suites"]
+static SUITE_PTR: SuitePtr = SuitePtr(addr_of_mut!(SUITE));

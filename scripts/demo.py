@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0
+"""`make run`: boots a guest with a virtio balloon device, loads
+virtio_balloon_rs and shows what happens, live. QEMU is always stopped on
+exit, Ctrl-C included.
+
+    make run                 the demo, then exit
+    make run HOLD=1          keep the guest and the readout until Ctrl-C
+"""
+
+import os
+import re
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import vm  # noqa: E402
+
+BOLD, DIM, GREEN, RED, RESET = "\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[0m"
+if not sys.stdout.isatty():
+    BOLD = DIM = GREEN = RED = RESET = ""
+
+
+def say(msg):
+    print(f"{BOLD}==>{RESET} {msg}", flush=True)
+
+
+def show(key, value):
+    print(f"    {key:<22} {value}", flush=True)
+
+
+def driver_lines(g, seen):
+    """New console lines from the driver since the last call."""
+    lines = [l for l in g.console_text().splitlines() if "virtio_balloon_rs" in l or "virtio_balloon" in l]
+    new = lines[seen:]
+    return new, len(lines)
+
+
+def main():
+    def on_term(*_):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, on_term)
+
+    hold = os.environ.get("HOLD") == "1"
+    say("guest kernel")
+    kdir = vm.kernel_dir()
+    show("build dir", kdir)
+    with tempfile.TemporaryDirectory(prefix="vbrs-run-") as tmp:
+        initrd = vm.build_initramfs(kdir, Path(tmp) / "initramfs.cpio.gz")
+        accel = "kvm" if vm.kvm_usable(kdir, initrd) else "tcg"
+        say(f"booting a 2 GiB guest with -device virtio-balloon-pci ({accel})")
+        t0 = time.monotonic()
+        with vm.Guest(kdir, initrd, mem_mib=2048, accel=accel, workdir=Path(tmp) / "g") as g:
+            show("booted in", f"{time.monotonic() - t0:.1f} s")
+            dev = g.balloon_virtio_dev()
+            show("balloon device", f"{dev} (PCI, device ID 5)")
+            say("insmod virtio_balloon_rs.ko")
+            g.run("insmod /modules/virtio_balloon_rs.ko")
+            drv = g.run(f"basename $(readlink /sys/bus/virtio/devices/{dev}/driver)").strip()
+            ok = drv == "virtio_balloon_rs"
+            show("bound driver", f"{GREEN if ok else RED}{drv}{RESET}")
+            bits = g.run(f"cat /sys/bus/virtio/devices/{dev}/features").strip()
+            show("guest features", " ".join(str(i) for i, b in enumerate(bits) if b == "1"))
+            st = g.virtio_status()
+            feats = [f.split(":")[0] for f in st["guest-features"]["dev-features"]]
+            show("device accepted", ", ".join(feats) or "none")
+            trans = [f.split(":")[0] for f in st["guest-features"]["transports"]]
+            show("transport", ", ".join(trans))
+            show("device status", ", ".join(s.split(":")[0] for s in st["status"]["statuses"]))
+            seen = 0
+            new, seen = driver_lines(g, seen)
+            for l in new:
+                print(f"    {DIM}{l.strip()}{RESET}")
+
+            say("host asks for 256 MiB back (QMP balloon, guest RAM target 1792 MiB)")
+            g.qmp.cmd("balloon", value=1792 << 20)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                new, seen = driver_lines(g, seen)
+                for l in new:
+                    print(f"    {DIM}{l.strip()}{RESET}")
+                if any("host asks" in l for l in new):
+                    break
+                time.sleep(0.2)
+            q = g.qmp.cmd("query-balloon")
+            show("QEMU actual", f"{q['actual'] >> 20} MiB")
+            show("guest MemTotal", f"{g.meminfo()['MemTotal'] // 1024} MiB")
+
+            if hold:
+                say("holding the guest; Ctrl-C to stop")
+                while True:
+                    new, seen = driver_lines(g, seen)
+                    for l in new:
+                        print(f"    {DIM}{l.strip()}{RESET}")
+                    time.sleep(1)
+
+            say("rmmod virtio_balloon_rs")
+            g.run("rmmod virtio_balloon_rs")
+            new, seen = driver_lines(g, seen)
+            for l in new:
+                print(f"    {DIM}{l.strip()}{RESET}")
+            splats = g.splats()
+        if splats:
+            say(f"{RED}the guest console shows problems:{RESET}")
+            for l in splats:
+                print("    " + l)
+            return 1
+    say(f"{GREEN}done{RESET}: guest stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("\ninterrupted: guest stopped", file=sys.stderr)
+        sys.exit(130)

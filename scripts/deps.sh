@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Installs, idempotently, every tool the project needs: Debian packages,
+# bindgen-cli from crates.io, virtme-ng and pytest from PyPI (in a venv under
+# the cache). Prints what it does; does nothing when all is there.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+missing=()
+while read -r pkg why; do
+	[ -n "$pkg" ] || continue
+	if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+		missing+=("$pkg")
+		vbrs_log "missing Debian package $pkg ($why)"
+	fi
+done <<<"$VBRS_DEB_PACKAGES"
+
+if [ ${#missing[@]} -gt 0 ]; then
+	SUDO=
+	if [ "$(id -u)" != 0 ]; then
+		command -v sudo >/dev/null || vbrs_die "need root or sudo to install: ${missing[*]} (apt-get install ${missing[*]})"
+		SUDO=sudo
+	fi
+	vbrs_log "apt-get install ${missing[*]}"
+	$SUDO apt-get update -qq || vbrs_die "apt-get update failed: are Debian's package mirrors reachable?"
+	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" \
+		|| vbrs_die "apt-get install failed for: ${missing[*]}"
+fi
+
+# rustc-web must be the one the kernel uses; check the library source is there.
+sysroot=$(/usr/bin/rustc --print sysroot)
+[ -f "$sysroot/lib/rustlib/src/rust/library/core/src/lib.rs" ] \
+	|| vbrs_die "Rust library source missing under $sysroot (Debian package rust-web-src)"
+
+bindgen=$(vbrs_bindgen)
+if ! "$bindgen" --version 2>/dev/null | grep -q "$VBRS_BINDGEN_VERSION"; then
+	# The machine's rustup cargo builds bindgen-cli; Debian's own cargo is too old.
+	cargo=$(PATH="$HOME/.cargo/bin:$PATH" command -v cargo) \
+		|| vbrs_die "cargo not found: needed to build bindgen-cli (install a Rust toolchain with rustup)"
+	vbrs_log "installing bindgen-cli $VBRS_BINDGEN_VERSION from crates.io into $VBRS_BINDGEN_ROOT (~1 min)"
+	mkdir -p "$VBRS_BINDGEN_ROOT"
+	"$cargo" install --quiet --locked "bindgen-cli@$VBRS_BINDGEN_VERSION" --root "$VBRS_BINDGEN_ROOT" \
+		|| vbrs_die "cargo install bindgen-cli@$VBRS_BINDGEN_VERSION failed (is crates.io reachable?)"
+fi
+
+if ! "$VBRS_VENV/bin/python" -c 'import pytest, virtme_ng' 2>/dev/null; then
+	vbrs_log "creating Python venv $VBRS_VENV with virtme-ng $VBRS_VNG_VERSION and pytest"
+	rm -rf "$VBRS_VENV"
+	python3 -m venv "$VBRS_VENV" || vbrs_die "python3 -m venv failed (Debian package python3-venv)"
+	"$VBRS_VENV/bin/pip" install -q "virtme-ng==$VBRS_VNG_VERSION" "pytest>=7,<9" \
+		|| vbrs_die "pip install virtme-ng pytest failed (is PyPI reachable?)"
+fi
+exit 0

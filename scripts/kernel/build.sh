@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Builds (once) the guest kernel: Debian's linux-source-6.12, the patch series
+# in scripts/kernel/patches/, and a config fragment merged onto tinyconfig.
+# The result is cached under $VBRS_CACHE/kernels/<fragment>-<key>/linux, where
+# the key hashes the source version, patches, fragment, toolchain and this
+# script; a second run with the same inputs does nothing.
+#
+# usage: build.sh [fragment.config]     prints the kernel build directory
+set -euo pipefail
+. "$(dirname "$0")/../lib.sh"
+
+frag=$(realpath "${1:-$VBRS_ROOT/scripts/kernel/guest.config}")
+[ -f "$frag" ] || vbrs_die "config fragment $frag not found"
+kdir=$(vbrs_kernel_dir "$frag")
+top=$(dirname "$kdir")
+
+if [ -f "$top/done" ] && [ -f "$kdir/arch/x86/boot/bzImage" ]; then
+	echo "$kdir"
+	exit 0
+fi
+
+[ -f "$VBRS_LINUX_TARBALL" ] || vbrs_die "$VBRS_LINUX_TARBALL missing (Debian package linux-source-6.12; run scripts/deps.sh)"
+mkdir -p "$VBRS_CACHE/kernels"
+exec 9>"$VBRS_CACHE/kernels/.lock"
+flock 9
+if [ -f "$top/done" ]; then echo "$kdir"; exit 0; fi
+
+rm -rf "$top"
+mkdir -p "$top"
+vbrs_log "unpacking $VBRS_LINUX_TARBALL into $top"
+tar -C "$top" -xf "$VBRS_LINUX_TARBALL"
+mv "$top/linux-source-6.12" "$kdir"
+
+for p in "$VBRS_ROOT"/scripts/kernel/patches/*.patch; do
+	vbrs_log "applying $(basename "$p")"
+	patch -d "$kdir" -p1 --quiet --forward <"$p" || vbrs_die "patch $(basename "$p") does not apply"
+done
+
+read -ra KMAKE <<<"$(vbrs_kmake_vars)"
+export PATH="$(dirname "$(vbrs_bindgen)"):$PATH"
+cd "$kdir"
+make -s "${KMAKE[@]}" tinyconfig >/dev/null
+scripts/kconfig/merge_config.sh -m .config "$frag" >/dev/null
+make -s "${KMAKE[@]}" olddefconfig >/dev/null
+
+# Every option the fragment asks for must have survived olddefconfig.
+bad=0
+while IFS= read -r line; do
+	case "$line" in
+	CONFIG_*=n) opt=${line%%=*}; grep -q "^$opt=" .config && { vbrs_log "config: $opt should be off"; bad=1; } ;;
+	CONFIG_*=*) grep -qx "$line" .config || { vbrs_log "config: $line did not stick (missing dependency?)"; bad=1; } ;;
+	esac
+done <"$frag"
+[ "$bad" = 0 ] || vbrs_die "config fragment $frag does not apply cleanly to this tree"
+
+make -s "${KMAKE[@]}" rustavailable >/dev/null || vbrs_die "Rust toolchain not usable for the kernel (see: make rustavailable in $kdir)"
+
+vbrs_log "building guest kernel ($(basename "$frag")) in $kdir: a few minutes on 2 cores"
+start=$(date +%s)
+if ! make "${KMAKE[@]}" -j"$(($(nproc) + 1))" bzImage modules >"$top/build.log" 2>&1; then
+	tail -n 40 "$top/build.log" >&2
+	vbrs_die "kernel build failed; full log: $top/build.log"
+fi
+vbrs_log "guest kernel built in $(($(date +%s) - start)) s"
+touch "$top/done"
+echo "$kdir"

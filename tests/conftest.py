@@ -1,0 +1,57 @@
+# SPDX-License-Identifier: GPL-2.0
+"""Fixtures for the end-to-end tests: the guest kernel, the modules, an
+initramfs and QEMU guests that are always torn down and checked for splats."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import vm  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def kdir():
+    return vm.kernel_dir()
+
+
+@pytest.fixture(scope="session")
+def modules(kdir):
+    """Builds the modules against the guest kernel (a no-op when current)."""
+    subprocess.run([str(vm.ROOT / "scripts/build-module.sh"), str(kdir)], check=True,
+                   stdout=subprocess.DEVNULL)
+    ko = vm.ROOT / "virtio_balloon_rs.ko"
+    assert ko.exists()
+    return ko
+
+
+@pytest.fixture(scope="session")
+def initrd(kdir, modules, tmp_path_factory):
+    return vm.build_initramfs(kdir, tmp_path_factory.mktemp("initrd") / "initramfs.cpio.gz")
+
+
+@pytest.fixture(scope="session")
+def accel(kdir, initrd):
+    return "kvm" if vm.kvm_usable(kdir, initrd) else "tcg"
+
+
+@pytest.fixture
+def boot(kdir, initrd, accel, tmp_path):
+    """boot(balloon="deflate-on-oom=on", mem_mib=...) -> a started Guest.
+    Every guest is stopped after the test, and its console must be clean."""
+    guests = []
+
+    def _boot(balloon="", **kw):
+        g = vm.Guest(kdir, initrd, balloon=balloon, accel=accel,
+                     workdir=tmp_path / f"guest{len(guests)}", **kw)
+        guests.append(g)
+        return g.start()
+
+    yield _boot
+    for g in guests:
+        g.stop()
+    for g in guests:
+        splats = g.splats()
+        assert not splats, "console of %s shows:\n%s" % (g.dir, "\n".join(splats))

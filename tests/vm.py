@@ -1,0 +1,365 @@
+# SPDX-License-Identifier: GPL-2.0
+"""Boots the guest kernel in QEMU and drives it.
+
+A guest has three channels:
+  * the console (ttyS0), appended to a log file the tests scan for splats;
+  * a shell on ttyS1, connected to a Unix socket, that runs commands;
+  * QMP, on another Unix socket, for the balloon device.
+"""
+
+import base64
+import gzip
+import json
+import os
+import re
+import shutil
+import socket
+import stat
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("VBRS_CACHE") or
+             Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "virtio-balloon-rs")
+
+# What a healthy console never shows.
+SPLAT_RE = re.compile(r"BUG:|WARNING:|Call Trace:|Kernel panic|Oops|general protection|"
+                      r"KASAN:|UBSAN:|kmemleak:.*new suspected|possible recursive locking|"
+                      r"INFO: task .* blocked|rcu_sched self-detected stall|"
+                      r"unreferenced object")
+
+
+def kernel_dir(fragment=None):
+    """Builds (or finds) the guest kernel; returns its build directory."""
+    cmd = [str(ROOT / "scripts/kernel/build.sh")]
+    if fragment:
+        cmd.append(str(fragment))
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+    return Path(out.strip().splitlines()[-1])
+
+
+def _cpio_newc(entries):
+    """A newc cpio archive of (path, mode, data-or-linktarget) entries."""
+    out = bytearray()
+    ino = 1
+    for name, mode, data in entries + [("TRAILER!!!", 0, b"")]:
+        if isinstance(data, str):
+            data = data.encode()
+        nameb = name.encode() + b"\0"
+        hdr = "070701" + "".join("%08X" % v for v in (
+            ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(nameb), 0))
+        out += hdr.encode() + nameb
+        out += b"\0" * (-len(out) % 4)
+        out += data
+        out += b"\0" * (-len(out) % 4)
+        ino += 1
+    return bytes(out)
+
+
+INIT = r"""#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin:/sbin
+mkdir -p /proc /sys /dev /tmp /mnt
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t tmpfs tmp /tmp
+mount -t debugfs debugfs /sys/kernel/debug
+echo 1 > /proc/sys/kernel/sysrq
+stty -F /dev/ttyS1 raw -echo
+echo "vbrs: guest up"
+# Commands arrive one per line on ttyS1; a non-interactive shell runs them
+# (an interactive one would query the terminal and eat input).
+while :; do
+    sh -c 'while IFS= read -r line; do eval "$line"; done' </dev/ttyS1 >/dev/ttyS1 2>&1
+done
+"""
+
+
+def build_initramfs(kdir, dest):
+    """Writes a gzip'd initramfs with busybox, /init and the modules."""
+    busybox = Path("/bin/busybox")
+    if not busybox.exists():
+        raise RuntimeError("/bin/busybox missing (Debian package busybox-static)")
+    entries = [
+        ("bin", stat.S_IFDIR | 0o755, b""),
+        ("sbin", stat.S_IFDIR | 0o755, b""),
+        ("dev", stat.S_IFDIR | 0o755, b""),
+        ("modules", stat.S_IFDIR | 0o755, b""),
+        ("bin/busybox", stat.S_IFREG | 0o755, busybox.read_bytes()),
+        ("init", stat.S_IFREG | 0o755, INIT.encode()),
+    ]
+    mods = {
+        "virtio_balloon_rs.ko": ROOT / "virtio_balloon_rs.ko",
+        "virtio_balloon_rs_kunit.ko": ROOT / "kunit/virtio_balloon_rs_kunit.ko",
+        "virtio_balloon.ko": Path(kdir) / "drivers/virtio/virtio_balloon.ko",
+    }
+    for name, path in mods.items():
+        if path.exists():
+            entries.append(("modules/" + name, stat.S_IFREG | 0o644, path.read_bytes()))
+    Path(dest).write_bytes(gzip.compress(_cpio_newc(entries), 1))
+    return Path(dest)
+
+
+def kvm_usable(kdir, initrd):
+    """Whether KVM both exists and boots a guest here; probed once per boot
+    of the host (cached), with a short timeout: on some machines KVM guests
+    hang right after the firmware."""
+    if os.environ.get("VBRS_ACCEL") in ("tcg", "kvm"):
+        return os.environ["VBRS_ACCEL"] == "kvm"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    cache = CACHE / f"kvm-probe-{boot_id}"
+    if cache.exists():
+        return cache.read_text().strip() == "yes"
+    ok = False
+    try:
+        with Guest(kdir, initrd=initrd, accel="kvm", boot_timeout=20) as g:
+            ok = g.run("echo ok").strip() == "ok"
+    except Exception:
+        ok = False
+    CACHE.mkdir(parents=True, exist_ok=True)
+    cache.write_text("yes\n" if ok else "no\n")
+    return ok
+
+
+class GuestError(RuntimeError):
+    pass
+
+
+class QMP:
+    """A minimal QMP client."""
+
+    def __init__(self, path, timeout=30):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(str(path))
+        self.buf = b""
+        self.events = []
+        self._read()  # greeting
+        self.cmd("qmp_capabilities")
+
+    def _read(self):
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise GuestError("QMP connection closed")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def cmd(self, name, **args):
+        msg = {"execute": name}
+        if args:
+            msg["arguments"] = args
+        self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        while True:
+            resp = self._read()
+            if "event" in resp:
+                self.events.append(resp)
+                continue
+            if "error" in resp:
+                raise GuestError(f"QMP {name}: {resp['error']}")
+            return resp["return"]
+
+    def close(self):
+        self.sock.close()
+
+
+class Guest:
+    """A QEMU guest running the project's kernel and initramfs."""
+
+    def __init__(self, kdir, initrd, mem_mib=2048, balloon="", accel=None,
+                 smp=2, boot_timeout=120, extra_append="", workdir=None):
+        self.kdir = Path(kdir)
+        self.initrd = Path(initrd)
+        self.mem_mib = mem_mib
+        self.balloon = balloon
+        self.accel = accel
+        self.smp = smp
+        self.boot_timeout = boot_timeout
+        self.extra_append = extra_append
+        self.dir = Path(workdir or tempfile.mkdtemp(prefix="vbrs-guest-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.console = self.dir / "console.log"
+        self.proc = None
+        self.qmp = None
+        self.ctl = None
+        self.seq = 0
+
+    # -- lifecycle --------------------------------------------------------
+    def qemu_cmd(self):
+        accel = self.accel or "tcg"
+        cmd = [
+            "qemu-system-x86_64", "-nodefaults", "-display", "none",
+            "-machine", "pc", "-accel", accel,
+            "-cpu", "host" if accel == "kvm" else "max",
+            "-smp", str(self.smp), "-m", str(self.mem_mib),
+            "-kernel", str(self.kdir / "arch/x86/boot/bzImage"),
+            "-initrd", str(self.initrd),
+            "-append", "console=ttyS0 panic=-1 oops=panic loglevel=7 " + self.extra_append,
+            "-chardev", f"file,id=con,path={self.console}",
+            "-serial", "chardev:con",
+            "-chardev", f"socket,id=ctl,path={self.dir}/ctl.sock,server=on,wait=off",
+            "-serial", "chardev:ctl",
+            "-qmp", f"unix:{self.dir}/qmp.sock,server=on,wait=off",
+            "-no-reboot",
+        ]
+        if self.balloon is not None:
+            dev = "virtio-balloon-pci,id=balloon0"
+            if self.balloon:
+                dev += "," + self.balloon
+            cmd += ["-device", dev]
+        return cmd
+
+    def start(self, attempts=3):
+        """Boots the guest and waits for its command shell. A boot whose
+        serial shell does not answer is retried (up to `attempts` boots)."""
+        for attempt in range(attempts):
+            try:
+                return self._start_once()
+            except GuestError:
+                self.stop()
+                if attempt == attempts - 1 or self.proc_died_for_real():
+                    raise
+                time.sleep(0.5)
+
+    def proc_died_for_real(self):
+        """Whether the console shows the kernel itself failing (no retry)."""
+        return any(s in self.console_text() for s in ("Kernel panic", "BUG:", "Oops"))
+
+    def _start_once(self):
+        for sock in ("qmp.sock", "ctl.sock"):
+            (self.dir / sock).unlink(missing_ok=True)
+        self.console.unlink(missing_ok=True)
+        self.proc = subprocess.Popen(self.qemu_cmd(), stdin=subprocess.DEVNULL,
+                                     stdout=open(self.dir / "qemu.out", "wb"),
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while not (self.dir / "qmp.sock").exists() or not (self.dir / "ctl.sock").exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise GuestError("QEMU did not start: " + (self.dir / "qemu.out").read_text())
+            time.sleep(0.05)
+        self.qmp = QMP(self.dir / "qmp.sock")
+        self.ctl = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.ctl.connect(str(self.dir / "ctl.sock"))
+        self._ctl_buf = b""
+        # The shell on ttyS1 comes up once init has run.
+        deadline = time.monotonic() + self.boot_timeout
+        while "vbrs: guest up" not in self.console_text():
+            if self.proc.poll() is not None:
+                raise GuestError("guest died while booting:\n" + self.console_text()[-3000:])
+            if time.monotonic() > deadline:
+                raise GuestError("guest did not boot in %ds:\n%s" % (self.boot_timeout, self.console_text()[-3000:]))
+            time.sleep(0.05)
+        time.sleep(0.3)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                self.ctl.sendall(b"\n")
+                if self.run("echo ready", timeout=3).strip().endswith("ready"):
+                    return self
+            except GuestError:
+                pass
+            if self.proc.poll() is not None:
+                raise GuestError("guest died while booting:\n" + self.console_text()[-3000:])
+            if time.monotonic() > deadline:
+                raise GuestError("guest shell did not answer:\n" + self.console_text()[-3000:])
+
+    def stop(self):
+        if self.qmp:
+            try:
+                self.qmp.cmd("quit")
+            except Exception:
+                pass
+            self.qmp.close()
+            self.qmp = None
+        if self.ctl:
+            self.ctl.close()
+            self.ctl = None
+        if self.proc:
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+    def __enter__(self):
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # -- commands ---------------------------------------------------------
+    def run_rc(self, command, timeout=120):
+        """Runs a shell command in the guest; returns (exit status, output)."""
+        self.seq += 1
+        marker = f"@@vbrs-{self.seq}@@"
+        script = base64.b64encode(command.encode()).decode()
+        line = (f"echo {script} | base64 -d > /tmp/cmd.sh; sh /tmp/cmd.sh 2>&1; "
+                f"echo \"{marker}$?\"\n")
+        self.ctl.sendall(line.encode())
+        deadline = time.monotonic() + timeout
+        pat = re.compile(re.escape(marker.encode()) + rb"(\d+)\r?\n")
+        while True:
+            m = pat.search(self._ctl_buf)
+            if m:
+                out = self._ctl_buf[:m.start()]
+                self._ctl_buf = self._ctl_buf[m.end():]
+                return int(m.group(1)), out.decode(errors="replace").replace("\r\n", "\n")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                # Resynchronise: drop whatever is buffered for this command.
+                self._ctl_buf = b""
+                raise GuestError(f"guest command timed out after {timeout}s: {command}")
+            self.ctl.settimeout(min(remaining, 1.0))
+            try:
+                chunk = self.ctl.recv(65536)
+            except socket.timeout:
+                continue
+            if not chunk:
+                raise GuestError("guest command channel closed")
+            self._ctl_buf += chunk
+
+    def run(self, command, timeout=120):
+        """Runs a shell command that must succeed; returns its output."""
+        rc, out = self.run_rc(command, timeout)
+        if rc != 0:
+            raise GuestError(f"guest command failed ({rc}): {command}\n{out}")
+        return out
+
+    # -- observations -----------------------------------------------------
+    def console_text(self):
+        try:
+            return self.console.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def splats(self):
+        return [l for l in self.console_text().splitlines() if SPLAT_RE.search(l)]
+
+    def meminfo(self):
+        out = self.run("cat /proc/meminfo")
+        return {k: int(v.split()[0]) for k, v in
+                (l.split(":", 1) for l in out.splitlines() if ":" in l)}
+
+    def vmstat(self):
+        out = self.run("cat /proc/vmstat")
+        return {k: int(v) for k, v in (l.split() for l in out.splitlines() if l.strip())}
+
+    def balloon_virtio_dev(self):
+        """The sysfs name (virtioN) of the balloon device."""
+        out = self.run("grep -l 0x0005 /sys/bus/virtio/devices/*/device")
+        return out.strip().splitlines()[0].split("/")[-2]
+
+    def virtio_status(self):
+        """QEMU's view of the balloon device (features, status)."""
+        return self.qmp.cmd("x-query-virtio-status", path="/machine/peripheral/balloon0/virtio-backend")
