@@ -92,12 +92,22 @@ impl virtio::Driver for Balloon {
 
     fn probe(dev: &Device) -> Result<KBox<Self>> {
         let Some(frames_per_page) = logic::frames_per_page(kernel::page::PAGE_SIZE) else {
-            dev_err!(dev, "page size {} is not a multiple of 4 KiB\n", kernel::page::PAGE_SIZE);
+            dev_err!(
+                dev,
+                "page size {} is not a multiple of 4 KiB\n",
+                kernel::page::PAGE_SIZE
+            );
             return Err(EINVAL);
         };
         let specs = [
-            QueueSpec { name: c_str!("inflate"), used: true },
-            QueueSpec { name: c_str!("deflate"), used: true },
+            QueueSpec {
+                name: c_str!("inflate"),
+                used: true,
+            },
+            QueueSpec {
+                name: c_str!("deflate"),
+                used: true,
+            },
         ];
         let vqs = Virtqueues::find(dev, &specs).inspect_err(|e| {
             dev_err!(dev, "cannot set up virtqueues: error {}\n", e.to_errno());
@@ -139,6 +149,10 @@ impl virtio::Driver for Balloon {
         self.update.stop();
         // Reset the device and delete the queues before the data goes.
         self.core.state.lock().vqs.shutdown();
-        dev_info!(dev, "virtio_balloon_rs unbound from virtio{}\n", dev.index());
+        dev_info!(
+            dev,
+            "virtio_balloon_rs unbound from virtio{}\n",
+            dev.index()
+        );
     }
 }

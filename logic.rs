@@ -79,7 +79,11 @@ pub(crate) const fn round_target(frames: u32, frames_per_page: u32) -> u64 {
 
 /// The signed distance, in 4 KiB frames, from what the balloon holds to the
 /// host's (rounded) target. Positive: inflate; negative: deflate.
-pub(crate) const fn towards_target(target_frames: u32, held_frames: u64, frames_per_page: u32) -> i64 {
+pub(crate) const fn towards_target(
+    target_frames: u32,
+    held_frames: u64,
+    frames_per_page: u32,
+) -> i64 {
     round_target(target_frames, frames_per_page) as i64 - held_frames as i64
 }
 
@@ -104,7 +108,12 @@ pub(crate) const fn next_batch(pages: u64, frames_per_page: u32) -> usize {
 /// Writes the 4 KiB frames of kernel page `pfn` as little-endian `u32`s
 /// into `out`, starting at frame slot `slot`. Returns the next free slot,
 /// or `None` if `out` has no room for the whole page.
-pub(crate) fn encode_page_frames(out: &mut [u8], slot: usize, pfn: u64, page_size: usize) -> Option<usize> {
+pub(crate) fn encode_page_frames(
+    out: &mut [u8],
+    slot: usize,
+    pfn: u64,
+    page_size: usize,
+) -> Option<usize> {
     let fpp = frames_per_page(page_size)? as usize;
     let end = slot.checked_add(fpp)?;
     if end * 4 > out.len() {

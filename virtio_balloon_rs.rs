@@ -30,7 +30,10 @@ struct BalloonModule {
 impl kernel::Module for BalloonModule {
     fn init(module: &'static ThisModule) -> Result<Self> {
         let driver = Registration::new(module).inspect_err(|e| {
-            pr_err!("cannot register the virtio driver: error {}\n", e.to_errno());
+            pr_err!(
+                "cannot register the virtio driver: error {}\n",
+                e.to_errno()
+            );
         })?;
         Ok(Self { _driver: driver })
     }

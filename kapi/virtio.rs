@@ -104,7 +104,12 @@ impl Device {
         // in `probe_callback` before the driver sees the device); `bytes` is
         // valid for 4 bytes of writes.
         unsafe {
-            bindings::virtio_cread_bytes(self.as_raw(), offset as u32, bytes.as_mut_ptr().cast(), bytes.len())
+            bindings::virtio_cread_bytes(
+                self.as_raw(),
+                offset as u32,
+                bytes.as_mut_ptr().cast(),
+                bytes.len(),
+            )
         };
         u32::from_le_bytes(bytes)
     }
@@ -115,7 +120,12 @@ impl Device {
         // SAFETY: valid device with config access (see `read_config_le32`);
         // `bytes` is valid for 4 bytes of reads.
         unsafe {
-            bindings::virtio_cwrite_bytes(self.as_raw(), offset as u32, bytes.as_ptr().cast(), bytes.len() as u32)
+            bindings::virtio_cwrite_bytes(
+                self.as_raw(),
+                offset as u32,
+                bytes.as_ptr().cast(),
+                bytes.len() as u32,
+            )
         };
     }
 
@@ -233,7 +243,10 @@ impl<T: Driver> Registration<T> {
                         device: T::DEVICE_ID,
                         vendor: bindings::VIRTIO_DEV_ANY_ID,
                     },
-                    bindings::virtio_device_id { device: 0, vendor: 0 },
+                    bindings::virtio_device_id {
+                        device: 0,
+                        vendor: 0,
+                    },
                 ],
             },
             GFP_KERNEL,
@@ -259,7 +272,10 @@ impl<T: Driver> Registration<T> {
         // module. On success the bus may call the callbacks at once.
         to_result(unsafe { bindings::__register_virtio_driver(drv, module.as_ptr()) })?;
         // INVARIANT: registered just above.
-        Ok(Self { storage, _t: PhantomData })
+        Ok(Self {
+            storage,
+            _t: PhantomData,
+        })
     }
 }
 
@@ -274,7 +290,9 @@ impl<T: Driver> Drop for Registration<T> {
 /// # Safety
 ///
 /// Called by the virtio bus with a valid device.
-unsafe extern "C" fn validate_callback<T: Driver>(vdev: *mut bindings::virtio_device) -> core::ffi::c_int {
+unsafe extern "C" fn validate_callback<T: Driver>(
+    vdev: *mut bindings::virtio_device,
+) -> core::ffi::c_int {
     // SAFETY: the bus passes a registered device valid for the call.
     let dev = unsafe { Device::from_raw(vdev) };
     from_result(|| {
@@ -286,7 +304,9 @@ unsafe extern "C" fn validate_callback<T: Driver>(vdev: *mut bindings::virtio_de
 /// # Safety
 ///
 /// Called by the virtio bus with a valid device that has no driver data yet.
-unsafe extern "C" fn probe_callback<T: Driver>(vdev: *mut bindings::virtio_device) -> core::ffi::c_int {
+unsafe extern "C" fn probe_callback<T: Driver>(
+    vdev: *mut bindings::virtio_device,
+) -> core::ffi::c_int {
     // SAFETY: the bus passes a registered device valid for the call.
     let dev = unsafe { Device::from_raw(vdev) };
     from_result(|| {
@@ -423,7 +443,13 @@ impl Virtqueue {
             // until the device returned it).
             let ret = unsafe {
                 bindings::sg_init_one(sg.as_mut_ptr(), data, len as u32);
-                bindings::virtqueue_add_outbuf(self.vq.as_ptr(), sg.as_mut_ptr(), 1, data, bindings::GFP_KERNEL)
+                bindings::virtqueue_add_outbuf(
+                    self.vq.as_ptr(),
+                    sg.as_mut_ptr(),
+                    1,
+                    data,
+                    bindings::GFP_KERNEL,
+                )
             };
             if ret != 0 {
                 if added == 0 {
@@ -473,7 +499,10 @@ impl Virtqueues {
         // Allocate everything first, so nothing can fail once queues exist.
         let mut shared = KVec::with_capacity(specs.len(), GFP_KERNEL)?;
         for _ in specs {
-            let sh = KBox::pin_init(pin_init!(QueueShared { used <- Completion::new() }), GFP_KERNEL)?;
+            let sh = KBox::pin_init(
+                pin_init!(QueueShared { used <- Completion::new() }),
+                GFP_KERNEL,
+            )?;
             shared.push(sh, GFP_KERNEL)?;
         }
         let queues = KVec::with_capacity(specs.len(), GFP_KERNEL)?;
@@ -499,11 +528,17 @@ impl Virtqueues {
             )
         })?;
         // INVARIANT: the queues exist from here on; dropping `out` deletes them.
-        let mut out = Self { dev: dev.get_ref(), queues, live: true };
+        let mut out = Self {
+            dev: dev.get_ref(),
+            queues,
+            live: true,
+        };
         for (i, sh) in shared.into_iter().enumerate() {
             let item = match NonNull::new(vqs[i]) {
                 Some(vq) if specs[i].used => {
-                    let priv_ = core::ptr::from_ref::<QueueShared>(&sh).cast_mut().cast::<c_void>();
+                    let priv_ = core::ptr::from_ref::<QueueShared>(&sh)
+                        .cast_mut()
+                        .cast::<c_void>();
                     // SAFETY: `vq` was just created by `find_vqs` and `priv`
                     // belongs to the driver. `sh` is pinned and lives as long
                     // as the `Virtqueue` that owns it.

@@ -90,7 +90,9 @@ impl<H: WorkHandler> Work<H> {
             stopped: AtomicBool::new(false),
             handler,
         });
-        Ok(Self { inner: KBox::pin_init(init, GFP_KERNEL)? })
+        Ok(Self {
+            inner: KBox::pin_init(init, GFP_KERNEL)?,
+        })
     }
 
     /// The handler this item runs.
@@ -155,7 +157,8 @@ impl<H: WorkHandler> Drop for Work<H> {
 /// `work` must be the `work` field of the `delayed_work` inside a live
 /// `Inner<H>`; this holds because only `Work::new` installs this function.
 unsafe extern "C" fn run_trampoline<H: WorkHandler>(work: *mut bindings::work_struct) {
-    let offset = core::mem::offset_of!(Inner<H>, dwork) + core::mem::offset_of!(bindings::delayed_work, work);
+    let offset = core::mem::offset_of!(Inner<H>, dwork)
+        + core::mem::offset_of!(bindings::delayed_work, work);
     // SAFETY: per the function's safety contract `work` lies `offset` bytes
     // into a live `Inner<H>`; it stays alive while the handler runs because
     // `stop` waits for a running handler before the item can be freed.

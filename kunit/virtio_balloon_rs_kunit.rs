@@ -35,14 +35,25 @@ impl kernel::Module for KunitModule {
 /// Fails the running test case (and ends it) unless `$left == $right`.
 macro_rules! check_eq {
     ($left:expr, $right:expr $(,)?) => {
-        kernel::kunit_assert_eq!("virtio_balloon_rs", "kunit/virtio_balloon_rs_kunit.rs", 0, $left, $right)
+        kernel::kunit_assert_eq!(
+            "virtio_balloon_rs",
+            "kunit/virtio_balloon_rs_kunit.rs",
+            0,
+            $left,
+            $right
+        )
     };
 }
 
 /// Fails the running test case (and ends it) unless `$cond` holds.
 macro_rules! check {
     ($cond:expr $(,)?) => {
-        kernel::kunit_assert!("virtio_balloon_rs", "kunit/virtio_balloon_rs_kunit.rs", 0, $cond)
+        kernel::kunit_assert!(
+            "virtio_balloon_rs",
+            "kunit/virtio_balloon_rs_kunit.rs",
+            0,
+            $cond
+        )
     };
 }
 
@@ -137,8 +148,14 @@ fn page_frames_encode_little_endian() {
 }
 
 fn config_layout_matches_the_uapi() {
-    check_eq!(config::NUM_PAGES, core::mem::offset_of!(bindings::virtio_balloon_config, num_pages));
-    check_eq!(config::ACTUAL, core::mem::offset_of!(bindings::virtio_balloon_config, actual));
+    check_eq!(
+        config::NUM_PAGES,
+        core::mem::offset_of!(bindings::virtio_balloon_config, num_pages)
+    );
+    check_eq!(
+        config::ACTUAL,
+        core::mem::offset_of!(bindings::virtio_balloon_config, actual)
+    );
     check_eq!(
         config::FREE_PAGE_HINT_CMD_ID,
         core::mem::offset_of!(bindings::virtio_balloon_config, __bindgen_anon_1)
@@ -152,11 +169,21 @@ fn config_layout_matches_the_uapi() {
 
 fn feature_names_are_listed() {
     let mut out = [0u8; 64];
-    let mut w = SliceWriter { buf: &mut out, len: 0 };
-    check!(core::fmt::write(&mut w, format_args!("{}", FeatureList((1 << 0) | (1 << 2) | (1u64 << 32)))).is_ok());
+    let mut w = SliceWriter {
+        buf: &mut out,
+        len: 0,
+    };
+    check!(core::fmt::write(
+        &mut w,
+        format_args!("{}", FeatureList((1 << 0) | (1 << 2) | (1u64 << 32)))
+    )
+    .is_ok());
     let len = w.len;
     check_eq!(&out[..len], b"MUST_TELL_HOST DEFLATE_ON_OOM VERSION_1");
-    let mut w = SliceWriter { buf: &mut out, len: 0 };
+    let mut w = SliceWriter {
+        buf: &mut out,
+        len: 0,
+    };
     check!(core::fmt::write(&mut w, format_args!("{}", FeatureList(1 << 40))).is_ok());
     let len = w.len;
     check_eq!(&out[..len], b"bit40");
@@ -185,7 +212,7 @@ impl core::fmt::Write for SliceWriter<'_> {
 /// Defines a C-callable KUnit case for a plain Rust test function.
 macro_rules! kunit_case {
     ($name:ident) => {{
-        unsafe extern "C" fn run(_test: *mut bindings::kunit) {
+        extern "C" fn run(_test: *mut bindings::kunit) {
             $name()
         }
         // SAFETY: all-zero is a valid `kunit_case` (null pointers, no
