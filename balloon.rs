@@ -58,7 +58,6 @@ impl WorkHandler for UpdateSize {
         let rounded = logic::round_target(target, core.frames_per_page);
         // Inflation and deflation arrive with the balloon itself; until then
         // the driver only follows and reports the host's request.
-        let _state = core.state.lock();
         if rounded != 0 {
             dev_info!(
                 core.dev,

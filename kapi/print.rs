@@ -23,10 +23,8 @@ pub(crate) fn dev_print(dev: &Device, level: Level, args: fmt::Arguments<'_>) {
     let dev = dev.raw_dev();
     let fmt = c"%pA".as_ptr().cast::<kernel::ffi::c_char>();
     let arg = core::ptr::from_ref(&args).cast::<c_void>();
-    // SAFETY: `dev` points to the live `struct device` embedded in the virtio
-    // device the caller holds a reference to; the format string
-    // is NUL-terminated and `%pA` consumes exactly one `fmt::Arguments`
-    // pointer, which stays valid for the duration of the call.
+    // SAFETY: `dev` is the live device the caller holds a reference to; the
+    // format is NUL-terminated and `%pA` takes the one `fmt::Arguments` pointer.
     unsafe {
         match level {
             Level::Err => bindings::_dev_err(dev, fmt, arg),

@@ -32,10 +32,13 @@ def show(key, value):
     print(f"    {key:<22} {value}", flush=True)
 
 
-def driver_lines(g, seen):
-    """New console lines from the driver since the last call."""
-    lines = [l for l in g.console_text().splitlines() if "virtio_balloon_rs" in l or "virtio_balloon" in l]
+def echo_driver_lines(g, seen):
+    """Prints the driver's console lines after the first `seen`; returns
+    them and the new count."""
+    lines = [l for l in g.console_text().splitlines() if "virtio_balloon" in l]
     new = lines[seen:]
+    for l in new:
+        print(f"    {DIM}{l.strip()}{RESET}")
     return new, len(lines)
 
 
@@ -70,18 +73,13 @@ def main():
             trans = [f.split(":")[0] for f in st["guest-features"]["transports"]]
             show("transport", ", ".join(trans))
             show("device status", ", ".join(s.split(":")[0] for s in st["status"]["statuses"]))
-            seen = 0
-            new, seen = driver_lines(g, seen)
-            for l in new:
-                print(f"    {DIM}{l.strip()}{RESET}")
+            _, seen = echo_driver_lines(g, 0)
 
             say("host asks for 256 MiB back (QMP balloon, guest RAM target 1792 MiB)")
             g.qmp.cmd("balloon", value=1792 << 20)
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
-                new, seen = driver_lines(g, seen)
-                for l in new:
-                    print(f"    {DIM}{l.strip()}{RESET}")
+                new, seen = echo_driver_lines(g, seen)
                 if any("host asks" in l for l in new):
                     break
                 time.sleep(0.2)
@@ -92,16 +90,12 @@ def main():
             if hold:
                 say("holding the guest; Ctrl-C to stop")
                 while True:
-                    new, seen = driver_lines(g, seen)
-                    for l in new:
-                        print(f"    {DIM}{l.strip()}{RESET}")
+                    _, seen = echo_driver_lines(g, seen)
                     time.sleep(1)
 
             say("rmmod virtio_balloon_rs")
             g.run("rmmod virtio_balloon_rs")
-            new, seen = driver_lines(g, seen)
-            for l in new:
-                print(f"    {DIM}{l.strip()}{RESET}")
+            echo_driver_lines(g, seen)
             splats = g.splats()
         if splats:
             say(f"{RED}the guest console shows problems:{RESET}")

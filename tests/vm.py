@@ -231,6 +231,13 @@ class Guest:
         """Whether the console shows the kernel itself failing (no retry)."""
         return any(s in self.console_text() for s in ("Kernel panic", "BUG:", "Oops"))
 
+    def _check_booting(self, deadline, what):
+        """Raises if QEMU exited or `deadline` passed while waiting for `what`."""
+        if self.proc.poll() is not None:
+            raise GuestError("guest died while booting:\n" + self.console_text()[-3000:])
+        if time.monotonic() > deadline:
+            raise GuestError(f"{what}:\n" + self.console_text()[-3000:])
+
     def _start_once(self):
         for sock in ("qmp.sock", "ctl.sock"):
             (self.dir / sock).unlink(missing_ok=True)
@@ -250,10 +257,7 @@ class Guest:
         # The shell on ttyS1 comes up once init has run.
         deadline = time.monotonic() + self.boot_timeout
         while "vbrs: guest up" not in self.console_text():
-            if self.proc.poll() is not None:
-                raise GuestError("guest died while booting:\n" + self.console_text()[-3000:])
-            if time.monotonic() > deadline:
-                raise GuestError("guest did not boot in %ds:\n%s" % (self.boot_timeout, self.console_text()[-3000:]))
+            self._check_booting(deadline, f"guest did not boot in {self.boot_timeout}s")
             time.sleep(0.05)
         time.sleep(0.3)
         deadline = time.monotonic() + 20
@@ -264,10 +268,7 @@ class Guest:
                     return self
             except GuestError:
                 pass
-            if self.proc.poll() is not None:
-                raise GuestError("guest died while booting:\n" + self.console_text()[-3000:])
-            if time.monotonic() > deadline:
-                raise GuestError("guest shell did not answer:\n" + self.console_text()[-3000:])
+            self._check_booting(deadline, "guest shell did not answer")
 
     def stop(self):
         if self.qmp:
