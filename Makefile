@@ -6,7 +6,7 @@
 #   make                 build virtio_balloon_rs.ko against the project's guest kernel
 #   make KDIR=<dir>      build against another Rust-enabled 6.12 tree (patched)
 #   make run             boot a guest with a balloon device and watch the driver
-#   make check           rustfmt, clippy, KUnit, end-to-end (make vng: see README)
+#   make check           rustfmt, clippy, KUnit, virtme-ng, end-to-end
 #
 # Everything heavy lives in ~/.cache/virtio-balloon-rs (override: VBRS_CACHE).
 
@@ -37,6 +37,7 @@ check: module
 	@$(MAKE) --no-print-directory fmtcheck
 	@$(MAKE) --no-print-directory clippy
 	@$(MAKE) --no-print-directory kunit
+	@$(MAKE) --no-print-directory vng
 	@$(MAKE) --no-print-directory e2e
 
 kunit: module

@@ -25,7 +25,7 @@ grep -q '^CONFIG_RUST=y' "$kdir/.config" \
 	|| vbrs_die "KDIR=$kdir: kernel built without Rust (CONFIG_RUST is not set); enable CONFIG_RUST and rebuild it"
 grep -q '^CONFIG_MODULES=y' "$kdir/.config" || vbrs_die "KDIR=$kdir: kernel built without module support (CONFIG_MODULES)"
 grep -q '^CONFIG_VIRTIO=y\|^CONFIG_VIRTIO=m' "$kdir/.config" || vbrs_die "KDIR=$kdir: kernel built without CONFIG_VIRTIO"
-version=$(make -s -C "$kdir" kernelversion 2>/dev/null || true)
+version=$(awk -F' *= *' '$1=="VERSION"{v=$2} $1=="PATCHLEVEL"{p=$2} END{if (v != "") print v "." p}' "$kdir/Makefile")
 case "$version" in
 6.12*) ;;
 *) vbrs_die "KDIR=$kdir: kernel version '${version:-unknown}', this driver targets 6.12" ;;

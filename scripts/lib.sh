@@ -34,6 +34,7 @@ kmod modinfo
 xz-utils unpacking the kernel source
 qemu-system-x86 guests
 busybox-static guest userland
+udev /dev/virtio-ports links that virtme-ng's init needs for the exit status
 python3-venv virtme-ng and pytest venv
 "
 

@@ -18,6 +18,9 @@ fi
 guest_script=$(cat <<EOS
 set -e
 drv=/sys/bus/virtio/drivers/virtio_balloon_rs
+# udev coldplug may have loaded the in-tree C driver from the kernel tree's
+# modules despite the blacklist below (old kmod): make room for ours.
+if [ -e /sys/module/virtio_balloon ]; then rmmod virtio_balloon; fi
 insmod $ko
 dev=\$(ls \$drv | grep '^virtio' || true)
 [ -n "\$dev" ] || { echo "vng: virtio_balloon_rs did not bind"; exit 1; }
@@ -34,6 +37,7 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
 timeout 300 vng --run "$kdir/arch/x86/boot/bzImage" $kvm --memory 1G \
+	--append "modprobe.blacklist=virtio_balloon" \
 	--qemu-opts="-device virtio-balloon-pci,id=balloon0" -- "$guest_script" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
