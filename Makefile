@@ -7,6 +7,7 @@
 #   make KDIR=<dir>      build against another Rust-enabled 6.12 tree (patched)
 #   make run             boot a guest with a balloon device and watch the driver
 #   make check           rustfmt, clippy, KUnit, virtme-ng, end-to-end
+#   make bench           Rust vs the in-tree C driver, side by side (REPS=5)
 #
 # Everything heavy lives in ~/.cache/virtio-balloon-rs (override: VBRS_CACHE).
 
@@ -16,7 +17,7 @@ PYTEST_ARGS ?=
 SHELL := /bin/bash
 VENV_PY = $(shell bash -c '. $(ROOT)/scripts/lib.sh && echo $$VBRS_VENV')/bin/python
 
-.PHONY: all module deps kernel run check kunit vng e2e fmt fmtcheck clippy clean
+.PHONY: all module deps kernel run check kunit vng e2e bench fmt fmtcheck clippy clean
 
 all: module
 
@@ -39,6 +40,10 @@ check: module
 	@$(MAKE) --no-print-directory kunit
 	@$(MAKE) --no-print-directory vng
 	@$(MAKE) --no-print-directory e2e
+
+# Rust vs the in-tree C driver, side by side in one guest (REPS=5).
+bench: module
+	@REPS=$(or $(REPS),5) $(VENV_PY) $(ROOT)/scripts/bench.py
 
 kunit: module
 	@echo "==> KUnit (in a guest, parsed by kunit.py)"

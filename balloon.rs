@@ -2,49 +2,333 @@
 
 //! The balloon driver proper, written against the safe abstractions in
 //! `kapi` only.
+//!
+//! One work item on the system freezable workqueue follows the host's
+//! target: each run reads `num_pages`, moves the balloon one round (up to
+//! [`logic::MSGS_PER_KICK`] messages of at most 256 frames) towards it, and
+//! queues itself again until `actual` equals the target. The balloon lock
+//! ([`State`]) serialises everything that talks to the host; page migration
+//! only ever tries it.
 #![forbid(unsafe_code)]
 
 use crate::kapi::{
-    virtio::{self, feature, id, Device, DeviceRef, QueueSpec, Virtqueues},
+    balloon::{BalloonPages, Batch, DeflatedPage, Migrate, Migrated, Migration, NewPage},
+    debugfs::{self, CounterDir},
+    sync::{msleep, LockKey, Mutex},
+    virtio::{self, feature, id, Device, DeviceRef, OutBuf, QueueSpec, Virtqueues},
     work::{Next, Queue, Work, WorkHandler},
 };
-use crate::logic::{self, FeatureList};
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use crate::logic::{self, FeatureList, Step, MSGS_PER_KICK, MSG_BYTES};
+use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::{
-    c_str, new_mutex,
+    c_str, fmt,
+    page::PAGE_SIZE,
     prelude::*,
-    sync::{Arc, Mutex},
+    str::{CStr, CString},
+    sync::Arc,
 };
 
 /// Feature bits the driver negotiates today. Later features are added here
 /// as they are implemented, never before.
 const FEATURES: [u32; 1] = [feature::BALLOON_MUST_TELL_HOST];
 
-/// State shared by the driver's work items and callbacks.
+/// Virtqueue indices, as the device defines them.
+const INFLATE_Q: usize = 0;
+const DEFLATE_Q: usize = 1;
+
+static BALLOON_LOCK: LockKey = LockKey::new();
+static SCRATCH_LOCK: LockKey = LockKey::new();
+
+/// The driver's own counters, readable in
+/// `/sys/kernel/debug/virtio_balloon_rs/virtio<N>/` (see README.md).
+#[derive(Default)]
+pub(crate) struct Counters {
+    /// The host's latest request (`num_pages`), in 4 KiB frames.
+    target_frames: AtomicU64,
+    /// 4 KiB frames in the balloon (what `actual` reports).
+    actual_frames: AtomicU64,
+    /// Kernel pages put into the balloon, ever.
+    inflated_pages: AtomicU64,
+    /// Kernel pages taken out of the balloon, ever.
+    deflated_pages: AtomicU64,
+    /// Balloon pages moved by compaction.
+    migrated_pages: AtomicU64,
+    /// Migrations refused because the balloon lock was busy (compaction
+    /// retries them).
+    migrations_deferred: AtomicU64,
+    /// Messages sent on the inflate queue.
+    inflate_msgs: AtomicU64,
+    /// Messages sent on the deflate queue.
+    deflate_msgs: AtomicU64,
+    /// Rounds cut short because no page could be allocated.
+    alloc_failures: AtomicU64,
+    /// Config-change interrupts seen.
+    config_changes: AtomicU64,
+    /// Buffers the host returned with a used length other than 0.
+    host_odd_used_len: AtomicU64,
+    /// Messages that could not be sent (broken or vanished device).
+    host_errors: AtomicU64,
+}
+
+fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+impl debugfs::Counters for Counters {
+    fn each(&self, f: &mut dyn FnMut(&'static CStr, &AtomicU64)) {
+        f(c_str!("target_frames"), &self.target_frames);
+        f(c_str!("actual_frames"), &self.actual_frames);
+        f(c_str!("inflated_pages"), &self.inflated_pages);
+        f(c_str!("deflated_pages"), &self.deflated_pages);
+        f(c_str!("migrated_pages"), &self.migrated_pages);
+        f(c_str!("migrations_deferred"), &self.migrations_deferred);
+        f(c_str!("inflate_msgs"), &self.inflate_msgs);
+        f(c_str!("deflate_msgs"), &self.deflate_msgs);
+        f(c_str!("alloc_failures"), &self.alloc_failures);
+        f(c_str!("config_changes"), &self.config_changes);
+        f(c_str!("host_odd_used_len"), &self.host_odd_used_len);
+        f(c_str!("host_errors"), &self.host_errors);
+    }
+}
+
+/// What the balloon lock protects.
+struct State {
+    /// The device's queues; `None` once frozen or being removed.
+    vqs: Option<Virtqueues>,
+    /// 4 KiB frames in the balloon, isolated pages included.
+    held: u64,
+    /// Message buffer: [`MSGS_PER_KICK`] messages of [`MSG_BYTES`].
+    msg: OutBuf,
+    /// Pages on their way out of the balloon.
+    out: Batch<DeflatedPage>,
+    /// Whether allocations are failing (logged once per episode).
+    short: bool,
+    /// Whether a send failure was logged already.
+    send_error_logged: bool,
+}
+
+impl State {
+    /// Sends the messages of `msg` whose lengths are `lens` on queue `q`
+    /// and waits for the host to take them.
+    fn tell(&mut self, dev: &Device, stats: &Counters, q: usize, lens: &[usize]) {
+        let mut parts = [(0usize, 0usize); MSGS_PER_KICK];
+        let mut n = 0usize;
+        for (m, &len) in lens.iter().enumerate().take(MSGS_PER_KICK) {
+            if len != 0 {
+                parts[n] = (m * MSG_BYTES, len);
+                n += 1;
+            }
+        }
+        let mut first = 0usize;
+        while first < n {
+            let Some(vq) = self.vqs.as_mut().and_then(|v| v.get(q)) else {
+                add(&stats.host_errors, (n - first) as u64);
+                return;
+            };
+            match vq.send(&self.msg, &parts[first..n]) {
+                Ok(sent) => {
+                    let counter = if q == INFLATE_Q {
+                        &stats.inflate_msgs
+                    } else {
+                        &stats.deflate_msgs
+                    };
+                    add(counter, sent.count as u64);
+                    add(&stats.host_odd_used_len, sent.odd_lengths.into());
+                    first += sent.count.max(1);
+                }
+                Err(e) => {
+                    add(&stats.host_errors, (n - first) as u64);
+                    if !self.send_error_logged {
+                        self.send_error_logged = true;
+                        dev_err!(
+                            dev,
+                            "cannot send to the host (error {}); pages go back to the guest without it\n",
+                            e.to_errno()
+                        );
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Writes `actual` to the device and mirrors it in the counters.
+    fn report(&self, dev: &Device, stats: &Counters) {
+        // `held` never exceeds `logic::max_frames`, which fits in 32 bits.
+        let actual = self.held.min(u32::MAX.into()) as u32;
+        if self.vqs.is_some() {
+            dev.write_config_le32(logic::config::ACTUAL, actual);
+        }
+        stats.actual_frames.store(self.held, Ordering::Relaxed);
+    }
+}
+
+/// Everything the driver shares between its work, callbacks and page
+/// migration. It is the driver data of the [`BalloonPages`].
 #[pin_data]
-struct Core {
+struct Shared {
     dev: DeviceRef,
     /// 4 KiB frames per kernel page.
-    frames_per_page: u32,
-    /// The host's latest target, in 4 KiB frames (as read from config).
-    host_target: AtomicU32,
-    /// How many config changes the driver has seen.
-    config_changes: AtomicU64,
-    /// Everything that needs the balloon lock.
+    fpp: u32,
+    stats: Arc<Counters>,
+    /// The balloon lock.
     #[pin]
     state: Mutex<State>,
+    /// Pages allocated for the next inflation, before they are enqueued
+    /// (only the update work uses it; taken before the balloon lock).
+    #[pin]
+    scratch: Mutex<Batch<NewPage>>,
 }
 
-struct State {
-    vqs: Virtqueues,
+/// The balloon: its pages and the driver data.
+type Core = BalloonPages<Shared>;
+
+impl Migrate for Shared {
+    fn migrate(pages: &Core, m: Migration<'_, Self>) -> Result<Migrated> {
+        let sh = pages.data();
+        // Never sleep on the balloon lock here: inflation holds it and may
+        // itself be waiting for compaction. Compaction retries later.
+        let Some(mut st) = sh.state.try_lock() else {
+            add(&sh.stats.migrations_deferred, 1);
+            return Err(EAGAIN);
+        };
+        if st.vqs.is_none() {
+            return Err(EAGAIN);
+        }
+        let (new, old) = (m.new_pfn(), m.old_pfn());
+        if !logic::frame_fits(new, PAGE_SIZE) {
+            return Err(ENOSPC);
+        }
+        let done = m.commit();
+        let mut lens = [0usize; MSGS_PER_KICK];
+        let st = &mut *st;
+        logic::encode_pages(
+            core::iter::once(new),
+            PAGE_SIZE,
+            st.msg.as_mut_slice(),
+            &mut lens,
+        );
+        st.tell(&sh.dev, &sh.stats, INFLATE_Q, &lens);
+        logic::encode_pages(
+            core::iter::once(old),
+            PAGE_SIZE,
+            st.msg.as_mut_slice(),
+            &mut lens,
+        );
+        st.tell(&sh.dev, &sh.stats, DEFLATE_Q, &lens);
+        add(&sh.stats.migrated_pages, 1);
+        Ok(done)
+    }
 }
 
-impl Core {
-    /// Reads the host's target and records it.
-    fn refresh_target(&self) -> u32 {
-        let target = self.dev.read_config_le32(logic::config::NUM_PAGES);
-        self.host_target.store(target, Ordering::Relaxed);
-        target
+/// One round of inflation: up to `pages` kernel pages.
+fn inflate(core: &Core, pages: usize) -> Next {
+    let sh = core.data();
+    let mut fresh = sh.scratch.lock();
+    // Allocate outside the balloon lock, as the C driver does: allocation
+    // may reclaim and compact, and the OOM path needs the lock meanwhile.
+    let mut failed = false;
+    while fresh.len() < pages {
+        match NewPage::alloc() {
+            // A page above 16 TiB cannot be described to the host; it is
+            // freed here and counts as a failed allocation.
+            Some(p) if logic::frame_fits(p.pfn(), PAGE_SIZE) => {
+                if fresh.push(p).is_err() {
+                    break;
+                }
+            }
+            _ => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    let mut st = sh.state.lock();
+    let st = &mut *st;
+    if st.vqs.is_none() {
+        fresh.clear();
+        return Next::Idle;
+    }
+    let mut lens = [0usize; MSGS_PER_KICK];
+    let n = logic::encode_pages(
+        core::iter::from_fn(|| fresh.pop().map(|p| core.enqueue(p))),
+        PAGE_SIZE,
+        st.msg.as_mut_slice(),
+        &mut lens,
+    );
+    // The buffer holds a whole round, so nothing is left; if something were,
+    // it would be freed here, never leaked.
+    fresh.clear();
+    drop(fresh);
+    st.held += n as u64 * u64::from(sh.fpp);
+    add(&sh.stats.inflated_pages, n as u64);
+    st.tell(&sh.dev, &sh.stats, INFLATE_Q, &lens);
+    st.report(&sh.dev, &sh.stats);
+    if failed {
+        add(&sh.stats.alloc_failures, 1);
+        if !st.short {
+            st.short = true;
+            dev_info!(
+                sh.dev,
+                "out of memory for the balloon at {} KiB; retrying every {} ms\n",
+                st.held * 4,
+                logic::ALLOC_RETRY_MS
+            );
+        }
+        return Next::After(logic::ALLOC_RETRY_MS);
+    }
+    Next::Again
+}
+
+/// One round of deflation: up to `pages` kernel pages. The host hears of
+/// them before the guest gets them back, whatever the features.
+fn deflate(core: &Core, pages: usize) -> Next {
+    let sh = core.data();
+    let mut st = sh.state.lock();
+    let st = &mut *st;
+    let pages = pages.min(logic::frames_to_pages(st.held, sh.fpp) as usize);
+    let got = core.dequeue(pages, &mut st.out);
+    if got == 0 {
+        if pages != 0 && core.isolated() == 0 {
+            // Cannot happen unless the bookkeeping is wrong; do not spin.
+            dev_err!(
+                sh.dev,
+                "balloon counts {} frames but holds no pages; resetting the count\n",
+                st.held
+            );
+            st.held = 0;
+            st.report(&sh.dev, &sh.stats);
+            return Next::Again;
+        }
+        // What is left is isolated by compaction; it returns shortly.
+        return Next::After(10);
+    }
+    let mut lens = [0usize; MSGS_PER_KICK];
+    logic::encode_pages(
+        st.out.as_slice().iter().map(|p| p.pfn()),
+        PAGE_SIZE,
+        st.msg.as_mut_slice(),
+        &mut lens,
+    );
+    st.tell(&sh.dev, &sh.stats, DEFLATE_Q, &lens);
+    // Now the guest gets the pages back.
+    st.out.clear();
+    st.held -= got as u64 * u64::from(sh.fpp);
+    add(&sh.stats.deflated_pages, got as u64);
+    st.report(&sh.dev, &sh.stats);
+    Next::Again
+}
+
+/// Deflates the whole balloon (remove, freeze), telling the host.
+fn drain(core: &Core) {
+    let round = logic::pages_per_round(core.data().fpp);
+    loop {
+        if core.data().state.lock().held == 0 {
+            return;
+        }
+        if let Next::After(ms) = deflate(core, round) {
+            msleep(ms);
+        }
     }
 }
 
@@ -53,20 +337,30 @@ struct UpdateSize(Arc<Core>);
 
 impl WorkHandler for UpdateSize {
     fn run(&self) -> Next {
-        let core = &self.0;
-        let target = core.refresh_target();
-        let rounded = logic::round_target(target, core.frames_per_page);
-        // Inflation and deflation arrive with the balloon itself; until then
-        // the driver only follows and reports the host's request.
-        if rounded != 0 {
-            dev_info!(
-                core.dev,
-                "host asks for {} frames ({} KiB); inflation is not implemented yet\n",
-                rounded,
-                rounded * 4
-            );
+        let core = &*self.0;
+        let sh = core.data();
+        let num_pages = sh.dev.read_config_le32(logic::config::NUM_PAGES);
+        sh.stats
+            .target_frames
+            .store(num_pages.into(), Ordering::Relaxed);
+        let target = logic::target_frames(num_pages, sh.fpp);
+        let held = sh.state.lock().held;
+        match logic::next_step(target, held, sh.fpp) {
+            Step::Inflate(n) => inflate(core, n),
+            Step::Deflate(n) => deflate(core, n),
+            Step::Done => {
+                let mut st = sh.state.lock();
+                if st.short {
+                    st.short = false;
+                    dev_info!(
+                        sh.dev,
+                        "balloon reached the host's target of {} KiB\n",
+                        held * 4
+                    );
+                }
+                Next::Idle
+            }
         }
-        Next::Idle
     }
 }
 
@@ -74,6 +368,20 @@ impl WorkHandler for UpdateSize {
 pub(crate) struct Balloon {
     core: Arc<Core>,
     update: Work<UpdateSize>,
+    _debugfs: CounterDir<Counters>,
+}
+
+fn queue_specs() -> [QueueSpec; 2] {
+    [
+        QueueSpec {
+            name: c_str!("inflate"),
+            used: true,
+        },
+        QueueSpec {
+            name: c_str!("deflate"),
+            used: true,
+        },
+    ]
 }
 
 impl virtio::Driver for Balloon {
@@ -90,39 +398,52 @@ impl virtio::Driver for Balloon {
     }
 
     fn probe(dev: &Device) -> Result<KBox<Self>> {
-        let Some(frames_per_page) = logic::frames_per_page(kernel::page::PAGE_SIZE) else {
-            dev_err!(
-                dev,
-                "page size {} is not a multiple of 4 KiB\n",
-                kernel::page::PAGE_SIZE
-            );
+        let Some(fpp) = logic::frames_per_page(PAGE_SIZE) else {
+            dev_err!(dev, "page size {} is not a multiple of 4 KiB\n", PAGE_SIZE);
             return Err(EINVAL);
         };
-        let specs = [
-            QueueSpec {
-                name: c_str!("inflate"),
-                used: true,
-            },
-            QueueSpec {
-                name: c_str!("deflate"),
-                used: true,
-            },
-        ];
-        let vqs = Virtqueues::find(dev, &specs).inspect_err(|e| {
+        // Without DEFLATE_ON_OOM the balloon's pages leave MemTotal.
+        let account = !dev.has_feature(feature::BALLOON_DEFLATE_ON_OOM);
+        let round = logic::pages_per_round(fpp);
+        let msg = OutBuf::new(MSGS_PER_KICK * MSG_BYTES)?;
+        let out = Batch::with_capacity(round)?;
+        let scratch = Batch::with_capacity(round)?;
+        let stats = Arc::new(Counters::default(), GFP_KERNEL)?;
+        let name = CString::try_from_fmt(fmt!("virtio{}", dev.index()))?;
+        let vqs = Virtqueues::find(dev, &queue_specs()).inspect_err(|e| {
             dev_err!(dev, "cannot set up virtqueues: error {}\n", e.to_errno());
         })?;
+        let state = State {
+            vqs: Some(vqs),
+            held: 0,
+            msg,
+            out,
+            short: false,
+            send_error_logged: false,
+        };
         let core = Arc::pin_init(
-            pin_init!(Core {
-                dev: dev.get_ref(),
-                frames_per_page,
-                host_target: AtomicU32::new(0),
-                config_changes: AtomicU64::new(0),
-                state <- new_mutex!(State { vqs }, "virtio_balloon_rs::balloon_lock"),
-            }),
+            BalloonPages::new(
+                account,
+                try_pin_init!(Shared {
+                    dev: dev.get_ref(),
+                    fpp,
+                    stats,
+                    state <- Mutex::new(state, c_str!("virtio_balloon_rs::balloon_lock"), &BALLOON_LOCK),
+                    scratch <- Mutex::new(scratch, c_str!("virtio_balloon_rs::scratch"), &SCRATCH_LOCK),
+                }? Error),
+            ),
             GFP_KERNEL,
         )?;
         let update = Work::new(Queue::system_freezable(), UpdateSize(core.clone()))?;
-        Ok(KBox::new(Self { core, update }, GFP_KERNEL)?)
+        let debugfs = CounterDir::new(&name, core.data().stats.clone());
+        Ok(KBox::new(
+            Self {
+                core,
+                update,
+                _debugfs: debugfs,
+            },
+            GFP_KERNEL,
+        )?)
     }
 
     fn ready(&self, dev: &Device) {
@@ -132,26 +453,65 @@ impl virtio::Driver for Balloon {
             dev.index(),
             FeatureList(dev.features()),
             dev.features(),
-            kernel::page::PAGE_SIZE / 1024
+            PAGE_SIZE / 1024
         );
         // A target set before the driver came is followed at once.
         self.update.queue();
     }
 
     fn config_changed(&self, _dev: &Device) {
-        self.core.config_changes.fetch_add(1, Ordering::Relaxed);
+        add(&self.core.data().stats.config_changes, 1);
         self.update.queue();
     }
 
     fn remove(&self, dev: &Device) {
         // No work runs after this, and config changes no longer queue any.
         self.update.stop();
-        // Reset the device and delete the queues before the data goes.
-        self.core.state.lock().vqs.shutdown();
+        let sh = self.core.data();
+        let pages = logic::frames_to_pages(sh.state.lock().held, sh.fpp);
+        // Every page goes back to the guest, the host told first.
+        drain(&self.core);
+        {
+            let mut st = sh.state.lock();
+            st.report(dev, &sh.stats);
+            // Reset the device and delete the queues before the data goes.
+            st.vqs = None;
+        }
         dev_info!(
             dev,
-            "virtio_balloon_rs unbound from virtio{}\n",
-            dev.index()
+            "virtio_balloon_rs unbound from virtio{}; {} pages given back\n",
+            dev.index(),
+            pages
         );
+    }
+
+    fn freeze(&self, dev: &Device) -> Result {
+        // The freezable work is frozen already. Give every page back, then
+        // let go of the queues; restore sets them up again.
+        drain(&self.core);
+        let sh = self.core.data();
+        let mut st = sh.state.lock();
+        st.report(dev, &sh.stats);
+        st.vqs = None;
+        Ok(())
+    }
+
+    fn restore(&self, dev: &Device) -> Result {
+        let sh = self.core.data();
+        let vqs = Virtqueues::find(dev, &queue_specs()).inspect_err(|e| {
+            dev_err!(
+                dev,
+                "cannot set up virtqueues on resume: error {}\n",
+                e.to_errno()
+            );
+        })?;
+        {
+            let mut st = sh.state.lock();
+            st.vqs = Some(vqs);
+        }
+        dev.ready();
+        sh.state.lock().report(dev, &sh.stats);
+        self.update.queue();
+        Ok(())
     }
 }

@@ -12,6 +12,8 @@
 
 #[macro_use]
 pub(crate) mod print;
+pub(crate) mod balloon;
+pub(crate) mod debugfs;
 pub(crate) mod sync;
 pub(crate) mod virtio;
 pub(crate) mod work;

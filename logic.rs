@@ -35,6 +35,21 @@ pub(crate) mod config {
     pub(crate) const POISON_VAL: usize = 12;
 }
 
+/// `frames_per_page` as a divisor: never zero, so no arithmetic here can
+/// panic even if a caller passes 0 (the driver itself never does).
+const fn divisor(frames_per_page: u32) -> u64 {
+    if frames_per_page == 0 {
+        1
+    } else {
+        frames_per_page as u64
+    }
+}
+
+/// Whole kernel pages in `frames` 4 KiB frames.
+pub(crate) const fn frames_to_pages(frames: u64, frames_per_page: u32) -> u64 {
+    frames / divisor(frames_per_page)
+}
+
 /// Number of 4 KiB frames in one kernel page of `page_size` bytes.
 ///
 /// Returns `None` for a page size that is not a power-of-two multiple of
@@ -73,7 +88,7 @@ pub(crate) const fn frame_fits(pfn: u64, page_size: usize) -> bool {
 /// the whole page, and the reported `actual` then equals the rounded target
 /// so the device sees the balloon settle instead of oscillating.
 pub(crate) const fn round_target(frames: u32, frames_per_page: u32) -> u64 {
-    let fpp = frames_per_page as u64;
+    let fpp = divisor(frames_per_page);
     (frames as u64).div_ceil(fpp) * fpp
 }
 
@@ -91,7 +106,7 @@ pub(crate) const fn towards_target(
 /// [`MAX_PFNS_PER_MSG`] frames. At least one for any supported page size
 /// up to 1 MiB.
 pub(crate) const fn pages_per_msg(frames_per_page: u32) -> usize {
-    MAX_PFNS_PER_MSG / frames_per_page as usize
+    MAX_PFNS_PER_MSG / divisor(frames_per_page) as usize
 }
 
 /// Splits `pages` kernel pages into message-sized batches: returns the
@@ -128,6 +143,117 @@ pub(crate) fn encode_page_frames(
     Some(end)
 }
 
+/// Messages the driver puts on the inflate or deflate queue before one
+/// kick. Each stays within [`MAX_PFNS_PER_MSG`]; batching several per kick
+/// saves notifications and wake-ups, well within any ring (QEMU's has 128
+/// entries).
+pub(crate) const MSGS_PER_KICK: usize = 8;
+
+/// Kernel pages moved in one round of inflation or deflation.
+pub(crate) const fn pages_per_round(frames_per_page: u32) -> usize {
+    MSGS_PER_KICK * pages_per_msg(frames_per_page)
+}
+
+/// How long to wait before trying to allocate balloon pages again after an
+/// allocation failed (the C driver sleeps as long).
+pub(crate) const ALLOC_RETRY_MS: u32 = 200;
+
+/// The largest balloon, in 4 KiB frames, that the 32-bit `actual` field can
+/// report, rounded down to whole kernel pages.
+pub(crate) const fn max_frames(frames_per_page: u32) -> u64 {
+    let fpp = divisor(frames_per_page);
+    (u32::MAX as u64) / fpp * fpp
+}
+
+/// The balloon size, in 4 KiB frames, the driver aims for when the host
+/// asks for `num_pages`: rounded up to whole kernel pages and capped at what
+/// `actual` can report.
+pub(crate) const fn target_frames(num_pages: u32, frames_per_page: u32) -> u64 {
+    let t = round_target(num_pages, frames_per_page);
+    let max = max_frames(frames_per_page);
+    if t > max {
+        max
+    } else {
+        t
+    }
+}
+
+/// What one round of work does to move a balloon of `held` frames towards
+/// `target` frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// At the target.
+    Done,
+    /// Add this many kernel pages.
+    Inflate(usize),
+    /// Take out this many kernel pages.
+    Deflate(usize),
+}
+
+/// The next round: at most [`pages_per_round`] kernel pages, in the
+/// direction of the target.
+pub(crate) const fn next_step(target: u64, held: u64, frames_per_page: u32) -> Step {
+    let fpp = divisor(frames_per_page);
+    let cap = pages_per_round(frames_per_page) as u64;
+    if target > held {
+        let pages = (target - held).div_ceil(fpp);
+        Step::Inflate(if pages > cap { cap } else { pages } as usize)
+    } else if target < held {
+        let pages = (held - target).div_ceil(fpp);
+        Step::Deflate(if pages > cap { cap } else { pages } as usize)
+    } else {
+        Step::Done
+    }
+}
+
+/// Encodes the frames of kernel pages `pfns` into consecutive messages in
+/// `out`: message `m` takes bytes `m * MSG_BYTES ..`, holds whole pages only
+/// and at most [`MAX_PFNS_PER_MSG`] frames. Writes each message's length in
+/// bytes to `lens` (0 for unused ones) and returns how many pages were
+/// encoded: fewer than given when `out` or `lens` runs out of room.
+pub(crate) fn encode_pages(
+    pfns: impl Iterator<Item = u64>,
+    page_size: usize,
+    out: &mut [u8],
+    lens: &mut [usize],
+) -> usize {
+    for l in lens.iter_mut() {
+        *l = 0;
+    }
+    let Some(fpp) = frames_per_page(page_size) else {
+        return 0;
+    };
+    let per_msg = pages_per_msg(fpp);
+    if per_msg == 0 {
+        return 0;
+    }
+    let mut done = 0usize;
+    let mut pfns = pfns;
+    loop {
+        let (m, k) = (done / per_msg, done % per_msg);
+        let start = m * MSG_BYTES;
+        // Check for room before taking the next page: the caller's iterator
+        // may have side effects (enqueueing the page).
+        if m >= lens.len() || start + MSG_BYTES > out.len() {
+            break;
+        }
+        let Some(pfn) = pfns.next() else {
+            break;
+        };
+        match encode_page_frames(
+            &mut out[start..start + MSG_BYTES],
+            k * fpp as usize,
+            pfn,
+            page_size,
+        ) {
+            Some(end) => lens[m] = end * 4,
+            None => break,
+        }
+        done += 1;
+    }
+    done
+}
+
 /// Names of the balloon feature bits, for messages and the sysfs readout.
 pub(crate) const fn feature_name(bit: u32) -> &'static str {
     match bit {
@@ -141,6 +267,7 @@ pub(crate) const fn feature_name(bit: u32) -> &'static str {
         33 => "ACCESS_PLATFORM",
         28 => "RING_INDIRECT_DESC",
         29 => "RING_EVENT_IDX",
+        40 => "RING_RESET",
         _ => "unknown",
     }
 }

@@ -24,17 +24,30 @@ module! {
 }
 
 struct BalloonModule {
-    _driver: Registration<balloon::Balloon>,
+    driver: Option<Registration<balloon::Balloon>>,
 }
 
 impl kernel::Module for BalloonModule {
     fn init(module: &'static ThisModule) -> Result<Self> {
+        kapi::debugfs::init_root(kernel::c_str!("virtio_balloon_rs"));
         let driver = Registration::new(module).inspect_err(|e| {
+            kapi::debugfs::remove_root();
             pr_err!(
                 "cannot register the virtio driver: error {}\n",
                 e.to_errno()
             );
         })?;
-        Ok(Self { _driver: driver })
+        Ok(Self {
+            driver: Some(driver),
+        })
+    }
+}
+
+impl Drop for BalloonModule {
+    fn drop(&mut self) {
+        // Unbind every device (their counter directories go with them)
+        // before the module's debugfs directory goes.
+        self.driver = None;
+        kapi::debugfs::remove_root();
     }
 }

@@ -8,11 +8,17 @@
 //! data it returns is owned by the binding until `remove` has run.
 
 use super::sync::Completion;
-use core::{ffi::c_void, marker::PhantomData, ptr::NonNull};
+use core::{
+    ffi::c_void,
+    marker::PhantomData,
+    ptr::NonNull,
+    sync::atomic::{AtomicPtr, Ordering},
+};
 use kernel::{
     bindings,
     error::{from_result, to_result},
     prelude::*,
+    sync::{Arc, ArcBorrow},
     types::Opaque,
     ThisModule,
 };
@@ -85,9 +91,11 @@ impl Device {
     }
 
     /// Whether feature `bit` was negotiated (or, during `validate`, offered).
+    ///
+    /// Reads the feature word directly: C's `virtio_has_feature` BUG()s on
+    /// a device bit the driver does not list, and asking must never crash.
     pub(crate) fn has_feature(&self, bit: u32) -> bool {
-        // SAFETY: valid device (type invariant).
-        unsafe { bindings::virtio_has_feature(self.as_raw(), bit) }
+        bit < 64 && self.features() & (1u64 << bit) != 0
     }
 
     /// The negotiated feature bits.
@@ -127,6 +135,13 @@ impl Device {
                 bytes.len() as u32,
             )
         };
+    }
+
+    /// Makes the device live (`DRIVER_OK`): its virtqueues may be used and
+    /// it may raise config interrupts from now on.
+    pub(crate) fn ready(&self) {
+        // SAFETY: valid device; callers set the virtqueues up first.
+        unsafe { bindings::virtio_device_ready(self.as_raw()) };
     }
 
     /// Clears feature `bit` from the features offered to the driver. Only
@@ -201,6 +216,20 @@ pub(crate) trait Driver: Sized + Send + Sync + 'static {
 
     /// Unbinds from `dev`. The data is dropped when this returns.
     fn remove(&self, dev: &Device);
+
+    /// The system is going to sleep: the driver's freezable work is already
+    /// frozen. Give resources back and let go of the virtqueues; the device
+    /// is reset afterwards.
+    fn freeze(&self, _dev: &Device) -> Result {
+        Ok(())
+    }
+
+    /// The system woke up: set the virtqueues up again. The device is made
+    /// live after this returns (unless the driver did it), so a driver that
+    /// needs the device live right away calls [`Device::ready`].
+    fn restore(&self, _dev: &Device) -> Result {
+        Ok(())
+    }
 }
 
 /// Storage the bus points into while the driver is registered.
@@ -267,6 +296,11 @@ impl<T: Driver> Registration<T> {
             (*drv).probe = Some(probe_callback::<T>);
             (*drv).remove = Some(remove_callback::<T>);
             (*drv).config_changed = Some(config_changed_callback::<T>);
+            #[cfg(CONFIG_PM_SLEEP)]
+            {
+                (*drv).freeze = Some(freeze_callback::<T>);
+                (*drv).restore = Some(restore_callback::<T>);
+            }
         }
         // SAFETY: `drv` is fully initialised and pinned; `module` is this
         // module. On success the bus may call the callbacks at once.
@@ -301,6 +335,66 @@ unsafe extern "C" fn validate_callback<T: Driver>(
     })
 }
 
+/// Most virtqueues a device may have with this layer.
+const MAX_VQS: usize = 8;
+
+/// What `vdev->priv` points to while a driver is bound: the driver data and
+/// the per-queue state the interrupt callbacks reach. (`vq->priv` is not
+/// ours: the transport keeps its notification address there.)
+///
+/// # Invariants
+///
+/// `data` is null or a `KBox<T>` of the bound driver, turned into a raw
+/// pointer; `queues[i]` is null or the pinned `QueueShared` of the live
+/// virtqueue with index `i`.
+struct DevPriv {
+    data: AtomicPtr<c_void>,
+    queues: [AtomicPtr<QueueShared>; MAX_VQS],
+}
+
+impl DevPriv {
+    fn new() -> Self {
+        Self {
+            data: AtomicPtr::new(core::ptr::null_mut()),
+            queues: Default::default(),
+        }
+    }
+}
+
+impl Device {
+    /// The bound driver's [`DevPriv`], with a new reference.
+    fn dev_priv(&self) -> Option<Arc<DevPriv>> {
+        // SAFETY: valid device; `priv` is null or an `Arc<DevPriv>` turned
+        // into a raw pointer by `probe_callback`, alive while bound.
+        let ptr = unsafe { (*self.as_raw()).priv_ }.cast::<DevPriv>();
+        if ptr.is_null() {
+            return None;
+        }
+        // SAFETY: `ptr` came from `Arc::into_raw` and the reference that
+        // `priv` holds is still counted: borrow it and take a new one.
+        let borrowed = unsafe { ArcBorrow::from_raw(ptr) };
+        Some(borrowed.into())
+    }
+}
+
+/// The driver data of a bound device, if `probe` has returned.
+///
+/// # Safety
+///
+/// `vdev` must be valid; the result may only be used while the device
+/// stays bound and `remove` has not started.
+unsafe fn driver_data<'a, T: Driver>(vdev: *mut bindings::virtio_device) -> Option<&'a T> {
+    // SAFETY: per the function's contract `priv` is null or our `DevPriv`.
+    let dp = unsafe { (*vdev).priv_ }.cast::<DevPriv>();
+    if dp.is_null() {
+        return None;
+    }
+    // SAFETY: `dp` is live while bound; `data` is null or a `KBox<T>`.
+    let data = unsafe { (*dp).data.load(Ordering::Acquire) }.cast::<T>();
+    // SAFETY: freed only after `remove`, per the function's contract.
+    (!data.is_null()).then(|| unsafe { &*data })
+}
+
 /// # Safety
 ///
 /// Called by the virtio bus with a valid device that has no driver data yet.
@@ -315,11 +409,25 @@ unsafe extern "C" fn probe_callback<T: Driver>(
             dev_err!(dev, "config space access is not available\n");
             return Err(EINVAL);
         }
-        let data = T::probe(dev)?;
+        let dp = Arc::new(DevPriv::new(), GFP_KERNEL)?;
+        let dp_raw = Arc::into_raw(dp.clone());
+        // SAFETY: `priv` belongs to the driver; from here to `remove` it
+        // holds one reference to `dp` (see `Device::dev_priv`).
+        unsafe { (*vdev).priv_ = dp_raw.cast_mut().cast::<c_void>() };
+        let data = match T::probe(dev) {
+            Ok(data) => data,
+            Err(e) => {
+                // SAFETY: undo the above; `probe` failed, so nothing else
+                // (no queue, no callback) uses `priv` any more.
+                unsafe {
+                    (*vdev).priv_ = core::ptr::null_mut();
+                    drop(Arc::from_raw(dp_raw));
+                }
+                return Err(e);
+            }
+        };
         let ptr = KBox::into_raw(data);
-        // SAFETY: `priv` belongs to the driver; it holds the data until
-        // `remove_callback` takes it back.
-        unsafe { (*vdev).priv_ = ptr.cast::<c_void>() };
+        dp.data.store(ptr.cast::<c_void>(), Ordering::Release);
         // SAFETY: valid device with its virtqueues set up by `probe`.
         unsafe { bindings::virtio_device_ready(vdev) };
         // SAFETY: `ptr` came from `KBox::into_raw` just above and is freed
@@ -337,19 +445,28 @@ unsafe extern "C" fn probe_callback<T: Driver>(
 unsafe extern "C" fn remove_callback<T: Driver>(vdev: *mut bindings::virtio_device) {
     // SAFETY: the bus passes a bound device valid for the call.
     let dev = unsafe { Device::from_raw(vdev) };
-    // SAFETY: `priv` was set from `KBox::into_raw` in `probe_callback`.
-    let ptr = unsafe { (*vdev).priv_ }.cast::<T>();
-    if ptr.is_null() {
+    let Some(dp) = dev.dev_priv() else {
         return;
+    };
+    // Config callbacks are disabled by the core before `remove`; nothing
+    // else reads `data` once it is null.
+    let ptr = dp
+        .data
+        .swap(core::ptr::null_mut(), Ordering::AcqRel)
+        .cast::<T>();
+    if !ptr.is_null() {
+        // SAFETY: `ptr` came from `KBox::into_raw` in `probe_callback` and
+        // is live until the `from_raw` below.
+        T::remove(unsafe { &*ptr }, dev);
+        // SAFETY: as above; dropping the data deletes its virtqueues.
+        drop(unsafe { KBox::from_raw(ptr) });
     }
-    // SAFETY: `ptr` is live until the `from_raw` below; `remove` must quiesce
-    // every callback that could still read `priv`.
-    T::remove(unsafe { &*ptr }, dev);
-    // SAFETY: clears the pointer before freeing what it points to; nothing
-    // reads it any more (`remove` reset the device).
-    unsafe { (*vdev).priv_ = core::ptr::null_mut() };
-    // SAFETY: `ptr` came from `KBox::into_raw` in `probe_callback`.
-    drop(unsafe { KBox::from_raw(ptr) });
+    // SAFETY: drop the reference `priv` held (see `probe_callback`).
+    unsafe {
+        let raw = (*vdev).priv_.cast::<DevPriv>();
+        (*vdev).priv_ = core::ptr::null_mut();
+        drop(Arc::from_raw(raw));
+    }
 }
 
 /// # Safety
@@ -358,14 +475,44 @@ unsafe extern "C" fn remove_callback<T: Driver>(vdev: *mut bindings::virtio_devi
 unsafe extern "C" fn config_changed_callback<T: Driver>(vdev: *mut bindings::virtio_device) {
     // SAFETY: the core passes a bound device valid for the call.
     let dev = unsafe { Device::from_raw(vdev) };
-    // SAFETY: `priv` is the driver data while bound (see `probe_callback`).
-    let ptr = unsafe { (*vdev).priv_ }.cast::<T>();
-    if ptr.is_null() {
-        return;
-    }
     // SAFETY: config callbacks are disabled by the core before `remove`
-    // frees the data, so `ptr` is live here.
-    T::config_changed(unsafe { &*ptr }, dev);
+    // frees the data. Before `probe` returned there is no data yet: the
+    // driver reads the config in `ready` anyway.
+    if let Some(data) = unsafe { driver_data::<T>(vdev) } {
+        T::config_changed(data, dev);
+    }
+}
+
+/// # Safety
+///
+/// Called by the virtio core for a bound device while the system suspends.
+#[cfg(CONFIG_PM_SLEEP)]
+unsafe extern "C" fn freeze_callback<T: Driver>(
+    vdev: *mut bindings::virtio_device,
+) -> core::ffi::c_int {
+    // SAFETY: the core passes a bound device valid for the call.
+    let dev = unsafe { Device::from_raw(vdev) };
+    // SAFETY: freeze and remove are serialised by the device lock.
+    match unsafe { driver_data::<T>(vdev) } {
+        Some(data) => from_result(|| T::freeze(data, dev).map(|()| 0)),
+        None => 0,
+    }
+}
+
+/// # Safety
+///
+/// Called by the virtio core for a bound device while the system resumes.
+#[cfg(CONFIG_PM_SLEEP)]
+unsafe extern "C" fn restore_callback<T: Driver>(
+    vdev: *mut bindings::virtio_device,
+) -> core::ffi::c_int {
+    // SAFETY: the core passes a bound device valid for the call.
+    let dev = unsafe { Device::from_raw(vdev) };
+    // SAFETY: restore and remove are serialised by the device lock.
+    match unsafe { driver_data::<T>(vdev) } {
+        Some(data) => from_result(|| T::restore(data, dev).map(|()| 0)),
+        None => 0,
+    }
 }
 
 /// How the driver wants a virtqueue set up.
@@ -427,22 +574,33 @@ impl Virtqueue {
         unsafe { bindings::virtqueue_get_vring_size(self.vq.as_ptr()) }
     }
 
-    /// Sends the first `len` bytes of each of `bufs` (one descriptor each),
-    /// kicks the device once and sleeps until it has used every one.
+    /// Sends the parts `(offset, len)` of `buf` listed in `msgs`, one
+    /// descriptor each, kicks the device once and sleeps until it has used
+    /// every one.
     ///
-    /// Returns the number of buffers sent. At most the ring's size go out at
-    /// once; the caller sends the rest in another call.
-    pub(crate) fn send(&mut self, bufs: &[(&OutBuf, usize)]) -> Result<usize> {
+    /// At most the ring's size go out at once; [`Sent::count`] says how
+    /// many did, and the caller sends the rest in another call. The device
+    /// only reads these buffers, so it must report a used length of 0;
+    /// other lengths are counted in [`Sent::odd_lengths`] and otherwise
+    /// ignored. Fails with `EIO`, without waiting further, if the ring is
+    /// broken (the device misbehaved or is gone).
+    pub(crate) fn send(&mut self, buf: &OutBuf, msgs: &[(usize, usize)]) -> Result<Sent> {
         let mut added = 0usize;
-        for (buf, len) in bufs {
-            let len = (*len).min(buf.bytes.len());
+        for &(offset, len) in msgs {
+            let Some(part) = buf.bytes.get(offset..offset.saturating_add(len)) else {
+                return Err(EINVAL);
+            };
+            if part.is_empty() {
+                continue;
+            }
             let mut sg = core::mem::MaybeUninit::<bindings::scatterlist>::uninit();
-            let data = buf.bytes.as_ptr().cast_mut().cast::<c_void>();
-            // SAFETY: `sg` is valid for writes; `buf` is heap memory valid
+            let data = part.as_ptr().cast_mut().cast::<c_void>();
+            // SAFETY: `sg` is valid for writes; `part` is heap memory valid
             // for `len` bytes that outlives the round trip (we wait below
-            // until the device returned it).
+            // until the device returned it, or the ring is broken and the
+            // device no longer touches it).
             let ret = unsafe {
-                bindings::sg_init_one(sg.as_mut_ptr(), data, len as u32);
+                bindings::sg_init_one(sg.as_mut_ptr(), data, part.len() as u32);
                 bindings::virtqueue_add_outbuf(
                     self.vq.as_ptr(),
                     sg.as_mut_ptr(),
@@ -461,19 +619,45 @@ impl Virtqueue {
         }
         // SAFETY: live virtqueue; accesses are serialised by `&mut self`.
         unsafe { bindings::virtqueue_kick(self.vq.as_ptr()) };
+        let mut sent = Sent {
+            count: added,
+            odd_lengths: 0,
+        };
         let mut returned = 0usize;
         while returned < added {
             let mut len = 0u32;
             // SAFETY: live virtqueue, serialised by `&mut self`.
             let token = unsafe { bindings::virtqueue_get_buf(self.vq.as_ptr(), &mut len) };
             if token.is_null() {
-                self.shared.used.wait();
+                // Wake up now and then to notice a ring the core marked
+                // broken: its interrupts are ignored from then on.
+                if !self.shared.used.wait_timeout(1000) && self.is_broken() {
+                    return Err(EIO);
+                }
                 continue;
+            }
+            if len != 0 {
+                sent.odd_lengths += 1;
             }
             returned += 1;
         }
-        Ok(added)
+        Ok(sent)
     }
+
+    /// Whether the virtio core gave up on this ring.
+    pub(crate) fn is_broken(&self) -> bool {
+        // SAFETY: live virtqueue (type invariant).
+        unsafe { bindings::virtqueue_is_broken(self.vq.as_ptr()) }
+    }
+}
+
+/// What [`Virtqueue::send`] did.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Sent {
+    /// Buffers sent (and returned by the device).
+    pub(crate) count: usize,
+    /// Buffers the device returned with a used length other than 0.
+    pub(crate) odd_lengths: u32,
 }
 
 /// The virtqueues of a device, from `find_vqs`. Dropping it (or calling
@@ -485,17 +669,20 @@ impl Virtqueue {
 /// at index `i` (or is `None` for an unused index).
 pub(crate) struct Virtqueues {
     dev: DeviceRef,
+    dp: Arc<DevPriv>,
     queues: KVec<Option<Virtqueue>>,
     live: bool,
 }
 
 impl Virtqueues {
     /// Sets up the virtqueues of `dev` as `specs` asks (at most 8).
+    /// Only while the driver is bound (in `probe` or `restore`).
     pub(crate) fn find(dev: &Device, specs: &[QueueSpec]) -> Result<Self> {
-        const MAX: usize = 8;
+        const MAX: usize = MAX_VQS;
         if specs.len() > MAX {
             return Err(EINVAL);
         }
+        let dp = dev.dev_priv().ok_or(EINVAL)?;
         // Allocate everything first, so nothing can fail once queues exist.
         let mut shared = KVec::with_capacity(specs.len(), GFP_KERNEL)?;
         for _ in specs {
@@ -530,19 +717,18 @@ impl Virtqueues {
         // INVARIANT: the queues exist from here on; dropping `out` deletes them.
         let mut out = Self {
             dev: dev.get_ref(),
+            dp,
             queues,
             live: true,
         };
         for (i, sh) in shared.into_iter().enumerate() {
             let item = match NonNull::new(vqs[i]) {
                 Some(vq) if specs[i].used => {
-                    let priv_ = core::ptr::from_ref::<QueueShared>(&sh)
-                        .cast_mut()
-                        .cast::<c_void>();
-                    // SAFETY: `vq` was just created by `find_vqs` and `priv`
-                    // belongs to the driver. `sh` is pinned and lives as long
-                    // as the `Virtqueue` that owns it.
-                    unsafe { (*vq.as_ptr()).priv_ = priv_ };
+                    let ptr = core::ptr::from_ref::<QueueShared>(&sh).cast_mut();
+                    // INVARIANT: `sh` is pinned and lives as long as the
+                    // `Virtqueue` that owns it; `shutdown` clears the entry
+                    // before the queues (and `sh`) go.
+                    out.dp.queues[i].store(ptr, Ordering::Release);
                     Some(Virtqueue { vq, shared: sh })
                 }
                 _ => None,
@@ -571,10 +757,12 @@ impl Virtqueues {
         // SAFETY: valid device (held by `self.dev`). After the reset the
         // device no longer touches the rings and pending callbacks are
         // synchronised, so deleting the queues is allowed.
-        unsafe {
-            bindings::virtio_reset_device(self.dev.as_raw());
-            bindings::virtio_del_vqs(self.dev.as_raw());
+        unsafe { bindings::virtio_reset_device(self.dev.as_raw()) };
+        for q in &self.dp.queues {
+            q.store(core::ptr::null_mut(), Ordering::Release);
         }
+        // SAFETY: as above.
+        unsafe { bindings::virtio_del_vqs(self.dev.as_raw()) };
         // The queues are gone; drop the handles (and their shared state).
         self.queues = KVec::new();
     }
@@ -591,16 +779,24 @@ impl Drop for Virtqueues {
 ///
 /// # Safety
 ///
-/// Called by the virtio core with a live virtqueue whose `priv` is null or
-/// was set by [`Virtqueues::find`].
+/// Called by the virtio core with a live virtqueue created by
+/// [`Virtqueues::find`].
 unsafe extern "C" fn used_callback(vq: *mut bindings::virtqueue) {
-    // SAFETY: `vq` is live for the call.
-    let shared = unsafe { (*vq).priv_ }.cast::<QueueShared>();
-    if shared.is_null() {
+    // SAFETY: `vq` is live for the call, and so is its device.
+    let (vdev, index) = unsafe { ((*vq).vdev, (*vq).index as usize) };
+    // SAFETY: while the device has queues a driver is bound and `priv` is
+    // its `DevPriv` (see `probe_callback`).
+    let dp = unsafe { (*vdev).priv_ }.cast::<DevPriv>();
+    if dp.is_null() || index >= MAX_VQS {
         return;
     }
-    // SAFETY: `priv` points to the pinned `QueueShared` of the queue, which
-    // is freed only after the queue is deleted (after a reset that
-    // synchronises callbacks).
-    unsafe { (*shared).used.complete() };
+    // SAFETY: `dp` is live (the `Virtqueues` holds a reference); the entry
+    // is null or the pinned `QueueShared` of this queue, which is freed only
+    // after the entry is cleared and the device reset (which waits for
+    // running callbacks).
+    let shared = unsafe { (*dp).queues[index].load(Ordering::Acquire) };
+    if !shared.is_null() {
+        // SAFETY: see above.
+        unsafe { (*shared).used.complete() };
+    }
 }

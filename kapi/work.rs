@@ -100,9 +100,10 @@ impl<H: WorkHandler> Work<H> {
         &self.inner.handler
     }
 
-    /// Queues the item to run now. Safe from any context, interrupts included.
+    /// Queues the item to run now, also when a delayed run is pending (that
+    /// one is brought forward). Safe from any context, interrupts included.
     pub(crate) fn queue(&self) {
-        self.inner.queue_after_jiffies(0, false);
+        self.inner.queue_after_jiffies(0, true);
     }
 
     /// Queues the item to run after `ms` milliseconds; if it is already

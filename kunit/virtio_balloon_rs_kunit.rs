@@ -184,9 +184,68 @@ fn feature_names_are_listed() {
         buf: &mut out,
         len: 0,
     };
-    check!(core::fmt::write(&mut w, format_args!("{}", FeatureList(1 << 40))).is_ok());
+    check!(core::fmt::write(&mut w, format_args!("{}", FeatureList(1 << 41))).is_ok());
     let len = w.len;
-    check_eq!(&out[..len], b"bit40");
+    check_eq!(&out[..len], b"bit41");
+}
+
+fn targets_are_capped_to_what_actual_can_report() {
+    check_eq!(target_frames(0, 1), 0);
+    check_eq!(target_frames(5, 16), 16);
+    check_eq!(target_frames(u32::MAX, 1), u32::MAX as u64);
+    // 64 KiB pages: the largest whole-page count that fits in 32 bits,
+    // not the rounded-up 2^32.
+    check_eq!(target_frames(u32::MAX, 16), 0xffff_fff0);
+    check_eq!(max_frames(16), 0xffff_fff0);
+    check!(target_frames(u32::MAX - 3, 16) <= u32::MAX as u64);
+}
+
+fn rounds_move_towards_the_target() {
+    check_eq!(pages_per_round(1), 8 * 256);
+    check_eq!(pages_per_round(16), 8 * 16);
+    check_eq!(next_step(0, 0, 1), Step::Done);
+    check_eq!(next_step(1000, 0, 1), Step::Inflate(1000));
+    check_eq!(next_step(1 << 20, 0, 1), Step::Inflate(2048));
+    check_eq!(next_step(0, 512, 1), Step::Deflate(512));
+    check_eq!(next_step(100, 1 << 20, 1), Step::Deflate(2048));
+    // 64 KiB pages: frames come in sixteens.
+    check_eq!(next_step(16 * 1000, 0, 16), Step::Inflate(128));
+    check_eq!(next_step(16, 0, 16), Step::Inflate(1));
+    check_eq!(next_step(16, 48, 16), Step::Deflate(2));
+    check_eq!(frames_to_pages(48, 16), 3);
+    check_eq!(frames_to_pages(47, 16), 2);
+    // A zero page ratio (never produced by the driver) cannot panic.
+    check_eq!(frames_to_pages(5, 0), 5);
+    check_eq!(next_step(5, 0, 0), Step::Inflate(5));
+    check_eq!(round_target(7, 0), 7);
+}
+
+fn pages_fill_messages_of_at_most_256_frames() {
+    let mut out = [0u8; MSGS_PER_KICK * MSG_BYTES];
+    let mut lens = [7usize; MSGS_PER_KICK];
+    check_eq!(encode_pages(0..300u64, 4 * KIB, &mut out, &mut lens), 300);
+    check_eq!(lens[0], 1024);
+    check_eq!(lens[1], 44 * 4);
+    check!(lens[2..].iter().all(|&l| l == 0));
+    check_eq!(out[MSG_BYTES..MSG_BYTES + 4], 256u32.to_le_bytes());
+    // 64 KiB pages: 16 whole pages (256 frames) per message.
+    let mut lens = [0usize; MSGS_PER_KICK];
+    check_eq!(encode_pages(0..20u64, 64 * KIB, &mut out, &mut lens), 20);
+    check_eq!(lens[0], 1024);
+    check_eq!(lens[1], 4 * 16 * 4);
+    check_eq!(out[MSG_BYTES..MSG_BYTES + 4], 256u32.to_le_bytes());
+    // Out of room: the iterator is not pulled past what fits, because
+    // pulling a page enqueues it in the driver.
+    let mut one = [0u8; MSG_BYTES];
+    let mut lens = [0usize; 1];
+    let mut pulled = 0u32;
+    let pfns = core::iter::from_fn(|| {
+        pulled += 1;
+        Some(u64::from(pulled))
+    });
+    check_eq!(encode_pages(pfns, 4 * KIB, &mut one, &mut lens), 256);
+    check_eq!(pulled, 256);
+    check_eq!(lens[0], MSG_BYTES);
 }
 
 struct SliceWriter<'a> {
@@ -224,7 +283,7 @@ macro_rules! kunit_case {
     }};
 }
 
-const N_CASES: usize = 9;
+const N_CASES: usize = 12;
 
 /// The cases, terminated by an all-zero entry as KUnit requires.
 static mut CASES: [bindings::kunit_case; N_CASES + 1] = [
@@ -237,6 +296,9 @@ static mut CASES: [bindings::kunit_case; N_CASES + 1] = [
     kunit_case!(page_frames_encode_little_endian),
     kunit_case!(config_layout_matches_the_uapi),
     kunit_case!(feature_names_are_listed),
+    kunit_case!(targets_are_capped_to_what_actual_can_report),
+    kunit_case!(rounds_move_towards_the_target),
+    kunit_case!(pages_fill_messages_of_at_most_256_frames),
     // SAFETY: the all-zero terminator KUnit looks for.
     unsafe { core::mem::zeroed() },
 ];

@@ -24,6 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("VBRS_CACHE") or
              Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "virtio-balloon-rs")
 
+# The first line of the kernel's OOM-killer and allocation-failure reports.
+OOM_REPORT_RE = re.compile(r"invoked oom-killer|page allocation failure")
+
 # What a healthy console never shows.
 SPLAT_RE = re.compile(r"BUG:|WARNING:|Call Trace:|Kernel panic|Oops|general protection|"
                       r"KASAN:|UBSAN:|kmemleak:.*new suspected|possible recursive locking|"
@@ -344,13 +347,34 @@ class Guest:
         except FileNotFoundError:
             return ""
 
+    # Set by a test that drives the guest into the OOM killer on purpose:
+    # the OOM report's stack trace is then expected output, not a splat.
+    expect_oom = False
+
     def splats(self):
-        return [l for l in self.console_text().splitlines() if SPLAT_RE.search(l)]
+        lines = self.console_text().splitlines()
+        out = []
+        for i, l in enumerate(lines):
+            if not SPLAT_RE.search(l):
+                continue
+            if self.expect_oom and "Call Trace:" in l and any(
+                    OOM_REPORT_RE.search(p) for p in lines[max(0, i - 6):i]):
+                continue
+            out.append(l)
+        return out
 
     def meminfo(self):
         out = self.run("cat /proc/meminfo")
         return {k: int(v.split()[0]) for k, v in
                 (l.split(":", 1) for l in out.splitlines() if ":" in l)}
+
+    def free_kib(self):
+        """Free memory in KiB, pages on the per-CPU free lists included
+        (MemFree leaves those out, and freed pages often wait there)."""
+        out = self.run("cat /proc/meminfo /proc/zoneinfo")
+        free = int(re.search(r"MemFree:\s+(\d+)", out).group(1))
+        pcp = sum(int(n) for n in re.findall(r"^\s+count:\s+(\d+)", out, re.M))
+        return free + pcp * 4
 
     def vmstat(self):
         out = self.run("cat /proc/vmstat")
@@ -364,3 +388,35 @@ class Guest:
     def virtio_status(self):
         """QEMU's view of the balloon device (features, status)."""
         return self.qmp.cmd("x-query-virtio-status", path="/machine/peripheral/balloon0/virtio-backend")
+
+    # -- balloon ------------------------------------------------------------
+    MIB = 1024 * 1024
+
+    def set_balloon_mib(self, mib):
+        """Asks (over QMP) for a balloon of `mib` MiB: QEMU's `balloon`
+        command takes the guest RAM size it wants to leave."""
+        self.qmp.cmd("balloon", value=(self.mem_mib - mib) * self.MIB)
+
+    def balloon_mib(self):
+        """The balloon size the device reports (from the driver's `actual`),
+        in MiB, as a float."""
+        actual = self.qmp.cmd("query-balloon")["actual"]
+        return (self.mem_mib * self.MIB - actual) / self.MIB
+
+    def wait_balloon(self, pred, timeout=120, poll=0.1):
+        """Polls query-balloon until pred(balloon MiB) holds; returns the
+        last size. Raises GuestError on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            size = self.balloon_mib()
+            if pred(size):
+                return size
+            if time.monotonic() > deadline:
+                raise GuestError(f"balloon stuck at {size} MiB")
+            time.sleep(poll)
+
+    def counters(self, driver="virtio_balloon_rs"):
+        """The driver's debugfs counters for the balloon device."""
+        dev = self.balloon_virtio_dev()
+        out = self.run(f"cd /sys/kernel/debug/{driver}/{dev} && grep . *")
+        return {k: int(v) for k, v in (l.split(":", 1) for l in out.split())}

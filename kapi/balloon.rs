@@ -1,0 +1,449 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Balloon pages through `mm/balloon_compaction.c`.
+//!
+//! Pages handed to the host live on the list of a [`BalloonPages`] (a
+//! `struct balloon_dev_info`), where they stay movable: compaction may
+//! isolate one and ask the driver, through [`Migrate`], to swap it for a
+//! fresh page. Outside the list the driver owns pages through two types
+//! whose `Drop` gives them back to the page allocator, so no error path can
+//! leak one:
+//!
+//! - [`NewPage`]: allocated for the balloon, not yet enqueued;
+//! - [`DeflatedPage`]: taken out of the balloon; on drop it also restores
+//!   the managed page count if the balloon had taken it out.
+
+use core::{marker::PhantomPinned, mem::MaybeUninit, ptr::NonNull};
+use kernel::{bindings, ffi::c_int, prelude::*, types::Opaque};
+
+/// Page frame number of `page`.
+///
+/// # Safety
+///
+/// `page` must point to a live `struct page`.
+unsafe fn pfn_of(page: *mut bindings::page) -> u64 {
+    // SAFETY: live page per the function's contract.
+    unsafe { bindings::page_to_pfn(page) as u64 }
+}
+
+/// A page allocated for the balloon and not yet on its list.
+///
+/// # Invariants
+///
+/// `page` is a page from `balloon_page_alloc` on which this value holds the
+/// only reference.
+pub(crate) struct NewPage {
+    page: NonNull<bindings::page>,
+}
+
+// SAFETY: a page reference may be handed between threads.
+unsafe impl Send for NewPage {}
+
+impl NewPage {
+    /// Allocates a page the balloon way: movable, no retries, no emergency
+    /// reserves, no warning on failure. `None` when memory is short.
+    pub(crate) fn alloc() -> Option<Self> {
+        // SAFETY: no preconditions; may sleep, and callers run in process
+        // context.
+        let page = unsafe { bindings::balloon_page_alloc() };
+        // INVARIANT: a fresh page with one reference, ours.
+        NonNull::new(page).map(|page| Self { page })
+    }
+
+    /// Page frame number (kernel pages).
+    pub(crate) fn pfn(&self) -> u64 {
+        // SAFETY: the page is live while we hold our reference.
+        unsafe { pfn_of(self.page.as_ptr()) }
+    }
+}
+
+impl Drop for NewPage {
+    fn drop(&mut self) {
+        // SAFETY: we hold the only reference (type invariant): this frees it.
+        unsafe { bindings::put_page(self.page.as_ptr()) };
+    }
+}
+
+/// A page taken out of the balloon. Dropping it returns it to the guest:
+/// first to the managed page count (if the balloon took it from there),
+/// then to the page allocator.
+///
+/// # Invariants
+///
+/// `page` was dequeued from a balloon list and finalized; this value holds
+/// the balloon's reference to it. `account` tells whether its enqueue took
+/// it out of the managed page count.
+pub(crate) struct DeflatedPage {
+    page: NonNull<bindings::page>,
+    account: bool,
+}
+
+// SAFETY: a page reference may be handed between threads.
+unsafe impl Send for DeflatedPage {}
+
+impl DeflatedPage {
+    /// Page frame number (kernel pages).
+    pub(crate) fn pfn(&self) -> u64 {
+        // SAFETY: the page is live while we hold the balloon's reference.
+        unsafe { pfn_of(self.page.as_ptr()) }
+    }
+}
+
+impl Drop for DeflatedPage {
+    fn drop(&mut self) {
+        // SAFETY: live page, no longer on any balloon list (type invariant);
+        // dropping the balloon's reference frees it.
+        unsafe {
+            if self.account {
+                bindings::adjust_managed_page_count(self.page.as_ptr(), 1);
+            }
+            bindings::put_page(self.page.as_ptr());
+        }
+    }
+}
+
+/// A vector with a fixed capacity, reserved up front, so that the balloon's
+/// hot paths never allocate bookkeeping memory while memory is short.
+pub(crate) struct Batch<T> {
+    items: KVec<T>,
+}
+
+impl<T> Batch<T> {
+    /// An empty batch with room for `capacity` items.
+    pub(crate) fn with_capacity(capacity: usize) -> Result<Self> {
+        Ok(Self {
+            items: KVec::with_capacity(capacity, GFP_KERNEL)?,
+        })
+    }
+
+    /// Number of items.
+    pub(crate) fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether there are no items.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Room left.
+    pub(crate) fn room(&self) -> usize {
+        self.items.capacity() - self.items.len()
+    }
+
+    /// Appends `item`, or hands it back if the batch is full.
+    pub(crate) fn push(&mut self, item: T) -> core::result::Result<(), T> {
+        if self.room() == 0 {
+            return Err(item);
+        }
+        // Within the reserved capacity `push` does not allocate, so it
+        // cannot fail; the flags are never used.
+        self.items.push(item, GFP_NOWAIT).map_err(|_| ()).ok();
+        Ok(())
+    }
+
+    /// Removes and returns the last item.
+    pub(crate) fn pop(&mut self) -> Option<T> {
+        let len = self.items.len();
+        if len == 0 {
+            return None;
+        }
+        // SAFETY: index `len - 1` holds an initialised item; shrinking the
+        // length first hands its ownership to us, so it is read exactly once.
+        unsafe {
+            self.items.set_len(len - 1);
+            Some(self.items.as_ptr().add(len - 1).read())
+        }
+    }
+
+    /// Drops every item.
+    pub(crate) fn clear(&mut self) {
+        while self.pop().is_some() {}
+    }
+
+    /// The items.
+    pub(crate) fn as_slice(&self) -> &[T] {
+        self.items.as_slice()
+    }
+}
+
+/// What a driver does when compaction migrates one of its balloon pages.
+pub(crate) trait Migrate: Sized + Send + Sync {
+    /// Swaps the isolated balloon page of `m` for its replacement: must not
+    /// sleep on locks that balloon inflation holds while allocating (return
+    /// `EAGAIN` and compaction retries later), and tells the host about both
+    /// pages once the swap is committed. The old page is released when the
+    /// returned [`Migrated`] drops, after the handler has returned.
+    fn migrate(pages: &BalloonPages<Self>, m: Migration<'_, Self>) -> Result<Migrated>;
+}
+
+/// The set of pages in a balloon (`struct balloon_dev_info`), together with
+/// the driver data `T` that its migration callback needs.
+///
+/// # Invariants
+///
+/// `info` is initialised by `balloon_devinfo_init`, pinned, and its
+/// `migratepage` (if set) is `migrate_trampoline::<T>`. `info` is the first
+/// field of this `repr(C)` struct, so a pointer to it is a pointer to the
+/// whole. Every page on its list or isolated from it holds one reference
+/// owned by the balloon. `account` is fixed for the struct's life.
+#[repr(C)]
+#[pin_data(PinnedDrop)]
+pub(crate) struct BalloonPages<T: Migrate> {
+    #[pin]
+    info: Opaque<bindings::balloon_dev_info>,
+    account: bool,
+    #[pin]
+    data: T,
+    #[pin]
+    _pin: PhantomPinned,
+}
+
+// SAFETY: the list is protected by its own spinlock; `T` is `Send + Sync`.
+unsafe impl<T: Migrate> Send for BalloonPages<T> {}
+// SAFETY: every method takes `&self` and locks `pages_lock` or calls C
+// functions that do.
+unsafe impl<T: Migrate> Sync for BalloonPages<T> {}
+
+impl<T: Migrate> BalloonPages<T> {
+    /// An empty balloon. With `account`, pages going in leave the managed
+    /// page count (MemTotal shrinks) and come back to it on the way out.
+    pub(crate) fn new(account: bool, data: impl PinInit<T, Error>) -> impl PinInit<Self, Error> {
+        try_pin_init!(Self {
+            // SAFETY: `slot` is valid for writes and pinned.
+            // INVARIANT: initialised; `migratepage` is ours or null.
+            info <- Opaque::ffi_init(|slot: *mut bindings::balloon_dev_info| unsafe {
+                bindings::balloon_devinfo_init(slot);
+                if cfg!(CONFIG_BALLOON_COMPACTION) {
+                    (*slot).migratepage = Some(migrate_trampoline::<T>);
+                }
+            }),
+            account,
+            data <- data,
+            _pin: PhantomPinned,
+        }? Error)
+    }
+
+    /// The driver data.
+    pub(crate) fn data(&self) -> &T {
+        &self.data
+    }
+
+    /// Whether pages in the balloon are taken out of the managed count.
+    pub(crate) fn accounts(&self) -> bool {
+        self.account
+    }
+
+    /// Puts `page` in the balloon (where it stays movable) and returns its
+    /// page frame number. Counts a `balloon_inflate` event.
+    pub(crate) fn enqueue(&self, page: NewPage) -> u64 {
+        let raw = page.page.as_ptr();
+        core::mem::forget(page);
+        // SAFETY: `raw` is a live page whose only reference we just took over
+        // from `page`; `info` is initialised (type invariant). The reference
+        // now belongs to the balloon (type invariant).
+        unsafe {
+            bindings::balloon_page_enqueue(self.info.get(), raw);
+            if self.account {
+                bindings::adjust_managed_page_count(raw, -1);
+            }
+            pfn_of(raw)
+        }
+    }
+
+    /// Takes up to `n` pages out of the balloon into `out` (as many as it has
+    /// room for). Pages isolated by compaction are skipped. Counts a
+    /// `balloon_deflate` event per page. Returns how many were taken.
+    pub(crate) fn dequeue(&self, n: usize, out: &mut Batch<DeflatedPage>) -> usize {
+        let n = n.min(out.room());
+        if n == 0 {
+            return 0;
+        }
+        let mut head = MaybeUninit::<bindings::list_head>::uninit();
+        let head = head.as_mut_ptr();
+        // SAFETY: `head` is valid for writes and is not moved while in use;
+        // `info` is initialised. Dequeued pages are finalized and carry the
+        // balloon's reference, which `DeflatedPage` takes over.
+        unsafe {
+            bindings::INIT_LIST_HEAD(head);
+            let got = bindings::balloon_page_list_dequeue(self.info.get(), head, n);
+            for _ in 0..got {
+                let page = bindings::balloon_page_pop(head);
+                let Some(page) = NonNull::new(page) else {
+                    break;
+                };
+                // `out` has room for `n >= got` pages: this cannot fail.
+                let _ = out.push(DeflatedPage {
+                    page,
+                    account: self.account,
+                });
+            }
+            got
+        }
+    }
+
+    /// Number of pages compaction has isolated from the balloon right now;
+    /// they come back (or are replaced) once their migration ends.
+    pub(crate) fn isolated(&self) -> usize {
+        let info = self.info.get();
+        // SAFETY: `info` is initialised; `isolated_pages` is read under the
+        // lock that protects it.
+        unsafe {
+            let flags = bindings::spin_lock_irqsave(&raw mut (*info).pages_lock);
+            let n = (*info).isolated_pages;
+            bindings::spin_unlock_irqrestore(&raw mut (*info).pages_lock, flags);
+            n
+        }
+    }
+
+    /// Whether the balloon's list is empty (isolated pages aside).
+    fn list_empty(&self) -> bool {
+        let info = self.info.get();
+        // SAFETY: `info` is initialised; the list is read under its lock.
+        unsafe {
+            let flags = bindings::spin_lock_irqsave(&raw mut (*info).pages_lock);
+            let empty = bindings::list_empty(&raw const (*info).pages);
+            bindings::spin_unlock_irqrestore(&raw mut (*info).pages_lock, flags);
+            empty
+        }
+    }
+}
+
+#[pinned_drop]
+impl<T: Migrate> PinnedDrop for BalloonPages<T> {
+    fn drop(self: Pin<&mut Self>) {
+        // The driver empties the balloon (telling the host) before it lets
+        // go of it. Should pages remain, give them back to the guest rather
+        // than leak them; the device is gone by now. Isolated pages come back
+        // when their migration ends, which cannot take long.
+        let mut batch = match Batch::with_capacity(64) {
+            Ok(b) => b,
+            Err(_) => return,
+        };
+        let mut left = 0usize;
+        loop {
+            let got = self.dequeue(64, &mut batch);
+            left += got;
+            batch.clear();
+            if got == 0 && self.list_empty() && self.isolated() == 0 {
+                break;
+            }
+            if got == 0 {
+                // SAFETY: process context (drop runs from remove/unload).
+                unsafe { bindings::cond_resched() };
+            }
+        }
+        if left != 0 {
+            pr_warn!(
+                "virtio_balloon_rs: {} pages were still in the balloon at teardown; given back\n",
+                left
+            );
+        }
+    }
+}
+
+/// A migration in progress: compaction isolated `old` from the balloon and
+/// offers `new` in its place. [`Migration::commit`] makes the swap.
+///
+/// # Invariants
+///
+/// `old` is an isolated page of `pages`, `new` a locked page with one
+/// reference owned by the migration code; both live for `'a`.
+pub(crate) struct Migration<'a, T: Migrate> {
+    pages: &'a BalloonPages<T>,
+    new: NonNull<bindings::page>,
+    old: NonNull<bindings::page>,
+}
+
+impl<T: Migrate> Migration<'_, T> {
+    /// Page frame number of the page going into the balloon.
+    pub(crate) fn new_pfn(&self) -> u64 {
+        // SAFETY: live page (type invariant).
+        unsafe { pfn_of(self.new.as_ptr()) }
+    }
+
+    /// Page frame number of the page leaving the balloon.
+    pub(crate) fn old_pfn(&self) -> u64 {
+        // SAFETY: live page (type invariant).
+        unsafe { pfn_of(self.old.as_ptr()) }
+    }
+
+    /// Puts the new page in the balloon in place of the old one and counts a
+    /// `balloon_migrate` event. The old page leaves when the result drops.
+    pub(crate) fn commit(self) -> Migrated {
+        let info = self.pages.info.get();
+        let (new, old) = (self.new.as_ptr(), self.old.as_ptr());
+        // SAFETY: both pages are live and locked by the migration code; the
+        // balloon takes a reference on `new` (type invariant of
+        // `BalloonPages`). The list and `isolated_pages` change under
+        // `pages_lock`. Moving one page of accounting between zones keeps
+        // the managed counts right when the pages' zones differ.
+        unsafe {
+            bindings::get_page(new);
+            if self.pages.account && bindings::page_zone(old) != bindings::page_zone(new) {
+                bindings::adjust_managed_page_count(old, 1);
+                bindings::adjust_managed_page_count(new, -1);
+            }
+            let flags = bindings::spin_lock_irqsave(&raw mut (*info).pages_lock);
+            bindings::balloon_page_insert(info, new);
+            (*info).isolated_pages -= 1;
+            bindings::count_vm_event(bindings::vm_event_item_BALLOON_MIGRATE);
+            bindings::spin_unlock_irqrestore(&raw mut (*info).pages_lock, flags);
+        }
+        // INVARIANT: `old` is off the list, no longer counted as isolated,
+        // and still holds the balloon's reference.
+        Migrated { old: self.old }
+    }
+}
+
+/// A committed migration. Dropping it releases the old page: it is
+/// finalized and the balloon's reference is dropped.
+///
+/// # Invariants
+///
+/// `old` is a locked page that has left the balloon but still holds the
+/// balloon's reference.
+pub(crate) struct Migrated {
+    old: NonNull<bindings::page>,
+}
+
+impl Drop for Migrated {
+    fn drop(&mut self) {
+        // SAFETY: the page is locked by the migration code and carries the
+        // balloon's reference (type invariant), which we drop here.
+        unsafe {
+            bindings::balloon_page_finalize(self.old.as_ptr());
+            bindings::put_page(self.old.as_ptr());
+        }
+    }
+}
+
+/// `balloon_dev_info.migratepage` of a [`BalloonPages<T>`].
+///
+/// # Safety
+///
+/// Called by `balloon_page_migrate` with the `info` of a live
+/// `BalloonPages<T>` (only `BalloonPages::new` installs this function), an
+/// isolated page of it as `page` and a locked replacement as `newpage`.
+unsafe extern "C" fn migrate_trampoline<T: Migrate>(
+    info: *mut bindings::balloon_dev_info,
+    newpage: *mut bindings::page,
+    page: *mut bindings::page,
+    _mode: bindings::migrate_mode,
+) -> c_int {
+    // SAFETY: `info` is the first field of a live `repr(C)` `BalloonPages<T>`
+    // (type invariant and the function's contract).
+    let pages = unsafe { &*info.cast::<BalloonPages<T>>() };
+    let (Some(new), Some(old)) = (NonNull::new(newpage), NonNull::new(page)) else {
+        return EINVAL.to_errno();
+    };
+    // INVARIANT: per the function's contract.
+    let m = Migration { pages, new, old };
+    match T::migrate(pages, m) {
+        Ok(done) => {
+            drop(done);
+            bindings::MIGRATEPAGE_SUCCESS as c_int
+        }
+        Err(e) => e.to_errno(),
+    }
+}

@@ -1,0 +1,192 @@
+# SPDX-License-Identifier: GPL-2.0
+"""End-to-end: inflation and deflation against QEMU's balloon device, driven
+over QMP (`balloon`, `query-balloon`) and checked in the guest's /proc and
+the driver's debugfs counters."""
+
+import random
+import time
+
+import vm
+
+DRV = "/sys/bus/virtio/drivers/virtio_balloon_rs"
+PAGES_PER_MIB = 256  # 4 KiB kernel pages on x86_64
+
+
+def load(g):
+    g.run("insmod /modules/virtio_balloon_rs.ko")
+
+
+def mem_total_kib(g):
+    return g.meminfo()["MemTotal"]
+
+
+def test_exact_targets_memtotal_and_vmstat(boot):
+    g = boot(mem_mib=1024)
+    load(g)
+    total0 = mem_total_kib(g)
+    vm0 = g.vmstat()
+
+    g.set_balloon_mib(256)
+    assert g.wait_balloon(lambda s: s == 256) == 256
+    c = g.counters()
+    assert c["actual_frames"] == c["target_frames"] == 256 * PAGES_PER_MIB
+    # Without DEFLATE_ON_OOM the balloon's pages leave MemTotal, exactly.
+    assert mem_total_kib(g) == total0 - 256 * 1024
+    vm1 = g.vmstat()
+    assert vm1["balloon_inflate"] - vm0["balloon_inflate"] == 256 * PAGES_PER_MIB
+    assert vm1["balloon_deflate"] == vm0["balloon_deflate"]
+    # 65536 frames at most 256 per message.
+    assert c["inflate_msgs"] == 256 * PAGES_PER_MIB // 256
+    assert c["inflated_pages"] == 256 * PAGES_PER_MIB
+
+    # A target that is not a whole MiB: exact to the 4 KiB frame.
+    g.qmp.cmd("balloon", value=(1024 - 100) * g.MIB - 1001 * 4096)
+    want = 100 + 1001 / PAGES_PER_MIB
+    assert g.wait_balloon(lambda s: s == want) == want
+
+    g.set_balloon_mib(0)
+    assert g.wait_balloon(lambda s: s == 0) == 0
+    assert mem_total_kib(g) == total0
+    vm2 = g.vmstat()
+    inflated = vm2["balloon_inflate"] - vm0["balloon_inflate"]
+    deflated = vm2["balloon_deflate"] - vm0["balloon_deflate"]
+    assert inflated == deflated == g.counters()["deflated_pages"]
+    c = g.counters()
+    assert c["actual_frames"] == 0
+    assert c["host_errors"] == 0 and c["host_odd_used_len"] == 0
+    assert c["config_changes"] >= 3
+
+
+def test_rmmod_and_unbind_with_a_full_balloon_give_everything_back(boot):
+    g = boot(mem_mib=1024)
+    dev = g.balloon_virtio_dev()
+    load(g)
+    total0 = mem_total_kib(g)
+    vm0 = g.vmstat()
+    g.set_balloon_mib(300)
+    g.wait_balloon(lambda s: s == 300)
+    free_full = g.free_kib()
+
+    # Unbind: every page back, the host told first (it sees actual drop).
+    g.run(f"echo {dev} > {DRV}/unbind")
+    assert mem_total_kib(g) == total0
+    vm1 = g.vmstat()
+    assert vm1["balloon_deflate"] - vm0["balloon_deflate"] == 300 * PAGES_PER_MIB
+    assert g.free_kib() > free_full + 290 * 1024
+    assert g.balloon_mib() == 0
+
+    # Rebind: the driver follows the (unchanged) target again.
+    g.run(f"echo {dev} > {DRV}/bind")
+    assert g.wait_balloon(lambda s: s == 300) == 300
+    assert mem_total_kib(g) == total0 - 300 * 1024
+
+    # rmmod with a full balloon.
+    g.run("rmmod virtio_balloon_rs")
+    assert mem_total_kib(g) == total0
+    vm2 = g.vmstat()
+    assert vm2["balloon_inflate"] - vm0["balloon_inflate"] == 600 * PAGES_PER_MIB
+    assert vm2["balloon_deflate"] - vm0["balloon_deflate"] == 600 * PAGES_PER_MIB
+    assert "300 MiB" not in g.console_text()  # no noise; the count is in pages
+    assert f"unbound from {dev}; {300 * PAGES_PER_MIB} pages given back" in g.console_text()
+
+
+def test_repeated_inflate_unload_cycles_leak_nothing(boot):
+    g = boot(mem_mib=1024)
+    total0 = mem_total_kib(g)
+    g.run("sync; echo 3 > /proc/sys/vm/drop_caches")
+    free0 = g.free_kib()
+    vm0 = g.vmstat()
+    cycles = 10
+    for i in range(cycles):
+        g.set_balloon_mib(128 + 16 * i)
+        load(g)
+        g.wait_balloon(lambda s, want=128 + 16 * i: s == want)
+        g.run("rmmod virtio_balloon_rs")
+        assert mem_total_kib(g) == total0
+    g.run("sync; echo 3 > /proc/sys/vm/drop_caches")
+    vm1 = g.vmstat()
+    moved = sum(128 + 16 * i for i in range(cycles)) * PAGES_PER_MIB
+    assert vm1["balloon_inflate"] - vm0["balloon_inflate"] == moved
+    assert vm1["balloon_deflate"] - vm0["balloon_deflate"] == moved
+    # Nothing held on to: free memory is back to where it was, give or take
+    # a little slab and page-cache noise (far below one cycle's balloon).
+    assert g.free_kib() > free0 - 4 * 1024
+
+
+def test_flapping_targets_end_exactly_at_the_last(boot):
+    g = boot(mem_mib=1024)
+    load(g)
+    vm0 = g.vmstat()
+    rnd = random.Random(1234)
+    for _ in range(200):
+        g.qmp.cmd("balloon", value=rnd.randrange(400 * g.MIB, 1024 * g.MIB))
+    final = 1024 * g.MIB - 4096 * 77777
+    g.qmp.cmd("balloon", value=final)
+    want = 77777 / PAGES_PER_MIB
+    assert g.wait_balloon(lambda s: s == want) == want
+    g.run("sleep 1")
+    assert g.balloon_mib() == want
+    vm1 = g.vmstat()
+    held = (vm1["balloon_inflate"] - vm0["balloon_inflate"]) - \
+        (vm1["balloon_deflate"] - vm0["balloon_deflate"])
+    assert held == 77777
+    c = g.counters()
+    assert c["actual_frames"] == 77777 and c["target_frames"] == 77777
+
+
+def test_oversized_target_leaves_a_healthy_guest(boot):
+    g = boot(mem_mib=512)
+    load(g)
+    total0 = mem_total_kib(g)
+    # Ask for (almost) all of the guest's RAM: more than it can give. As
+    # with the C driver, the balloon takes what it can get, and the guest's
+    # own allocations may then meet the OOM killer: its reports are expected
+    # here, anything else (BUG, WARNING, panic) is not.
+    g.expect_oom = True
+    g.qmp.cmd("balloon", value=1)
+    # Only QMP while the guest is starved: its shell may be OOM-killed.
+    sizes = []
+    for _ in range(100):
+        sizes.append(g.balloon_mib())
+        if len(sizes) > 10 and sizes[-1] == sizes[-10] and sizes[-1] > 0:
+            break
+        time.sleep(0.3)
+    assert 400 < sizes[-1] < 512, sizes
+    # Back to nothing: every page returns and the guest works again.
+    g.set_balloon_mib(0)
+    g.wait_balloon(lambda s: s == 0)
+    assert g.run("echo alive", timeout=60).strip() == "alive"
+    assert mem_total_kib(g) == total0
+    c = g.counters()
+    assert c["alloc_failures"] > 3
+    # One message for the whole episode, not one per retry.
+    assert g.console_text().count("out of memory for the balloon") == 1
+    assert "reached the host's target" in g.console_text()
+    vmst = g.vmstat()
+    assert vmst["balloon_inflate"] == vmst["balloon_deflate"]
+
+
+def test_compaction_migrates_balloon_pages(boot):
+    g = boot(mem_mib=1024)
+    load(g)
+    total0 = mem_total_kib(g)
+    vm0 = g.vmstat()
+    g.set_balloon_mib(400)
+    g.wait_balloon(lambda s: s == 400)
+    for _ in range(3):
+        g.run("echo 1 > /proc/sys/vm/compact_memory")
+    vm1 = g.vmstat()
+    c = g.counters()
+    migrated = vm1["balloon_migrate"] - vm0["balloon_migrate"]
+    assert migrated == c["migrated_pages"]
+    assert migrated > 0, "compaction moved no balloon page"
+    # Migration swaps pages one for one: the balloon and MemTotal are
+    # unchanged, and every page still comes back.
+    assert g.balloon_mib() == 400
+    assert mem_total_kib(g) == total0 - 400 * 1024
+    g.set_balloon_mib(0)
+    g.wait_balloon(lambda s: s == 0)
+    assert mem_total_kib(g) == total0
+    vm2 = g.vmstat()
+    assert vm2["balloon_inflate"] - vm0["balloon_inflate"] == \
+        vm2["balloon_deflate"] - vm0["balloon_deflate"]
