@@ -42,6 +42,29 @@ def echo_driver_lines(g, seen):
     return new, len(lines)
 
 
+def resize_live(g, balloon_mib):
+    """Asks for a balloon of `balloon_mib` MiB and shows the driver getting
+    there: the host's target, the balloon (QEMU's actual), MemTotal and the
+    driver's counters, until the target is reached."""
+    t0 = time.monotonic()
+    g.set_balloon_mib(balloon_mib)
+    while True:
+        size = g.balloon_mib()
+        c = g.counters()
+        mem_total = g.meminfo()["MemTotal"] // 1024
+        done = size == balloon_mib
+        line = (f"    t={time.monotonic() - t0:5.2f}s  target {c['target_frames'] // 256:5} MiB  "
+                f"balloon {size:7.1f} MiB  MemTotal {mem_total:5} MiB  "
+                f"msgs in/out {c['inflate_msgs']}/{c['deflate_msgs']}")
+        print(("\r" if sys.stdout.isatty() else "") + line, end="" if sys.stdout.isatty() and not done else "\n",
+              flush=True)
+        if done or time.monotonic() - t0 > 60:
+            if sys.stdout.isatty():
+                print()
+            return
+        time.sleep(0.05 if sys.stdout.isatty() else 0.25)
+
+
 def main():
     def on_term(*_):
         raise KeyboardInterrupt
@@ -75,17 +98,21 @@ def main():
             show("device status", ", ".join(s.split(":")[0] for s in st["status"]["statuses"]))
             _, seen = echo_driver_lines(g, 0)
 
-            say("host asks for 256 MiB back (QMP balloon, guest RAM target 1792 MiB)")
-            g.qmp.cmd("balloon", value=1792 << 20)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                new, seen = echo_driver_lines(g, seen)
-                if any("host asks" in l for l in new):
-                    break
-                time.sleep(0.2)
-            q = g.qmp.cmd("query-balloon")
-            show("QEMU actual", f"{q['actual'] >> 20} MiB")
-            show("guest MemTotal", f"{g.meminfo()['MemTotal'] // 1024} MiB")
+            mem = g.mem_mib
+            for balloon in (512, 1024, 256, 0):
+                say(f"host sets the balloon to {balloon} MiB "
+                    f"(QMP balloon: guest RAM {mem - balloon} MiB)")
+                resize_live(g, balloon)
+                _, seen = echo_driver_lines(g, seen)
+            c = g.counters()
+            show("counters", "")
+            for k in ("inflated_pages", "deflated_pages", "inflate_msgs", "deflate_msgs",
+                      "migrated_pages", "alloc_failures", "host_errors"):
+                show("  " + k, c[k])
+            vmst = g.vmstat()
+            show("/proc/vmstat", f"balloon_inflate {vmst['balloon_inflate']}, "
+                 f"balloon_deflate {vmst['balloon_deflate']}, "
+                 f"balloon_migrate {vmst['balloon_migrate']}")
 
             if hold:
                 say("holding the guest; Ctrl-C to stop")
