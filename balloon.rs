@@ -14,12 +14,13 @@
 use crate::kapi::{
     balloon::{BalloonPages, Batch, DeflatedPage, Migrate, Migrated, Migration, NewPage},
     debugfs::{self, CounterDir},
+    oom::{OomHandler, OomNotifier},
     sync::{msleep, LockKey, Mutex},
     virtio::{self, feature, id, Device, DeviceRef, OutBuf, QueueSpec, Virtqueues},
     work::{Next, Queue, Work, WorkHandler},
 };
 use crate::logic::{self, FeatureList, Step, MSGS_PER_KICK, MSG_BYTES};
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use kernel::{
     c_str, fmt,
     page::PAGE_SIZE,
@@ -30,7 +31,10 @@ use kernel::{
 
 /// Feature bits the driver negotiates today. Later features are added here
 /// as they are implemented, never before.
-const FEATURES: [u32; 1] = [feature::BALLOON_MUST_TELL_HOST];
+const FEATURES: [u32; 2] = [
+    feature::BALLOON_MUST_TELL_HOST,
+    feature::BALLOON_DEFLATE_ON_OOM,
+];
 
 /// Virtqueue indices, as the device defines them.
 const INFLATE_Q: usize = 0;
@@ -68,6 +72,10 @@ pub(crate) struct Counters {
     host_odd_used_len: AtomicU64,
     /// Messages that could not be sent (broken or vanished device).
     host_errors: AtomicU64,
+    /// OOM notifications received (DEFLATE_ON_OOM).
+    oom_notifications: AtomicU64,
+    /// Kernel pages given back to the guest by OOM notifications.
+    oom_deflated_pages: AtomicU64,
 }
 
 fn add(counter: &AtomicU64, n: u64) {
@@ -88,6 +96,8 @@ impl debugfs::Counters for Counters {
         f(c_str!("config_changes"), &self.config_changes);
         f(c_str!("host_odd_used_len"), &self.host_odd_used_len);
         f(c_str!("host_errors"), &self.host_errors);
+        f(c_str!("oom_notifications"), &self.oom_notifications);
+        f(c_str!("oom_deflated_pages"), &self.oom_deflated_pages);
     }
 }
 
@@ -171,6 +181,9 @@ struct Shared {
     /// 4 KiB frames per kernel page.
     fpp: u32,
     stats: Arc<Counters>,
+    /// Set when an OOM notification deflated the balloon: inflation waits
+    /// for the host's next target instead of taking the memory right back.
+    oom_pause: AtomicBool,
     /// The balloon lock.
     #[pin]
     state: Mutex<State>,
@@ -280,12 +293,24 @@ fn inflate(core: &Core, pages: usize) -> Next {
     Next::Again
 }
 
-/// One round of deflation: up to `pages` kernel pages. The host hears of
+/// Result of [`leak`].
+enum Leak {
+    /// This many kernel pages left the balloon.
+    Freed(usize),
+    /// Nothing to take now: what is left is isolated by compaction (it
+    /// returns shortly), or the device is frozen.
+    Busy,
+}
+
+/// Takes up to `pages` kernel pages out of the balloon. The host hears of
 /// them before the guest gets them back, whatever the features.
-fn deflate(core: &Core, pages: usize) -> Next {
+fn leak(core: &Core, pages: usize) -> Leak {
     let sh = core.data();
     let mut st = sh.state.lock();
     let st = &mut *st;
+    if st.vqs.is_none() {
+        return Leak::Busy;
+    }
     let pages = pages.min(logic::frames_to_pages(st.held, sh.fpp) as usize);
     let got = core.dequeue(pages, &mut st.out);
     if got == 0 {
@@ -298,10 +323,9 @@ fn deflate(core: &Core, pages: usize) -> Next {
             );
             st.held = 0;
             st.report(&sh.dev, &sh.stats);
-            return Next::Again;
+            return Leak::Freed(0);
         }
-        // What is left is isolated by compaction; it returns shortly.
-        return Next::After(10);
+        return Leak::Busy;
     }
     let mut lens = [0usize; MSGS_PER_KICK];
     logic::encode_pages(
@@ -316,7 +340,15 @@ fn deflate(core: &Core, pages: usize) -> Next {
     st.held -= got as u64 * u64::from(sh.fpp);
     add(&sh.stats.deflated_pages, got as u64);
     st.report(&sh.dev, &sh.stats);
-    Next::Again
+    Leak::Freed(got)
+}
+
+/// One round of deflation for the update work.
+fn deflate(core: &Core, pages: usize) -> Next {
+    match leak(core, pages) {
+        Leak::Freed(_) => Next::Again,
+        Leak::Busy => Next::After(10),
+    }
 }
 
 /// Deflates the whole balloon (remove, freeze), telling the host.
@@ -346,6 +378,9 @@ impl WorkHandler for UpdateSize {
         let target = logic::target_frames(num_pages, sh.fpp);
         let held = sh.state.lock().held;
         match logic::next_step(target, held, sh.fpp) {
+            // After an OOM deflation the guest needs the memory more than
+            // the host does; wait for the host to ask again.
+            Step::Inflate(_) if sh.oom_pause.load(Ordering::Acquire) => Next::Idle,
             Step::Inflate(n) => inflate(core, n),
             Step::Deflate(n) => deflate(core, n),
             Step::Done => {
@@ -364,8 +399,30 @@ impl WorkHandler for UpdateSize {
     }
 }
 
+/// The OOM notifier's handler (DEFLATE_ON_OOM): deflates 1 MiB per call.
+struct OomDeflate(Arc<Core>);
+
+impl OomHandler for OomDeflate {
+    fn out_of_memory(&self) -> u64 {
+        let core = &*self.0;
+        let sh = core.data();
+        sh.oom_pause.store(true, Ordering::Release);
+        add(&sh.stats.oom_notifications, 1);
+        // Sleeps on the balloon lock at most one host round trip: inflation
+        // allocates before it takes the lock, never while holding it.
+        let freed = match leak(core, logic::oom_pages(sh.fpp)) {
+            Leak::Freed(n) => n,
+            Leak::Busy => 0,
+        };
+        add(&sh.stats.oom_deflated_pages, freed as u64);
+        freed as u64
+    }
+}
+
 /// Per-device driver data.
 pub(crate) struct Balloon {
+    /// Registered when DEFLATE_ON_OOM is negotiated; dropped first.
+    oom: Option<Pin<KBox<OomNotifier<OomDeflate>>>>,
     core: Arc<Core>,
     update: Work<UpdateSize>,
     _debugfs: CounterDir<Counters>,
@@ -428,6 +485,7 @@ impl virtio::Driver for Balloon {
                     dev: dev.get_ref(),
                     fpp,
                     stats,
+                    oom_pause: AtomicBool::new(false),
                     state <- Mutex::new(state, c_str!("virtio_balloon_rs::balloon_lock"), &BALLOON_LOCK),
                     scratch <- Mutex::new(scratch, c_str!("virtio_balloon_rs::scratch"), &SCRATCH_LOCK),
                 }? Error),
@@ -435,9 +493,23 @@ impl virtio::Driver for Balloon {
             GFP_KERNEL,
         )?;
         let update = Work::new(Queue::system_freezable(), UpdateSize(core.clone()))?;
+        let oom = if account {
+            None
+        } else {
+            let nb = OomNotifier::register(OomDeflate(core.clone()), logic::OOM_NOTIFY_PRIORITY)
+                .inspect_err(|e| {
+                    dev_err!(
+                        dev,
+                        "cannot register the OOM notifier: error {}\n",
+                        e.to_errno()
+                    );
+                })?;
+            Some(nb)
+        };
         let debugfs = CounterDir::new(&name, core.data().stats.clone());
         Ok(KBox::new(
             Self {
+                oom,
                 core,
                 update,
                 _debugfs: debugfs,
@@ -460,11 +532,19 @@ impl virtio::Driver for Balloon {
     }
 
     fn config_changed(&self, _dev: &Device) {
-        add(&self.core.data().stats.config_changes, 1);
+        let sh = self.core.data();
+        add(&sh.stats.config_changes, 1);
+        // A new target from the host lifts a pause after OOM deflation.
+        sh.oom_pause.store(false, Ordering::Release);
         self.update.queue();
     }
 
     fn remove(&self, dev: &Device) {
+        // No OOM notification may see a half-torn-down balloon: off the
+        // chain first (waits for one in progress).
+        if let Some(oom) = &self.oom {
+            oom.unregister();
+        }
         // No work runs after this, and config changes no longer queue any.
         self.update.stop();
         let sh = self.core.data();

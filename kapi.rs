@@ -14,6 +14,7 @@
 pub(crate) mod print;
 pub(crate) mod balloon;
 pub(crate) mod debugfs;
+pub(crate) mod oom;
 pub(crate) mod sync;
 pub(crate) mod virtio;
 pub(crate) mod work;

@@ -154,6 +154,24 @@ pub(crate) const fn pages_per_round(frames_per_page: u32) -> usize {
     MSGS_PER_KICK * pages_per_msg(frames_per_page)
 }
 
+/// 4 KiB frames one OOM notification deflates (1 MiB), as the C driver.
+pub(crate) const OOM_FRAMES: u32 = 256;
+
+/// Priority of the balloon on the OOM notifier chain, as the C driver.
+pub(crate) const OOM_NOTIFY_PRIORITY: i32 = 80;
+
+/// Kernel pages one OOM notification deflates: [`OOM_FRAMES`] worth, at
+/// least one page. The notifier reports what it freed in kernel pages, not
+/// in 4 KiB frames; this is the conversion the C driver once got wrong.
+pub(crate) const fn oom_pages(frames_per_page: u32) -> usize {
+    let pages = frames_to_pages(OOM_FRAMES as u64, frames_per_page);
+    if pages == 0 {
+        1
+    } else {
+        pages as usize
+    }
+}
+
 /// How long to wait before trying to allocate balloon pages again after an
 /// allocation failed (the C driver sleeps as long).
 pub(crate) const ALLOC_RETRY_MS: u32 = 200;

@@ -248,6 +248,20 @@ fn pages_fill_messages_of_at_most_256_frames() {
     check_eq!(lens[0], MSG_BYTES);
 }
 
+fn oom_deflates_one_mib_counted_in_kernel_pages() {
+    // The notifier adds kernel pages to the OOM killer's count: 256 4 KiB
+    // frames are 256 pages of 4 KiB, 16 of 64 KiB, and at least one page
+    // when a page is larger than 1 MiB.
+    check_eq!(OOM_FRAMES, 256);
+    check_eq!(oom_pages(1), 256);
+    check_eq!(oom_pages(4), 64);
+    check_eq!(oom_pages(16), 16);
+    check_eq!(oom_pages(512), 1);
+    check_eq!(OOM_NOTIFY_PRIORITY, 80);
+    // What it frees, in frames, is pages times the ratio: 1 MiB.
+    check_eq!(oom_pages(16) as u64 * 16, 256);
+}
+
 struct SliceWriter<'a> {
     buf: &'a mut [u8],
     len: usize,
@@ -283,7 +297,7 @@ macro_rules! kunit_case {
     }};
 }
 
-const N_CASES: usize = 12;
+const N_CASES: usize = 13;
 
 /// The cases, terminated by an all-zero entry as KUnit requires.
 static mut CASES: [bindings::kunit_case; N_CASES + 1] = [
@@ -299,6 +313,7 @@ static mut CASES: [bindings::kunit_case; N_CASES + 1] = [
     kunit_case!(targets_are_capped_to_what_actual_can_report),
     kunit_case!(rounds_move_towards_the_target),
     kunit_case!(pages_fill_messages_of_at_most_256_frames),
+    kunit_case!(oom_deflates_one_mib_counted_in_kernel_pages),
     // SAFETY: the all-zero terminator KUnit looks for.
     unsafe { core::mem::zeroed() },
 ];

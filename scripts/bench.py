@@ -9,6 +9,11 @@ balloon of 1792 MiB; the time runs from the QMP command until `query-balloon`
 reports the target. Deflate: back to 2 GiB, timed the same way. Medians and
 Rust/C ratios are printed; the goal is a ratio of at most 1.0.
 
+OOM: a 1 GiB guest with deflate-on-oom=on holds an 800 MiB balloon; a guest
+process then allocates and touches OOM_MIB (256) MiB more than the guest has
+available, which it can only get through OOM deflation (1 MiB per
+notification). Timed from the host around the process.
+
     make bench                  5 repetitions
     make bench REPS=9           more
 """
@@ -42,6 +47,31 @@ def timed_resize(g, balloon_mib, timeout=300):
         if time.monotonic() > deadline:
             raise vm.GuestError(f"balloon did not reach {balloon_mib} MiB in {timeout}s")
         time.sleep(0.002)
+
+
+OOM_MEM_MIB = 1024
+OOM_BALLOON_MIB = 800
+OOM_MIB = 256
+
+
+def one_oom_run(g, name):
+    mod, ko = DRIVERS[name]
+    g.set_balloon_mib(0)
+    g.run(f"insmod {ko}")
+    g.set_balloon_mib(OOM_BALLOON_MIB)
+    g.wait_balloon(lambda s: s == OOM_BALLOON_MIB, timeout=300)
+    g.run("sync; echo 3 > /proc/sys/vm/drop_caches")
+    need = g.meminfo()["MemAvailable"] // 1024 + OOM_MIB
+    kills = g.vmstat()["oom_kill"]
+    t0 = time.monotonic()
+    out = g.run(f"memhog {need}", timeout=600)
+    took = time.monotonic() - t0
+    if f"memhog: {need} MiB ok" not in out or g.vmstat()["oom_kill"] != kills:
+        raise vm.GuestError(f"{name}: the process was not rescued by the balloon")
+    g.set_balloon_mib(0)
+    g.wait_balloon(lambda s: s == 0, timeout=300)
+    g.run(f"rmmod {mod}")
+    return took
 
 
 def one_run(g, name):
@@ -81,10 +111,25 @@ def main():
                     print(f"    rep {rep + 1} {name:<4} inflate {inf * 1000:7.1f} ms   "
                           f"deflate {dfl * 1000:7.1f} ms", flush=True)
             splats = g.splats()
+        print(f"==> OOM: {OOM_MEM_MIB} MiB guest, deflate-on-oom=on, {OOM_BALLOON_MIB} MiB "
+              f"balloon, a process needs {OOM_MIB} MiB more than is available", flush=True)
+        times["C"]["oom"] = []
+        times["Rust"]["oom"] = []
+        with vm.Guest(kdir, initrd, mem_mib=OOM_MEM_MIB, accel=accel, balloon="deflate-on-oom=on",
+                      workdir=Path(tmp) / "g-oom") as g:
+            for name in DRIVERS:
+                one_oom_run(g, name)
+            for rep in range(reps):
+                order = list(DRIVERS) if rep % 2 == 0 else list(reversed(DRIVERS))
+                for name in order:
+                    took = one_oom_run(g, name)
+                    times[name]["oom"].append(took)
+                    print(f"    rep {rep + 1} {name:<4} oom     {took * 1000:7.1f} ms", flush=True)
+            splats += g.splats()
         print()
         print(f"    {'':8} {'C median':>10} {'Rust median':>12} {'Rust/C':>8}")
         ok = True
-        for op in ("inflate", "deflate"):
+        for op in ("inflate", "deflate", "oom"):
             c = statistics.median(times["C"][op])
             r = statistics.median(times["Rust"][op])
             ratio = r / c

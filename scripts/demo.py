@@ -124,6 +124,35 @@ def main():
             g.run("rmmod virtio_balloon_rs")
             echo_driver_lines(g, seen)
             splats = g.splats()
+
+        say("deflate-on-OOM: a 512 MiB guest with -device virtio-balloon-pci,deflate-on-oom=on")
+        with vm.Guest(kdir, initrd, mem_mib=512, accel=accel, balloon="deflate-on-oom=on",
+                      workdir=Path(tmp) / "g-oom") as g:
+            g.run("insmod /modules/virtio_balloon_rs.ko")
+            say("host sets the balloon to 350 MiB")
+            resize_live(g, 350)
+            show("guest MemTotal", f"{g.meminfo()['MemTotal'] // 1024} MiB (unchanged: deflate-on-OOM)")
+            avail = g.meminfo()["MemAvailable"] // 1024
+            need = avail + 120
+            kills0 = g.vmstat()["oom_kill"]
+            say(f"a process allocates {need} MiB; only {avail} MiB are available")
+            g.run(f"memhog {need} > /tmp/hog.out 2>&1 &")
+            t0 = time.monotonic()
+            while True:
+                out = g.run("cat /tmp/hog.out")
+                c = g.counters()
+                print(f"    t={time.monotonic() - t0:5.2f}s  balloon {g.balloon_mib():6.1f} MiB  "
+                      f"OOM notifications {c['oom_notifications']:4}  "
+                      f"pages given back {c['oom_deflated_pages']}", flush=True)
+                if "memhog" in out or time.monotonic() - t0 > 120:
+                    break
+                time.sleep(0.3)
+            kills = g.vmstat()["oom_kill"] - kills0
+            rescued = "ok" in out and kills == 0
+            show("process", f"{GREEN if rescued else RED}{out.strip() or 'did not finish'}{RESET}")
+            show("OOM kills", kills)
+            g.run("rmmod virtio_balloon_rs")
+            splats += g.splats()
         if splats:
             say(f"{RED}the guest console shows problems:{RESET}")
             for l in splats:

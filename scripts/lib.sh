@@ -34,6 +34,8 @@ kmod modinfo
 xz-utils unpacking the kernel source
 qemu-system-x86 guests
 busybox-static guest userland
+gcc static test programs for the guest (tests/guest/)
+libc6-dev static libc for those
 udev /dev/virtio-ports links that virtme-ng's init needs for the exit status
 python3-venv virtme-ng and pytest venv
 "

@@ -81,6 +81,15 @@ done
 """
 
 
+def build_memhog(outdir):
+    """Compiles tests/guest/memhog.c statically (gcc, libc6-dev)."""
+    out = Path(outdir) / "memhog"
+    src = ROOT / "tests/guest/memhog.c"
+    if not out.exists() or out.stat().st_mtime < src.stat().st_mtime:
+        subprocess.run(["gcc", "-static", "-O2", "-Wall", "-o", str(out), str(src)], check=True)
+    return out
+
+
 def build_initramfs(kdir, dest):
     """Writes a gzip'd initramfs with busybox, /init and the modules."""
     busybox = Path("/bin/busybox")
@@ -102,6 +111,7 @@ def build_initramfs(kdir, dest):
     for name, path in mods.items():
         if path.exists():
             entries.append(("modules/" + name, stat.S_IFREG | 0o644, path.read_bytes()))
+    entries.append(("bin/memhog", stat.S_IFREG | 0o755, build_memhog(Path(dest).parent).read_bytes()))
     Path(dest).write_bytes(gzip.compress(_cpio_newc(entries), 1))
     return Path(dest)
 

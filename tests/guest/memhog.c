@@ -1,0 +1,38 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * memhog MIB [HOLD_SECONDS]: allocates MIB MiB of anonymous memory, touches
+ * every page, optionally holds it, prints "memhog: MIB MiB ok" and exits 0.
+ * Built statically on the host and put in the test guests' initramfs.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+int main(int argc, char **argv)
+{
+	size_t mib, len, off;
+	unsigned int hold = 0;
+	char *p;
+
+	if (argc < 2) {
+		fprintf(stderr, "usage: memhog MIB [HOLD_SECONDS]\n");
+		return 2;
+	}
+	mib = strtoul(argv[1], NULL, 10);
+	if (argc > 2)
+		hold = strtoul(argv[2], NULL, 10);
+	len = mib << 20;
+	p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED) {
+		perror("memhog: mmap");
+		return 1;
+	}
+	for (off = 0; off < len; off += 4096)
+		p[off] = (char)off | 1;
+	if (hold)
+		sleep(hold);
+	printf("memhog: %zu MiB ok\n", mib);
+	return 0;
+}
