@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 SHELL := /bin/bash
 VENV_PY = $(shell bash -c '. $(ROOT)/scripts/lib.sh && echo $$VBRS_VENV')/bin/python
 
-.PHONY: all module deps kernel run check kunit vng e2e bench fmt fmtcheck clippy clean
+.PHONY: all module deps kernel debug-kernel run check check-debug kunit vng e2e bench fmt fmtcheck clippy clean
 
 all: module
 
@@ -40,6 +40,23 @@ check: module
 	@$(MAKE) --no-print-directory kunit
 	@$(MAKE) --no-print-directory vng
 	@$(MAKE) --no-print-directory e2e
+
+# The debug kernel: guest.config + debug.config (KASAN, lockdep, kmemleak,
+# fault injection), as one fragment in the cache so that it gets its own key.
+DEBUG_FRAGMENT = $(shell . $(ROOT)/scripts/lib.sh && echo $$VBRS_CACHE)/fragments/debug.config
+
+debug-kernel: deps
+	@mkdir -p $(dir $(DEBUG_FRAGMENT))
+	@cat $(ROOT)/scripts/kernel/guest.config $(ROOT)/scripts/kernel/debug.config > $(DEBUG_FRAGMENT)
+	@$(ROOT)/scripts/kernel/build.sh $(DEBUG_FRAGMENT)
+
+# The end-to-end suite on the debug kernel: any KASAN, lockdep, kmemleak or
+# WARN report fails it.
+check-debug: debug-kernel
+	@echo "==> end-to-end tests on the debug kernel (KASAN, lockdep, kmemleak)"
+	@$(ROOT)/scripts/build-module.sh "$$($(ROOT)/scripts/kernel/build.sh $(DEBUG_FRAGMENT))" >/dev/null
+	@cd $(ROOT)/tests && VBRS_KERNEL_FRAGMENT=$(DEBUG_FRAGMENT) VBRS_DEBUG_KERNEL=1 \
+		$(VENV_PY) -m pytest -v -p no:cacheprovider $(PYTEST_ARGS) .
 
 # Rust vs the in-tree C driver, side by side in one guest (REPS=5).
 bench: module

@@ -197,7 +197,7 @@ struct Shared {
 type Core = BalloonPages<Shared>;
 
 impl Migrate for Shared {
-    fn migrate(pages: &Core, m: Migration<'_, Self>) -> Result<Migrated> {
+    fn migrate<'a>(pages: &'a Core, m: Migration<'a, Self>) -> Result<Migrated<'a>> {
         let sh = pages.data();
         // Never sleep on the balloon lock here: inflation holds it and may
         // itself be waiting for compaction. Compaction retries later.
@@ -258,7 +258,9 @@ fn inflate(core: &Core, pages: usize) -> Next {
     }
     let mut st = sh.state.lock();
     let st = &mut *st;
-    if st.vqs.is_none() {
+    // Frozen or going away; or an OOM notification freed memory while we
+    // allocated: the guest needs it more than the host.
+    if st.vqs.is_none() || sh.oom_pause.load(Ordering::Acquire) {
         fresh.clear();
         return Next::Idle;
     }
@@ -303,8 +305,10 @@ enum Leak {
 }
 
 /// Takes up to `pages` kernel pages out of the balloon. The host hears of
-/// them before the guest gets them back, whatever the features.
-fn leak(core: &Core, pages: usize) -> Leak {
+/// them before the guest gets them back, whatever the features. With
+/// `for_oom`, pages freed also pause inflation (set under the balloon lock,
+/// which inflation checks again before it enqueues).
+fn leak(core: &Core, pages: usize, for_oom: bool) -> Leak {
     let sh = core.data();
     let mut st = sh.state.lock();
     let st = &mut *st;
@@ -314,7 +318,7 @@ fn leak(core: &Core, pages: usize) -> Leak {
     let pages = pages.min(logic::frames_to_pages(st.held, sh.fpp) as usize);
     let got = core.dequeue(pages, &mut st.out);
     if got == 0 {
-        if pages != 0 && core.isolated() == 0 {
+        if pages != 0 && core.is_drained() {
             // Cannot happen unless the bookkeeping is wrong; do not spin.
             dev_err!(
                 sh.dev,
@@ -334,6 +338,9 @@ fn leak(core: &Core, pages: usize) -> Leak {
         st.msg.as_mut_slice(),
         &mut lens,
     );
+    if for_oom {
+        sh.oom_pause.store(true, Ordering::Release);
+    }
     st.tell(&sh.dev, &sh.stats, DEFLATE_Q, &lens);
     // Now the guest gets the pages back.
     st.out.clear();
@@ -345,7 +352,7 @@ fn leak(core: &Core, pages: usize) -> Leak {
 
 /// One round of deflation for the update work.
 fn deflate(core: &Core, pages: usize) -> Next {
-    match leak(core, pages) {
+    match leak(core, pages, false) {
         Leak::Freed(_) => Next::Again,
         Leak::Busy => Next::After(10),
     }
@@ -406,11 +413,10 @@ impl OomHandler for OomDeflate {
     fn out_of_memory(&self) -> u64 {
         let core = &*self.0;
         let sh = core.data();
-        sh.oom_pause.store(true, Ordering::Release);
         add(&sh.stats.oom_notifications, 1);
         // Sleeps on the balloon lock at most one host round trip: inflation
         // allocates before it takes the lock, never while holding it.
-        let freed = match leak(core, logic::oom_pages(sh.fpp)) {
+        let freed = match leak(core, logic::oom_pages(sh.fpp), true) {
             Leak::Freed(n) => n,
             Leak::Busy => 0,
         };
@@ -589,6 +595,9 @@ impl virtio::Driver for Balloon {
             let mut st = sh.state.lock();
             st.vqs = Some(vqs);
         }
+        // Freeze gave every page back: follow the host's target again, as
+        // the C driver does, even after an OOM deflation.
+        sh.oom_pause.store(false, Ordering::Release);
         dev.ready();
         sh.state.lock().report(dev, &sh.stats);
         self.update.queue();

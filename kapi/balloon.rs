@@ -13,7 +13,9 @@
 //! - [`DeflatedPage`]: taken out of the balloon; on drop it also restores
 //!   the managed page count if the balloon had taken it out.
 
-use core::{marker::PhantomPinned, mem::MaybeUninit, ptr::NonNull};
+use core::{
+    cell::Cell, marker::PhantomData, marker::PhantomPinned, mem::MaybeUninit, ptr::NonNull,
+};
 use kernel::{bindings, ffi::c_int, prelude::*, types::Opaque};
 
 /// Page frame number of `page`.
@@ -91,14 +93,26 @@ impl DeflatedPage {
 
 impl Drop for DeflatedPage {
     fn drop(&mut self) {
-        // SAFETY: live page, no longer on any balloon list (type invariant);
-        // dropping the balloon's reference frees it.
-        unsafe {
-            if self.account {
-                bindings::adjust_managed_page_count(self.page.as_ptr(), 1);
-            }
-            bindings::put_page(self.page.as_ptr());
+        // SAFETY: live, finalized page off every balloon list, carrying the
+        // balloon's reference (type invariant).
+        unsafe { release(self.page.as_ptr(), self.account) };
+    }
+}
+
+/// Gives a page that left the balloon back to the guest: to the managed
+/// page count if `account`, then to the page allocator.
+///
+/// # Safety
+///
+/// `page` must be live, dequeued and finalized, and the caller must own the
+/// balloon's reference to it, which this drops.
+unsafe fn release(page: *mut bindings::page, account: bool) {
+    // SAFETY: per the function's contract.
+    unsafe {
+        if account {
+            bindings::adjust_managed_page_count(page, 1);
         }
+        bindings::put_page(page);
     }
 }
 
@@ -174,7 +188,10 @@ pub(crate) trait Migrate: Sized + Send + Sync {
     /// `EAGAIN` and compaction retries later), and tells the host about both
     /// pages once the swap is committed. The old page is released when the
     /// returned [`Migrated`] drops, after the handler has returned.
-    fn migrate(pages: &BalloonPages<Self>, m: Migration<'_, Self>) -> Result<Migrated>;
+    ///
+    /// Once [`Migration::commit`] ran, the migration has happened, whatever
+    /// the handler returns.
+    fn migrate<'a>(pages: &'a BalloonPages<Self>, m: Migration<'a, Self>) -> Result<Migrated<'a>>;
 }
 
 /// The set of pages in a balloon (`struct balloon_dev_info`), together with
@@ -237,18 +254,20 @@ impl<T: Migrate> BalloonPages<T> {
     /// Puts `page` in the balloon (where it stays movable) and returns its
     /// page frame number. Counts a `balloon_inflate` event.
     pub(crate) fn enqueue(&self, page: NewPage) -> u64 {
+        let pfn = page.pfn();
         let raw = page.page.as_ptr();
         core::mem::forget(page);
         // SAFETY: `raw` is a live page whose only reference we just took over
-        // from `page`; `info` is initialised (type invariant). The reference
-        // now belongs to the balloon (type invariant).
+        // from `page`; `info` is initialised (type invariant). The page is
+        // accounted before it becomes visible to migration; its reference
+        // then belongs to the balloon (type invariant).
         unsafe {
-            bindings::balloon_page_enqueue(self.info.get(), raw);
             if self.account {
                 bindings::adjust_managed_page_count(raw, -1);
             }
-            pfn_of(raw)
+            bindings::balloon_page_enqueue(self.info.get(), raw);
         }
+        pfn
     }
 
     /// Takes up to `n` pages out of the balloon into `out` (as many as it has
@@ -296,13 +315,18 @@ impl<T: Migrate> BalloonPages<T> {
         }
     }
 
-    /// Whether the balloon's list is empty (isolated pages aside).
-    fn list_empty(&self) -> bool {
+    /// Whether the balloon holds no page at all: its list is empty and
+    /// compaction has none isolated, read together under the list's lock.
+    /// (A page can be on the list and still not dequeueable for a moment,
+    /// while the migration code holds its page lock.)
+    pub(crate) fn is_drained(&self) -> bool {
         let info = self.info.get();
-        // SAFETY: `info` is initialised; the list is read under its lock.
+        // SAFETY: `info` is initialised; both fields are read under the lock
+        // that protects them.
         unsafe {
             let flags = bindings::spin_lock_irqsave(&raw mut (*info).pages_lock);
-            let empty = bindings::list_empty(&raw const (*info).pages);
+            let empty =
+                bindings::list_empty(&raw const (*info).pages) && (*info).isolated_pages == 0;
             bindings::spin_unlock_irqrestore(&raw mut (*info).pages_lock, flags);
             empty
         }
@@ -314,20 +338,28 @@ impl<T: Migrate> PinnedDrop for BalloonPages<T> {
     fn drop(self: Pin<&mut Self>) {
         // The driver empties the balloon (telling the host) before it lets
         // go of it. Should pages remain, give them back to the guest rather
-        // than leak them; the device is gone by now. Isolated pages come back
+        // than leak them or leave them pointing at freed memory; the device
+        // is gone by now. This allocates nothing. Isolated pages come back
         // when their migration ends, which cannot take long.
-        let mut batch = match Batch::with_capacity(64) {
-            Ok(b) => b,
-            Err(_) => return,
-        };
         let mut left = 0usize;
-        loop {
-            let got = self.dequeue(64, &mut batch);
+        while !self.is_drained() {
+            let mut head = MaybeUninit::<bindings::list_head>::uninit();
+            let head = head.as_mut_ptr();
+            // SAFETY: `head` is valid and stays put while in use; `info` is
+            // initialised. Dequeued pages are finalized and carry the
+            // balloon's reference, which `release` drops.
+            let got = unsafe {
+                bindings::INIT_LIST_HEAD(head);
+                let got = bindings::balloon_page_list_dequeue(self.info.get(), head, 64);
+                for _ in 0..got {
+                    let page = bindings::balloon_page_pop(head);
+                    if !page.is_null() {
+                        release(page, self.account);
+                    }
+                }
+                got
+            };
             left += got;
-            batch.clear();
-            if got == 0 && self.list_empty() && self.isolated() == 0 {
-                break;
-            }
             if got == 0 {
                 // SAFETY: process context (drop runs from remove/unload).
                 unsafe { bindings::cond_resched() };
@@ -348,14 +380,16 @@ impl<T: Migrate> PinnedDrop for BalloonPages<T> {
 /// # Invariants
 ///
 /// `old` is an isolated page of `pages`, `new` a locked page with one
-/// reference owned by the migration code; both live for `'a`.
+/// reference owned by the migration code; both live for `'a`. `committed`
+/// is the trampoline's record of whether the swap happened.
 pub(crate) struct Migration<'a, T: Migrate> {
     pages: &'a BalloonPages<T>,
     new: NonNull<bindings::page>,
     old: NonNull<bindings::page>,
+    committed: &'a Cell<bool>,
 }
 
-impl<T: Migrate> Migration<'_, T> {
+impl<'a, T: Migrate> Migration<'a, T> {
     /// Page frame number of the page going into the balloon.
     pub(crate) fn new_pfn(&self) -> u64 {
         // SAFETY: live page (type invariant).
@@ -370,7 +404,7 @@ impl<T: Migrate> Migration<'_, T> {
 
     /// Puts the new page in the balloon in place of the old one and counts a
     /// `balloon_migrate` event. The old page leaves when the result drops.
-    pub(crate) fn commit(self) -> Migrated {
+    pub(crate) fn commit(self) -> Migrated<'a> {
         let info = self.pages.info.get();
         let (new, old) = (self.new.as_ptr(), self.old.as_ptr());
         // SAFETY: both pages are live and locked by the migration code; the
@@ -390,24 +424,30 @@ impl<T: Migrate> Migration<'_, T> {
             bindings::count_vm_event(bindings::vm_event_item_BALLOON_MIGRATE);
             bindings::spin_unlock_irqrestore(&raw mut (*info).pages_lock, flags);
         }
+        self.committed.set(true);
         // INVARIANT: `old` is off the list, no longer counted as isolated,
         // and still holds the balloon's reference.
-        Migrated { old: self.old }
+        Migrated {
+            old: self.old,
+            _life: PhantomData,
+        }
     }
 }
 
 /// A committed migration. Dropping it releases the old page: it is
-/// finalized and the balloon's reference is dropped.
+/// finalized and the balloon's reference is dropped. It cannot outlive the
+/// migration callback (`'a`).
 ///
 /// # Invariants
 ///
 /// `old` is a locked page that has left the balloon but still holds the
 /// balloon's reference.
-pub(crate) struct Migrated {
+pub(crate) struct Migrated<'a> {
     old: NonNull<bindings::page>,
+    _life: PhantomData<&'a ()>,
 }
 
-impl Drop for Migrated {
+impl Drop for Migrated<'_> {
     fn drop(&mut self) {
         // SAFETY: the page is locked by the migration code and carries the
         // balloon's reference (type invariant), which we drop here.
@@ -437,13 +477,24 @@ unsafe extern "C" fn migrate_trampoline<T: Migrate>(
     let (Some(new), Some(old)) = (NonNull::new(newpage), NonNull::new(page)) else {
         return EINVAL.to_errno();
     };
+    let committed = Cell::new(false);
     // INVARIANT: per the function's contract.
-    let m = Migration { pages, new, old };
-    match T::migrate(pages, m) {
+    let m = Migration {
+        pages,
+        new,
+        old,
+        committed: &committed,
+    };
+    let result = T::migrate(pages, m);
+    // A committed swap is a success even if the handler then failed (its
+    // `Migrated` was dropped, releasing the old page): reporting failure
+    // would make the migration code reuse a page that already changed hands.
+    match result {
         Ok(done) => {
             drop(done);
             bindings::MIGRATEPAGE_SUCCESS as c_int
         }
+        Err(_) if committed.get() => bindings::MIGRATEPAGE_SUCCESS as c_int,
         Err(e) => e.to_errno(),
     }
 }

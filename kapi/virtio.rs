@@ -105,36 +105,45 @@ impl Device {
         unsafe { (*self.as_raw()).features }
     }
 
-    /// Reads a little-endian `u32` field of the device's config space.
+    /// Reads a little-endian `u32` field of the device's config space, with
+    /// one 32-bit access (as the spec asks for 32-bit fields), retried until
+    /// the config generation is stable.
     pub(crate) fn read_config_le32(&self, offset: usize) -> u32 {
+        let vdev = self.as_raw();
         let mut bytes = [0u8; 4];
-        // SAFETY: valid device (type invariant) with config access (checked
-        // in `probe_callback` before the driver sees the device); `bytes` is
-        // valid for 4 bytes of writes.
+        // SAFETY: valid device (type invariant) whose `config` ops are set by
+        // the transport; `get` exists (checked in `probe_callback` before the
+        // driver sees the device). `bytes` is valid for 4 bytes of writes.
         unsafe {
-            bindings::virtio_cread_bytes(
-                self.as_raw(),
-                offset as u32,
-                bytes.as_mut_ptr().cast(),
-                bytes.len(),
-            )
-        };
+            let ops = (*vdev).config;
+            let Some(get) = (*ops).get else {
+                return 0;
+            };
+            let generation = (*ops).generation;
+            loop {
+                let before = generation.map_or(0, |g| g(vdev));
+                get(vdev, offset as u32, bytes.as_mut_ptr().cast(), 4);
+                if generation.map_or(0, |g| g(vdev)) == before {
+                    break;
+                }
+            }
+        }
         u32::from_le_bytes(bytes)
     }
 
-    /// Writes a little-endian `u32` field of the device's config space.
+    /// Writes a little-endian `u32` field of the device's config space, with
+    /// one 32-bit access.
     pub(crate) fn write_config_le32(&self, offset: usize, value: u32) {
+        let vdev = self.as_raw();
         let bytes = value.to_le_bytes();
-        // SAFETY: valid device with config access (see `read_config_le32`);
-        // `bytes` is valid for 4 bytes of reads.
+        // SAFETY: valid device with config ops (see `read_config_le32`);
+        // `bytes` is valid for 4 bytes of reads. Transports without `set`
+        // have a read-only config space: nothing to write then.
         unsafe {
-            bindings::virtio_cwrite_bytes(
-                self.as_raw(),
-                offset as u32,
-                bytes.as_ptr().cast(),
-                bytes.len() as u32,
-            )
-        };
+            if let Some(set) = (*(*vdev).config).set {
+                set(vdev, offset as u32, bytes.as_ptr().cast(), 4);
+            }
+        }
     }
 
     /// Makes the device live (`DRIVER_OK`): its virtqueues may be used and
@@ -519,8 +528,9 @@ unsafe extern "C" fn restore_callback<T: Driver>(
 pub(crate) struct QueueSpec {
     /// Queue name, for `/proc/interrupts` and debugging.
     pub(crate) name: &'static CStr,
-    /// Whether the driver uses this queue at all; an unused queue keeps its
-    /// index but is not allocated.
+    /// Whether the driver uses this queue at all. An unused queue is not
+    /// allocated; the driver still finds the others at their spec position
+    /// in [`Virtqueues::get`], although the transport numbers them densely.
     pub(crate) used: bool,
 }
 
@@ -721,14 +731,21 @@ impl Virtqueues {
             queues,
             live: true,
         };
+        // The transports number only the queues that exist (a queue that is
+        // not used takes no index, so later ones shift down): the callback
+        // finds a queue's state by the index the transport gave it.
         for (i, sh) in shared.into_iter().enumerate() {
             let item = match NonNull::new(vqs[i]) {
                 Some(vq) if specs[i].used => {
                     let ptr = core::ptr::from_ref::<QueueShared>(&sh).cast_mut();
-                    // INVARIANT: `sh` is pinned and lives as long as the
-                    // `Virtqueue` that owns it; `shutdown` clears the entry
-                    // before the queues (and `sh`) go.
-                    out.dp.queues[i].store(ptr, Ordering::Release);
+                    // SAFETY: `vq` was just created by `find_vqs`.
+                    let index = unsafe { (*vq.as_ptr()).index } as usize;
+                    if let Some(slot) = out.dp.queues.get(index) {
+                        // INVARIANT: `sh` is pinned and lives as long as the
+                        // `Virtqueue` that owns it; `shutdown` clears the
+                        // entry before the queues (and `sh`) go.
+                        slot.store(ptr, Ordering::Release);
+                    }
                     Some(Virtqueue { vq, shared: sh })
                 }
                 _ => None,

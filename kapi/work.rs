@@ -139,9 +139,10 @@ impl<H: WorkHandler> Inner<H> {
     fn stop(&self) {
         self.stopped.store(true, Ordering::Release);
         // SAFETY: `dwork` is an initialised delayed work (type invariant).
-        // `cancel_delayed_work_sync` also handles an item that re-queues
-        // itself, and the handler sees `stopped` before re-queueing.
-        unsafe { bindings::cancel_delayed_work_sync(self.dwork.get()) };
+        // Disabling (unlike cancelling) also makes every later queueing
+        // attempt a no-op, so a `queue` racing with `stop` cannot slip the
+        // item back in; it also waits for a running handler.
+        unsafe { bindings::disable_delayed_work_sync(self.dwork.get()) };
     }
 }
 

@@ -2,6 +2,7 @@
 """Fixtures for the end-to-end tests: the guest kernel, the modules, an
 initramfs and QEMU guests that are always torn down and checked for splats."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,10 @@ def boot(kdir, initrd, accel, tmp_path):
         return g.start()
 
     yield _boot
+    if os.environ.get("VBRS_DEBUG_KERNEL"):
+        for g in guests:
+            leaks = g.kmemleak_reports()
+            assert not leaks, "kmemleak in %s:\n%s" % (g.dir, leaks)
     for g in guests:
         g.stop()
     for g in guests:

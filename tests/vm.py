@@ -37,6 +37,7 @@ SPLAT_RE = re.compile(r"BUG:|WARNING:|Call Trace:|Kernel panic|Oops|general prot
 def kernel_dir(fragment=None):
     """Builds (or finds) the guest kernel; returns its build directory."""
     cmd = [str(ROOT / "scripts/kernel/build.sh")]
+    fragment = fragment or os.environ.get("VBRS_KERNEL_FRAGMENT")
     if fragment:
         cmd.append(str(fragment))
     out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
@@ -377,6 +378,21 @@ class Guest:
         out = self.run("cat /proc/meminfo")
         return {k: int(v.split()[0]) for k, v in
                 (l.split(":", 1) for l in out.splitlines() if ":" in l)}
+
+    def kmemleak_reports(self):
+        """On a kernel with kmemleak: scans (twice, as kmemleak needs to see
+        an object unreferenced in two scans) and returns the reports that
+        involve this project's module, or "" (also when the guest no longer
+        answers or has no kmemleak)."""
+        try:
+            rc, out = self.run_rc("k=/sys/kernel/debug/kmemleak; [ -e $k ] || exit 0; "
+                                  "echo scan > $k; sleep 1; echo scan > $k; cat $k", timeout=120)
+        except GuestError:
+            return ""
+        if rc != 0:
+            return ""
+        reports = re.split(r"(?=unreferenced object)", out)
+        return "".join(r for r in reports if "virtio_balloon_rs" in r)
 
     def free_kib(self):
         """Free memory in KiB, pages on the per-CPU free lists included

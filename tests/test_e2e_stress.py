@@ -1,0 +1,105 @@
+# SPDX-License-Identifier: GPL-2.0
+"""End-to-end under stress: teardown racing inflation and OOM storms, many
+load/inflate/unload cycles, and inflation racing compaction and a busy
+process. Every page must come back and the console must stay clean."""
+
+import time
+
+PAGES_PER_MIB = 256
+DRV = "/sys/bus/virtio/drivers/virtio_balloon_rs"
+
+
+def load(g):
+    g.run("insmod /modules/virtio_balloon_rs.ko")
+
+
+def balanced(g, vm0):
+    vm1 = g.vmstat()
+    return (vm1["balloon_inflate"] - vm0["balloon_inflate"],
+            vm1["balloon_deflate"] - vm0["balloon_deflate"])
+
+
+def test_rmmod_and_unbind_while_inflating(boot):
+    g = boot(mem_mib=1024)
+    dev = g.balloon_virtio_dev()
+    total0 = g.meminfo()["MemTotal"]
+    vm0 = g.vmstat()
+    for i in range(5):
+        load(g)
+        g.set_balloon_mib(700 - 50 * i)
+        time.sleep(0.05 * i)
+        if i % 2:
+            g.run(f"echo {dev} > {DRV}/unbind")
+        g.run("rmmod virtio_balloon_rs")
+        assert g.meminfo()["MemTotal"] == total0
+        inflated, deflated = balanced(g, vm0)
+        assert inflated == deflated
+    assert g.balloon_mib() == 0
+
+
+def test_unbind_during_an_oom_storm(boot):
+    g = boot(mem_mib=512, balloon="deflate-on-oom=on")
+    dev = g.balloon_virtio_dev()
+    load(g)
+    vm0 = g.vmstat()
+    g.set_balloon_mib(400)
+    g.wait_balloon(lambda s: s == 400)
+    avail = g.meminfo()["MemAvailable"] // 1024
+    g.run(f"memhog {avail + 150} > /tmp/hog.out 2>&1 &")
+    time.sleep(0.3)
+    g.run(f"echo {dev} > {DRV}/unbind")
+    for _ in range(200):
+        if "memhog" in g.run("cat /tmp/hog.out"):
+            break
+        time.sleep(0.2)
+    assert "ok" in g.run("cat /tmp/hog.out")
+    assert g.vmstat()["oom_kill"] == vm0["oom_kill"]
+    inflated, deflated = balanced(g, vm0)
+    assert inflated == deflated == 400 * PAGES_PER_MIB
+    g.run("rmmod virtio_balloon_rs")
+
+
+def test_a_hundred_load_inflate_unload_cycles(boot):
+    g = boot(mem_mib=512)
+    total0 = g.meminfo()["MemTotal"]
+    g.run("sync; echo 3 > /proc/sys/vm/drop_caches")
+    free0 = g.free_kib()
+    vm0 = g.vmstat()
+    g.set_balloon_mib(48)
+    for _ in range(100):
+        # Load, wait until the balloon holds the target, unload: all in the
+        # guest, so that one cycle costs one command.
+        g.run("insmod /modules/virtio_balloon_rs.ko; "
+              "f=$(ls -d /sys/kernel/debug/virtio_balloon_rs/virtio*)/actual_frames; "
+              "i=0; while [ $(cat $f) != 12288 ] && [ $i -lt 500 ]; do sleep 0.02; i=$((i+1)); done; "
+              "[ $(cat $f) = 12288 ]; rmmod virtio_balloon_rs")
+    assert g.meminfo()["MemTotal"] == total0
+    inflated, deflated = balanced(g, vm0)
+    assert inflated == deflated == 100 * 48 * PAGES_PER_MIB
+    g.run("sync; echo 3 > /proc/sys/vm/drop_caches")
+    assert g.free_kib() > free0 - 4 * 1024
+
+
+def test_inflation_races_compaction_and_a_busy_process(boot):
+    g = boot(mem_mib=1024)
+    load(g)
+    total0 = g.meminfo()["MemTotal"]
+    vm0 = g.vmstat()
+    g.run("(while [ ! -e /tmp/stop ]; do memhog 150 >/dev/null; done) >/dev/null 2>&1 &")
+    g.run("(while [ ! -e /tmp/stop ]; do echo 1 > /proc/sys/vm/compact_memory; sleep 0.1; done) "
+          ">/dev/null 2>&1 &")
+    for target in (300, 100, 500, 200, 600, 350):
+        g.set_balloon_mib(target)
+        g.wait_balloon(lambda s, t=target: s == t, timeout=180)
+    g.run("touch /tmp/stop; sleep 1")
+    assert g.balloon_mib() == 350
+    c = g.counters()
+    assert c["actual_frames"] == 350 * PAGES_PER_MIB
+    assert g.meminfo()["MemTotal"] == total0 - 350 * 1024
+    vm1 = g.vmstat()
+    assert vm1["balloon_migrate"] - vm0["balloon_migrate"] == c["migrated_pages"]
+    g.set_balloon_mib(0)
+    g.wait_balloon(lambda s: s == 0)
+    assert g.meminfo()["MemTotal"] == total0
+    inflated, deflated = balanced(g, vm0)
+    assert inflated == deflated
