@@ -14,9 +14,11 @@
 use crate::kapi::{
     balloon::{BalloonPages, Batch, DeflatedPage, Migrate, Migrated, Migration, NewPage},
     debugfs::{self, CounterDir},
+    mm,
     oom::{OomHandler, OomNotifier},
+    reporting::{self, PageReporting, ReportHandler, ReportedRanges},
     sync::{msleep, LockKey, Mutex},
-    virtio::{self, feature, id, Device, DeviceRef, OutBuf, QueueSpec, Virtqueues},
+    virtio::{self, feature, id, Device, DeviceRef, OutBuf, QueueSpec, UsedHandler, Virtqueues},
     work::{Next, Queue, Work, WorkHandler},
 };
 use crate::logic::{self, FeatureList, Step, MSGS_PER_KICK, MSG_BYTES};
@@ -31,14 +33,19 @@ use kernel::{
 
 /// Feature bits the driver negotiates today. Later features are added here
 /// as they are implemented, never before.
-const FEATURES: [u32; 2] = [
+const FEATURES: [u32; 5] = [
     feature::BALLOON_MUST_TELL_HOST,
+    feature::BALLOON_STATS_VQ,
     feature::BALLOON_DEFLATE_ON_OOM,
+    feature::BALLOON_PAGE_POISON,
+    feature::BALLOON_REPORTING,
 ];
 
 /// Virtqueue indices, as the device defines them.
 const INFLATE_Q: usize = 0;
 const DEFLATE_Q: usize = 1;
+const STATS_Q: usize = 2;
+const REPORTING_Q: usize = 4;
 
 static BALLOON_LOCK: LockKey = LockKey::new();
 static SCRATCH_LOCK: LockKey = LockKey::new();
@@ -72,6 +79,11 @@ pub(crate) struct Counters {
     host_odd_used_len: AtomicU64,
     /// Messages that could not be sent (broken or vanished device).
     host_errors: AtomicU64,
+    /// Stats buffers sent to the host (STATS_VQ).
+    stats_sent: AtomicU64,
+    /// Free page reports sent to the host, and ranges in them (REPORTING).
+    reports_sent: AtomicU64,
+    reported_ranges: AtomicU64,
     /// OOM notifications received (DEFLATE_ON_OOM).
     oom_notifications: AtomicU64,
     /// Kernel pages given back to the guest by OOM notifications.
@@ -96,6 +108,9 @@ impl debugfs::Counters for Counters {
         f(c_str!("config_changes"), &self.config_changes);
         f(c_str!("host_odd_used_len"), &self.host_odd_used_len);
         f(c_str!("host_errors"), &self.host_errors);
+        f(c_str!("stats_sent"), &self.stats_sent);
+        f(c_str!("reports_sent"), &self.reports_sent);
+        f(c_str!("reported_ranges"), &self.reported_ranges);
         f(c_str!("oom_notifications"), &self.oom_notifications);
         f(c_str!("oom_deflated_pages"), &self.oom_deflated_pages);
     }
@@ -425,8 +440,120 @@ impl OomHandler for OomDeflate {
     }
 }
 
+/// Fills the stats buffer with fresh figures and hands it to the host.
+fn send_stats(sh: &Shared, st: &mut State, buf: Option<OutBuf>) {
+    let Some(mut buf) = buf else {
+        return;
+    };
+    let len = logic::encode_stats(
+        &mm::snapshot(),
+        kernel::page::PAGE_SHIFT as u32,
+        buf.as_mut_slice(),
+    );
+    let Some(vq) = st.vqs.as_mut().and_then(|v| v.get(STATS_Q)) else {
+        return;
+    };
+    match vq.post(buf, len) {
+        Ok(()) => add(&sh.stats.stats_sent, 1),
+        Err(e) => {
+            add(&sh.stats.host_errors, 1);
+            dev_warn!(
+                sh.dev,
+                "cannot hand the stats buffer to the host: error {}\n",
+                e.to_errno()
+            );
+        }
+    }
+}
+
+/// The work that answers the host's stats requests (STATS_VQ): the host
+/// returns the buffer when it wants fresh figures.
+struct StatsRefresh(Arc<Core>);
+
+impl WorkHandler for StatsRefresh {
+    fn run(&self) -> Next {
+        let sh = self.0.data();
+        let mut st = sh.state.lock();
+        let st = &mut *st;
+        let buf = st
+            .vqs
+            .as_mut()
+            .and_then(|v| v.get(STATS_Q))
+            .and_then(|vq| vq.take_used());
+        send_stats(sh, st, buf);
+        Next::Idle
+    }
+}
+
+/// Queues [`StatsRefresh`] from the stats queue's interrupt.
+struct StatsKick(Arc<Work<StatsRefresh>>);
+
+impl UsedHandler for StatsKick {
+    fn used(&self) {
+        self.0.queue();
+    }
+}
+
+/// Sets the device's queues up (and primes the stats queue, as C does).
+fn start_queues(dev: &Device, sh: &Shared, stats: Option<&Arc<Work<StatsRefresh>>>) -> Result {
+    let on_stats = match stats {
+        Some(w) => {
+            let kick: Arc<dyn UsedHandler> = Arc::new(StatsKick(w.clone()), GFP_KERNEL)?;
+            Some(kick)
+        }
+        None => None,
+    };
+    let reporting = dev.has_feature(feature::BALLOON_REPORTING);
+    let mut vqs = Virtqueues::find(dev, &queue_specs(on_stats, reporting)).inspect_err(|e| {
+        dev_err!(dev, "cannot set up virtqueues: error {}\n", e.to_errno());
+    })?;
+    // The allocator reports up to CAPACITY ranges at once, a descriptor
+    // each: a smaller ring could not take them (as the C driver checks).
+    if let Some(vq) = vqs.get(REPORTING_Q) {
+        if vq.ring_size() < reporting::CAPACITY {
+            dev_err!(
+                dev,
+                "reporting queue has {} entries, needs {}\n",
+                vq.ring_size(),
+                reporting::CAPACITY
+            );
+            return Err(ENOSPC);
+        }
+    }
+    let mut st = sh.state.lock();
+    st.vqs = Some(vqs);
+    if stats.is_some() {
+        let buf = OutBuf::new(logic::stat::BUF_BYTES)?;
+        send_stats(sh, &mut st, Some(buf));
+    }
+    Ok(())
+}
+
+/// Free page reporting (REPORTING): hands the ranges to the host.
+struct ReportFree(Arc<Core>);
+
+impl ReportHandler for ReportFree {
+    fn report(&self, ranges: &ReportedRanges<'_>) -> Result {
+        let sh = self.0.data();
+        let mut st = sh.state.lock();
+        let Some(vq) = st.vqs.as_mut().and_then(|v| v.get(REPORTING_Q)) else {
+            // Frozen: the allocator keeps the pages and tries again later.
+            return Err(EBUSY);
+        };
+        vq.send_reported(ranges)
+            .inspect_err(|_| add(&sh.stats.host_errors, 1))?;
+        add(&sh.stats.reports_sent, 1);
+        add(&sh.stats.reported_ranges, ranges.len().into());
+        Ok(())
+    }
+}
+
 /// Per-device driver data.
 pub(crate) struct Balloon {
+    /// Registered when REPORTING is negotiated; unregistered first.
+    reporting: Option<Pin<KBox<PageReporting<ReportFree>>>>,
+    /// Answers the host's stats requests (STATS_VQ).
+    stats: Option<Arc<Work<StatsRefresh>>>,
     /// Registered when DEFLATE_ON_OOM is negotiated; dropped first.
     oom: Option<Pin<KBox<OomNotifier<OomDeflate>>>>,
     core: Arc<Core>,
@@ -434,15 +561,32 @@ pub(crate) struct Balloon {
     _debugfs: CounterDir<Counters>,
 }
 
-fn queue_specs() -> [QueueSpec; 2] {
+fn queue_specs(on_stats: Option<Arc<dyn UsedHandler>>, reporting: bool) -> [QueueSpec; 5] {
     [
         QueueSpec {
             name: c_str!("inflate"),
+            on_used: None,
             used: true,
         },
         QueueSpec {
             name: c_str!("deflate"),
+            on_used: None,
             used: true,
+        },
+        QueueSpec {
+            name: c_str!("stats"),
+            used: on_stats.is_some(),
+            on_used: on_stats,
+        },
+        QueueSpec {
+            name: c_str!("free_page_vq"),
+            used: false,
+            on_used: None,
+        },
+        QueueSpec {
+            name: c_str!("reporting_vq"),
+            used: reporting,
+            on_used: None,
         },
     ]
 }
@@ -453,6 +597,14 @@ impl virtio::Driver for Balloon {
     const FEATURES: &'static [u32] = &FEATURES;
 
     fn validate(dev: &Device) -> Result {
+        // PAGE_POISON only when freed pages have a known content (poisoned
+        // or zeroed) to tell the host about; without it, free page
+        // reporting could change what a freed page holds, so it goes too.
+        if !mm::want_init_on_free() && !mm::page_poisoning_enabled() {
+            dev.clear_feature(feature::BALLOON_PAGE_POISON);
+        } else if !dev.has_feature(feature::BALLOON_PAGE_POISON) {
+            dev.clear_feature(feature::BALLOON_REPORTING);
+        }
         // As the C driver: no indirect descriptors (page reporting must not
         // allocate in virtqueue_add) and no IOMMU platform access.
         dev.clear_feature(feature::RING_INDIRECT_DESC);
@@ -473,11 +625,8 @@ impl virtio::Driver for Balloon {
         let scratch = Batch::with_capacity(round)?;
         let stats = Arc::new(Counters::default(), GFP_KERNEL)?;
         let name = CString::try_from_fmt(fmt!("virtio{}", dev.index()))?;
-        let vqs = Virtqueues::find(dev, &queue_specs()).inspect_err(|e| {
-            dev_err!(dev, "cannot set up virtqueues: error {}\n", e.to_errno());
-        })?;
         let state = State {
-            vqs: Some(vqs),
+            vqs: None,
             held: 0,
             msg,
             out,
@@ -499,29 +648,71 @@ impl virtio::Driver for Balloon {
             GFP_KERNEL,
         )?;
         let update = Work::new(Queue::system_freezable(), UpdateSize(core.clone()))?;
+        let stats = if dev.has_feature(feature::BALLOON_STATS_VQ) {
+            let work = Work::new(Queue::system_freezable(), StatsRefresh(core.clone()))?;
+            Some(Arc::new(work, GFP_KERNEL)?)
+        } else {
+            None
+        };
+        // The queues last: their interrupts need the works above. The
+        // device is not live until probe returns.
+        start_queues(dev, core.data(), stats.as_ref())?;
+        if dev.has_feature(feature::BALLOON_PAGE_POISON) {
+            let val = logic::poison_val(mm::want_init_on_free(), mm::PAGE_POISON);
+            dev.write_config_le32(logic::config::POISON_VAL, val);
+        }
+        // From here on the queues refer to the works, which refer to the
+        // core: on failure, drop the queues (resetting the device) to break
+        // that cycle, or nothing would be freed.
         let oom = if account {
             None
         } else {
-            let nb = OomNotifier::register(OomDeflate(core.clone()), logic::OOM_NOTIFY_PRIORITY)
-                .inspect_err(|e| {
+            match OomNotifier::register(OomDeflate(core.clone()), logic::OOM_NOTIFY_PRIORITY) {
+                Ok(nb) => Some(nb),
+                Err(e) => {
                     dev_err!(
                         dev,
                         "cannot register the OOM notifier: error {}\n",
                         e.to_errno()
                     );
-                })?;
-            Some(nb)
+                    let vqs = core.data().state.lock().vqs.take();
+                    drop(vqs);
+                    return Err(e);
+                }
+            }
+        };
+        let reporting = if dev.has_feature(feature::BALLOON_REPORTING) {
+            match PageReporting::register(ReportFree(core.clone()), None) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    dev_err!(
+                        dev,
+                        "cannot register free page reporting: error {}\n",
+                        e.to_errno()
+                    );
+                    drop(oom);
+                    let vqs = core.data().state.lock().vqs.take();
+                    drop(vqs);
+                    return Err(e);
+                }
+            }
+        } else {
+            None
         };
         let debugfs = CounterDir::new(&name, core.data().stats.clone());
-        Ok(KBox::new(
-            Self {
-                oom,
-                core,
-                update,
-                _debugfs: debugfs,
-            },
-            GFP_KERNEL,
-        )?)
+        let this = Self {
+            reporting,
+            stats,
+            oom,
+            core: core.clone(),
+            update,
+            _debugfs: debugfs,
+        };
+        KBox::new(this, GFP_KERNEL).map_err(|e| {
+            let vqs = core.data().state.lock().vqs.take();
+            drop(vqs);
+            e.into()
+        })
     }
 
     fn ready(&self, dev: &Device) {
@@ -546,6 +737,10 @@ impl virtio::Driver for Balloon {
     }
 
     fn remove(&self, dev: &Device) {
+        // No report may reach the host once the queues are going.
+        if let Some(r) = &self.reporting {
+            r.unregister();
+        }
         // No OOM notification may see a half-torn-down balloon: off the
         // chain first (waits for one in progress).
         if let Some(oom) = &self.oom {
@@ -553,16 +748,21 @@ impl virtio::Driver for Balloon {
         }
         // No work runs after this, and config changes no longer queue any.
         self.update.stop();
+        if let Some(stats) = &self.stats {
+            stats.stop();
+        }
         let sh = self.core.data();
         let pages = logic::frames_to_pages(sh.state.lock().held, sh.fpp);
         // Every page goes back to the guest, the host told first.
         drain(&self.core);
-        {
+        let vqs = {
             let mut st = sh.state.lock();
             st.report(dev, &sh.stats);
-            // Reset the device and delete the queues before the data goes.
-            st.vqs = None;
-        }
+            st.vqs.take()
+        };
+        // Reset the device and delete the queues before the data goes (after
+        // the lock is released: what the queues refer to may go with them).
+        drop(vqs);
         dev_info!(
             dev,
             "virtio_balloon_rs unbound from virtio{}; {} pages given back\n",
@@ -576,25 +776,18 @@ impl virtio::Driver for Balloon {
         // let go of the queues; restore sets them up again.
         drain(&self.core);
         let sh = self.core.data();
-        let mut st = sh.state.lock();
-        st.report(dev, &sh.stats);
-        st.vqs = None;
+        let vqs = {
+            let mut st = sh.state.lock();
+            st.report(dev, &sh.stats);
+            st.vqs.take()
+        };
+        drop(vqs);
         Ok(())
     }
 
     fn restore(&self, dev: &Device) -> Result {
         let sh = self.core.data();
-        let vqs = Virtqueues::find(dev, &queue_specs()).inspect_err(|e| {
-            dev_err!(
-                dev,
-                "cannot set up virtqueues on resume: error {}\n",
-                e.to_errno()
-            );
-        })?;
-        {
-            let mut st = sh.state.lock();
-            st.vqs = Some(vqs);
-        }
+        start_queues(dev, sh, self.stats.as_ref())?;
         // Freeze gave every page back: follow the host's target again, as
         // the C driver does, even after an OOM deflation.
         sh.oom_pause.store(false, Ordering::Release);

@@ -14,7 +14,9 @@
 pub(crate) mod print;
 pub(crate) mod balloon;
 pub(crate) mod debugfs;
+pub(crate) mod mm;
 pub(crate) mod oom;
+pub(crate) mod reporting;
 pub(crate) mod sync;
 pub(crate) mod virtio;
 pub(crate) mod work;

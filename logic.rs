@@ -272,6 +272,114 @@ pub(crate) fn encode_pages(
     done
 }
 
+/// Statistics tags of the stats queue (`VIRTIO_BALLOON_S_*`).
+pub(crate) mod stat {
+    pub(crate) const SWAP_IN: u16 = 0;
+    pub(crate) const SWAP_OUT: u16 = 1;
+    pub(crate) const MAJFLT: u16 = 2;
+    pub(crate) const MINFLT: u16 = 3;
+    pub(crate) const MEMFREE: u16 = 4;
+    pub(crate) const MEMTOT: u16 = 5;
+    pub(crate) const AVAIL: u16 = 6;
+    pub(crate) const CACHES: u16 = 7;
+    pub(crate) const HTLB_PGALLOC: u16 = 8;
+    pub(crate) const HTLB_PGFAIL: u16 = 9;
+    pub(crate) const OOM_KILL: u16 = 10;
+    pub(crate) const ALLOC_STALL: u16 = 11;
+    pub(crate) const ASYNC_SCAN: u16 = 12;
+    pub(crate) const DIRECT_SCAN: u16 = 13;
+    pub(crate) const ASYNC_RECLAIM: u16 = 14;
+    pub(crate) const DIRECT_RECLAIM: u16 = 15;
+    /// Number of tags (`VIRTIO_BALLOON_S_NR`).
+    pub(crate) const NR: usize = 16;
+    /// One entry: packed `{ le16 tag; le64 val; }`.
+    pub(crate) const ENTRY_BYTES: usize = 10;
+    /// The whole buffer.
+    pub(crate) const BUF_BYTES: usize = NR * ENTRY_BYTES;
+}
+
+/// What the guest reports on the stats queue, as the kernel counts it:
+/// events in events, memory in pages (converted to bytes when encoded).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct MemSnapshot {
+    /// VM event counters are available (CONFIG_VM_EVENT_COUNTERS).
+    pub(crate) has_events: bool,
+    pub(crate) swap_in_pages: u64,
+    pub(crate) swap_out_pages: u64,
+    pub(crate) major_faults: u64,
+    pub(crate) minor_faults: u64,
+    pub(crate) oom_kills: u64,
+    /// Allocation stalls, summed over all zones.
+    pub(crate) alloc_stalls: u64,
+    pub(crate) async_scan_pages: u64,
+    pub(crate) direct_scan_pages: u64,
+    pub(crate) async_reclaim_pages: u64,
+    pub(crate) direct_reclaim_pages: u64,
+    /// Huge page allocations and failures (CONFIG_HUGETLB_PAGE only).
+    pub(crate) hugetlb: Option<(u64, u64)>,
+    pub(crate) free_pages: u64,
+    pub(crate) total_pages: u64,
+    pub(crate) available_pages: u64,
+    pub(crate) cache_pages: u64,
+}
+
+/// Writes the stats entries for `s` into `out` in the order and units of
+/// the 6.12 C driver (memory in bytes, events as counts) and returns the
+/// number of bytes used (a multiple of [`stat::ENTRY_BYTES`]); stops early
+/// if `out` is too small.
+pub(crate) fn encode_stats(s: &MemSnapshot, page_shift: u32, out: &mut [u8]) -> usize {
+    let unit = 1u64.checked_shl(page_shift).unwrap_or(0);
+    let bytes = |pages: u64| pages.saturating_mul(unit);
+    let mut entries = [(0u16, 0u64); stat::NR];
+    let mut n = 0usize;
+    let mut put = |tag: u16, val: u64| {
+        if n < entries.len() {
+            entries[n] = (tag, val);
+            n += 1;
+        }
+    };
+    if s.has_events {
+        put(stat::SWAP_IN, bytes(s.swap_in_pages));
+        put(stat::SWAP_OUT, bytes(s.swap_out_pages));
+        put(stat::MAJFLT, s.major_faults);
+        put(stat::MINFLT, s.minor_faults);
+        put(stat::OOM_KILL, s.oom_kills);
+        put(stat::ALLOC_STALL, s.alloc_stalls);
+        put(stat::ASYNC_SCAN, bytes(s.async_scan_pages));
+        put(stat::DIRECT_SCAN, bytes(s.direct_scan_pages));
+        put(stat::ASYNC_RECLAIM, bytes(s.async_reclaim_pages));
+        put(stat::DIRECT_RECLAIM, bytes(s.direct_reclaim_pages));
+        if let Some((alloc, fail)) = s.hugetlb {
+            put(stat::HTLB_PGALLOC, alloc);
+            put(stat::HTLB_PGFAIL, fail);
+        }
+    }
+    put(stat::MEMFREE, bytes(s.free_pages));
+    put(stat::MEMTOT, bytes(s.total_pages));
+    put(stat::AVAIL, bytes(s.available_pages));
+    put(stat::CACHES, bytes(s.cache_pages));
+    let mut used = 0usize;
+    for &(tag, val) in &entries[..n] {
+        let Some(slot) = out.get_mut(used..used + stat::ENTRY_BYTES) else {
+            break;
+        };
+        slot[..2].copy_from_slice(&tag.to_le_bytes());
+        slot[2..].copy_from_slice(&val.to_le_bytes());
+        used += stat::ENTRY_BYTES;
+    }
+    used
+}
+
+/// The `poison_val` the driver writes with PAGE_POISON: 0 when freed pages
+/// are zeroed (`init_on_free`), else the poison byte in every byte.
+pub(crate) const fn poison_val(init_on_free: bool, poison_byte: u8) -> u32 {
+    if init_on_free {
+        0
+    } else {
+        u32::from_le_bytes([poison_byte; 4])
+    }
+}
+
 /// Names of the balloon feature bits, for messages and the sysfs readout.
 pub(crate) const fn feature_name(bit: u32) -> &'static str {
     match bit {

@@ -524,10 +524,19 @@ unsafe extern "C" fn restore_callback<T: Driver>(
     }
 }
 
+/// Called, in interrupt context, when the device returns buffers on a
+/// queue; for queues the host drives (like the balloon's stats queue).
+pub(crate) trait UsedHandler: Send + Sync {
+    /// Must not sleep.
+    fn used(&self);
+}
+
 /// How the driver wants a virtqueue set up.
 pub(crate) struct QueueSpec {
     /// Queue name, for `/proc/interrupts` and debugging.
     pub(crate) name: &'static CStr,
+    /// Called when the device returns buffers (besides waking a sender).
+    pub(crate) on_used: Option<Arc<dyn UsedHandler>>,
     /// Whether the driver uses this queue at all. An unused queue is not
     /// allocated; the driver still finds the others at their spec position
     /// in [`Virtqueues::get`], although the transport numbers them densely.
@@ -539,6 +548,7 @@ pub(crate) struct QueueSpec {
 struct QueueShared {
     #[pin]
     used: Completion,
+    on_used: Option<Arc<dyn UsedHandler>>,
 }
 
 /// A virtqueue of a device, for synchronous host round trips: buffers go
@@ -551,6 +561,9 @@ struct QueueShared {
 pub(crate) struct Virtqueue {
     vq: NonNull<bindings::virtqueue>,
     shared: Pin<KBox<QueueShared>>,
+    /// A buffer handed to the device with [`Virtqueue::post`], kept here
+    /// (so alive and unchanged) until the device returns it.
+    posted: Option<OutBuf>,
 }
 
 // SAFETY: a virtqueue may be driven from any thread as long as accesses are
@@ -654,6 +667,91 @@ impl Virtqueue {
         Ok(sent)
     }
 
+    /// Hands `buf` (its first `len` bytes) to the device and kicks it,
+    /// without waiting: for a queue the host answers when it likes (the
+    /// stats queue). The buffer stays with the queue until
+    /// [`Virtqueue::take_used`] gives it back. One buffer at a time.
+    pub(crate) fn post(&mut self, buf: OutBuf, len: usize) -> Result {
+        if self.posted.is_some() {
+            return Err(EBUSY);
+        }
+        let len = len.min(buf.bytes.len());
+        let mut sg = core::mem::MaybeUninit::<bindings::scatterlist>::uninit();
+        let data = buf.bytes.as_ptr().cast_mut().cast::<c_void>();
+        // SAFETY: `sg` is valid for writes; `buf` is heap memory that stays
+        // alive and untouched in `self.posted` until the device returns it
+        // (`take_used`) or the queue is deleted (after a reset).
+        let ret = unsafe {
+            bindings::sg_init_one(sg.as_mut_ptr(), data, len as u32);
+            bindings::virtqueue_add_outbuf(
+                self.vq.as_ptr(),
+                sg.as_mut_ptr(),
+                1,
+                data,
+                bindings::GFP_KERNEL,
+            )
+        };
+        if ret != 0 {
+            return Err(Error::from_errno(ret));
+        }
+        self.posted = Some(buf);
+        // SAFETY: live virtqueue; accesses are serialised by `&mut self`.
+        unsafe { bindings::virtqueue_kick(self.vq.as_ptr()) };
+        Ok(())
+    }
+
+    /// The posted buffer, if the device has returned it.
+    pub(crate) fn take_used(&mut self) -> Option<OutBuf> {
+        let mut len = 0u32;
+        // SAFETY: live virtqueue, serialised by `&mut self`.
+        let token = unsafe { bindings::virtqueue_get_buf(self.vq.as_ptr(), &mut len) };
+        if token.is_null() {
+            return None;
+        }
+        self.posted.take()
+    }
+
+    /// Hands the reported free page ranges to the device (as device-writable
+    /// buffers, one descriptor each, without allocating), kicks it and
+    /// sleeps until the device has them. The queue must have room for
+    /// [`super::reporting::CAPACITY`] descriptors.
+    pub(crate) fn send_reported(
+        &mut self,
+        ranges: &super::reporting::ReportedRanges<'_>,
+    ) -> Result {
+        let (sg, nents) = ranges.raw();
+        let token = self.vq.as_ptr().cast::<c_void>();
+        // SAFETY: `sg` holds `nents` entries of isolated free pages for the
+        // duration of this call (invariant of `ReportedRanges`), and we wait
+        // below until the device has returned them. Live virtqueue,
+        // serialised by `&mut self`.
+        let ret = unsafe {
+            bindings::virtqueue_add_inbuf(
+                self.vq.as_ptr(),
+                sg,
+                nents,
+                token,
+                bindings::GFP_NOWAIT | bindings::__GFP_NOWARN,
+            )
+        };
+        if ret != 0 {
+            return Err(Error::from_errno(ret));
+        }
+        // SAFETY: live virtqueue, serialised by `&mut self`.
+        unsafe { bindings::virtqueue_kick(self.vq.as_ptr()) };
+        loop {
+            let mut len = 0u32;
+            // SAFETY: live virtqueue, serialised by `&mut self`.
+            let got = unsafe { bindings::virtqueue_get_buf(self.vq.as_ptr(), &mut len) };
+            if !got.is_null() {
+                return Ok(());
+            }
+            if !self.shared.used.wait_timeout(1000) && self.is_broken() {
+                return Err(EIO);
+            }
+        }
+    }
+
     /// Whether the virtio core gave up on this ring.
     pub(crate) fn is_broken(&self) -> bool {
         // SAFETY: live virtqueue (type invariant).
@@ -695,9 +793,12 @@ impl Virtqueues {
         let dp = dev.dev_priv().ok_or(EINVAL)?;
         // Allocate everything first, so nothing can fail once queues exist.
         let mut shared = KVec::with_capacity(specs.len(), GFP_KERNEL)?;
-        for _ in specs {
+        for spec in specs {
             let sh = KBox::pin_init(
-                pin_init!(QueueShared { used <- Completion::new() }),
+                pin_init!(QueueShared {
+                    used <- Completion::new(),
+                    on_used: spec.on_used.clone(),
+                }),
                 GFP_KERNEL,
             )?;
             shared.push(sh, GFP_KERNEL)?;
@@ -746,7 +847,11 @@ impl Virtqueues {
                         // entry before the queues (and `sh`) go.
                         slot.store(ptr, Ordering::Release);
                     }
-                    Some(Virtqueue { vq, shared: sh })
+                    Some(Virtqueue {
+                        vq,
+                        shared: sh,
+                        posted: None,
+                    })
                 }
                 _ => None,
             };
@@ -814,6 +919,10 @@ unsafe extern "C" fn used_callback(vq: *mut bindings::virtqueue) {
     let shared = unsafe { (*dp).queues[index].load(Ordering::Acquire) };
     if !shared.is_null() {
         // SAFETY: see above.
-        unsafe { (*shared).used.complete() };
+        let shared = unsafe { &*shared };
+        shared.used.complete();
+        if let Some(h) = &shared.on_used {
+            h.used();
+        }
     }
 }

@@ -262,6 +262,79 @@ fn oom_deflates_one_mib_counted_in_kernel_pages() {
     check_eq!(oom_pages(16) as u64 * 16, 256);
 }
 
+fn stats_are_packed_le16_tags_and_le64_values() {
+    let snap = MemSnapshot {
+        has_events: true,
+        swap_in_pages: 1,
+        swap_out_pages: 2,
+        major_faults: 3,
+        minor_faults: 4,
+        oom_kills: 5,
+        alloc_stalls: 6,
+        async_scan_pages: 7,
+        direct_scan_pages: 8,
+        async_reclaim_pages: 9,
+        direct_reclaim_pages: 10,
+        hugetlb: None,
+        free_pages: 100,
+        total_pages: 1000,
+        available_pages: 200,
+        cache_pages: 50,
+    };
+    check_eq!(stat::ENTRY_BYTES, 10);
+    check_eq!(
+        core::mem::size_of::<bindings::virtio_balloon_stat>(),
+        stat::ENTRY_BYTES
+    );
+    check_eq!(stat::NR, bindings::VIRTIO_BALLOON_S_NR as usize);
+    let mut out = [0u8; stat::BUF_BYTES];
+    let used = encode_stats(&snap, 12, &mut out);
+    // 10 event entries and 4 memory entries, no hugetlb ones.
+    check_eq!(used, 14 * stat::ENTRY_BYTES);
+    fn entry(out: &[u8], i: usize) -> (u16, u64) {
+        let e = &out[i * 10..i * 10 + 10];
+        (
+            u16::from_le_bytes([e[0], e[1]]),
+            u64::from_le_bytes([e[2], e[3], e[4], e[5], e[6], e[7], e[8], e[9]]),
+        )
+    }
+    // Swap in pages become bytes; faults stay counts.
+    check_eq!(entry(&out, 0), (stat::SWAP_IN, 4096));
+    check_eq!(entry(&out, 2), (stat::MAJFLT, 3));
+    check_eq!(entry(&out, 3), (stat::MINFLT, 4));
+    check_eq!(entry(&out, 4), (stat::OOM_KILL, 5));
+    check_eq!(entry(&out, 5), (stat::ALLOC_STALL, 6));
+    check_eq!(entry(&out, 9), (stat::DIRECT_RECLAIM, 10 * 4096));
+    check_eq!(entry(&out, 10), (stat::MEMFREE, 100 * 4096));
+    check_eq!(entry(&out, 11), (stat::MEMTOT, 1000 * 4096));
+    check_eq!(entry(&out, 12), (stat::AVAIL, 200 * 4096));
+    check_eq!(entry(&out, 13), (stat::CACHES, 50 * 4096));
+    // With hugetlb counters: 16 entries, all tags distinct; 64 KiB pages.
+    let snap = MemSnapshot {
+        hugetlb: Some((11, 12)),
+        ..snap
+    };
+    check_eq!(encode_stats(&snap, 16, &mut out), stat::BUF_BYTES);
+    check_eq!(entry(&out, 10), (stat::HTLB_PGALLOC, 11));
+    check_eq!(entry(&out, 15), (stat::CACHES, 50 << 16));
+    // Without VM events: the memory figures only. A buffer too small for
+    // all entries takes what fits; huge values saturate.
+    let snap = MemSnapshot {
+        has_events: false,
+        total_pages: u64::MAX,
+        ..snap
+    };
+    let mut small = [0u8; 25];
+    check_eq!(encode_stats(&snap, 12, &mut small), 20);
+    check_eq!(&small[12..20], &u64::MAX.to_le_bytes());
+}
+
+fn poison_val_tells_the_host_what_freed_pages_hold() {
+    check_eq!(poison_val(true, 0xaa), 0);
+    check_eq!(poison_val(false, 0xaa), 0xaaaa_aaaa);
+    check_eq!(bindings::PAGE_POISON, 0xaa);
+}
+
 struct SliceWriter<'a> {
     buf: &'a mut [u8],
     len: usize,
@@ -297,7 +370,7 @@ macro_rules! kunit_case {
     }};
 }
 
-const N_CASES: usize = 13;
+const N_CASES: usize = 15;
 
 /// The cases, terminated by an all-zero entry as KUnit requires.
 static mut CASES: [bindings::kunit_case; N_CASES + 1] = [
@@ -314,6 +387,8 @@ static mut CASES: [bindings::kunit_case; N_CASES + 1] = [
     kunit_case!(rounds_move_towards_the_target),
     kunit_case!(pages_fill_messages_of_at_most_256_frames),
     kunit_case!(oom_deflates_one_mib_counted_in_kernel_pages),
+    kunit_case!(stats_are_packed_le16_tags_and_le64_values),
+    kunit_case!(poison_val_tells_the_host_what_freed_pages_hold),
     // SAFETY: the all-zero terminator KUnit looks for.
     unsafe { core::mem::zeroed() },
 ];

@@ -42,6 +42,25 @@ def echo_driver_lines(g, seen):
     return new, len(lines)
 
 
+def show_host_stats(g):
+    """Turns on QEMU's stats polling and shows what the host receives over
+    the stats queue."""
+    path = "/machine/peripheral/balloon0"
+    say("memory statistics as the host receives them (QMP guest-stats)")
+    g.qmp.cmd("qom-set", path=path, property="guest-stats-polling-interval", value=1)
+    deadline = time.monotonic() + 10
+    st = g.qmp.cmd("qom-get", path=path, property="guest-stats")
+    while st["last-update"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        st = g.qmp.cmd("qom-get", path=path, property="guest-stats")
+    for k, v in sorted(st["stats"].items()):
+        if v < 0:
+            continue  # QEMU's marker for a tag the guest did not send
+        shown = f"{v / 2**20:.1f} MiB" if "memory" in k or "caches" in k or "swap" in k else v
+        show("  " + k, shown)
+    show("  last update", time.strftime("%H:%M:%S", time.localtime(st["last-update"])))
+
+
 def resize_live(g, balloon_mib):
     """Asks for a balloon of `balloon_mib` MiB and shows the driver getting
     there: the host's target, the balloon (QEMU's actual), MemTotal and the
@@ -109,6 +128,7 @@ def main():
             for k in ("inflated_pages", "deflated_pages", "inflate_msgs", "deflate_msgs",
                       "migrated_pages", "alloc_failures", "host_errors"):
                 show("  " + k, c[k])
+            show_host_stats(g)
             vmst = g.vmstat()
             show("/proc/vmstat", f"balloon_inflate {vmst['balloon_inflate']}, "
                  f"balloon_deflate {vmst['balloon_deflate']}, "

@@ -196,6 +196,14 @@ class Guest:
         self.smp = smp
         self.boot_timeout = boot_timeout
         self.extra_append = extra_append
+        if os.environ.get("VBRS_DEBUG_KERNEL"):
+            # The debug kernel (KASAN, lockdep, kmemleak) under software
+            # emulation is slow enough that ACPI's interpreted PCI interrupt
+            # routing times out (the device then gets no interrupt) and RCU
+            # reports stalls that are emulation speed, not bugs: route
+            # interrupts from the BIOS tables and keep RCU quiet about it.
+            self.extra_append += " acpi=noirq rcupdate.rcu_cpu_stall_suppress=1"
+            self.boot_timeout = max(boot_timeout, 300)
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="vbrs-guest-"))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.console = self.dir / "console.log"

@@ -1,0 +1,112 @@
+# SPDX-License-Identifier: GPL-2.0
+"""End-to-end: memory statistics (STATS_VQ) as QEMU receives them, and
+PAGE_POISON negotiation."""
+
+import time
+
+STATS_VQ, PAGE_POISON = 1, 4
+BALLOON = "/machine/peripheral/balloon0"
+
+
+def load(g):
+    g.run("insmod /modules/virtio_balloon_rs.ko")
+
+
+def features(g):
+    dev = g.balloon_virtio_dev()
+    return g.run(f"cat /sys/bus/virtio/devices/{dev}/features").strip()
+
+
+def fresh_stats(g, after, timeout=30):
+    """The host's guest-stats once their last-update is later than `after`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        st = g.qmp.cmd("qom-get", path=BALLOON, property="guest-stats")
+        if st["last-update"] > after:
+            return st
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no stats update after {after}: {st}")
+        time.sleep(0.2)
+
+
+def test_stats_reach_the_host(boot):
+    g = boot(mem_mib=1024)
+    load(g)
+    assert features(g)[STATS_VQ] == "1"
+    g.qmp.cmd("qom-set", path=BALLOON, property="guest-stats-polling-interval", value=1)
+    st = fresh_stats(g, 0)
+    assert abs(st["last-update"] - time.time()) < 10
+    s = st["stats"]
+    assert s["stat-total-memory"] == g.meminfo()["MemTotal"] * 1024
+    assert s["stat-free-memory"] > 0 and s["stat-available-memory"] > 0
+    free0, minflt0 = s["stat-free-memory"], s["stat-minor-faults"]
+
+    g.set_balloon_mib(300)
+    g.wait_balloon(lambda x: x == 300)
+    st = fresh_stats(g, st["last-update"] + 1)
+    s = st["stats"]
+    assert s["stat-free-memory"] < free0 - 250 * 1024 * 1024
+    # Without DEFLATE_ON_OOM the balloon leaves MemTotal, and so the host's
+    # total memory.
+    assert s["stat-total-memory"] == g.meminfo()["MemTotal"] * 1024
+
+    g.run("memhog 64")
+    st = fresh_stats(g, st["last-update"] + 1)
+    assert st["stats"]["stat-minor-faults"] >= minflt0 + 64 * 256
+    assert g.counters()["stats_sent"] >= 3
+    g.run("rmmod virtio_balloon_rs")
+
+
+def test_page_poison_follows_init_on_free(boot):
+    # Freed pages zeroed (init_on_free=1): the device offers PAGE_POISON
+    # (page-poison=on is QEMU's default) and the driver takes it.
+    g = boot(mem_mib=512, extra_append="init_on_free=1")
+    load(g)
+    assert features(g)[PAGE_POISON] == "1"
+    assert "PAGE_POISON" in " ".join(g.virtio_status()["guest-features"]["dev-features"])
+    g.run("rmmod virtio_balloon_rs")
+
+
+def test_page_poison_refused_without_known_free_page_content(boot):
+    g = boot(mem_mib=512)
+    load(g)
+    assert features(g)[PAGE_POISON] == "0"
+    offered = " ".join(g.virtio_status()["host-features"]["dev-features"])
+    assert "PAGE_POISON" in offered
+
+
+def qemu_rss_mib(g):
+    for line in open(f"/proc/{g.proc.pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) // 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_free_page_reporting_gives_memory_back_to_the_host(boot):
+    g = boot(mem_mib=1024, balloon="free-page-reporting=on")
+    load(g)
+    assert features(g)[5] == "1", "REPORTING not negotiated"
+    # Let the first reports after boot settle.
+    time.sleep(4)
+    base = qemu_rss_mib(g)
+    g.run("memhog 500 6 > /tmp/hog.out 2>&1 &")
+    peak = base
+    for _ in range(40):
+        peak = max(peak, qemu_rss_mib(g))
+        if "memhog" in g.run("cat /tmp/hog.out"):
+            break
+        time.sleep(0.25)
+    # While the process holds 500 MiB, the host backs it.
+    assert peak > base + 400, (base, peak)
+    # After it exits, the guest reports the freed memory and the host
+    # discards it: QEMU's resident size falls back within seconds.
+    low = peak
+    for _ in range(60):
+        low = min(low, qemu_rss_mib(g))
+        if low < peak - 350:
+            break
+        time.sleep(0.25)
+    assert low < peak - 350, (base, peak, low)
+    c = g.counters()
+    assert c["reports_sent"] > 0 and c["reported_ranges"] > 0
+    g.run("rmmod virtio_balloon_rs")
