@@ -73,6 +73,8 @@ pub(crate) struct Counters {
     deflate_msgs: AtomicU64,
     /// Rounds cut short because no page could be allocated.
     alloc_failures: AtomicU64,
+    /// Rounds held back to keep the guest's reserve available.
+    reserve_holds: AtomicU64,
     /// Config-change interrupts seen.
     config_changes: AtomicU64,
     /// Buffers the host returned with a used length other than 0.
@@ -105,6 +107,7 @@ impl debugfs::Counters for Counters {
         f(c_str!("inflate_msgs"), &self.inflate_msgs);
         f(c_str!("deflate_msgs"), &self.deflate_msgs);
         f(c_str!("alloc_failures"), &self.alloc_failures);
+        f(c_str!("reserve_holds"), &self.reserve_holds);
         f(c_str!("config_changes"), &self.config_changes);
         f(c_str!("host_odd_used_len"), &self.host_odd_used_len);
         f(c_str!("host_errors"), &self.host_errors);
@@ -252,6 +255,34 @@ impl Migrate for Shared {
 /// One round of inflation: up to `pages` kernel pages.
 fn inflate(core: &Core, pages: usize) -> Next {
     let sh = core.data();
+    // Never take the guest below its reserve (see `logic::inflate_budget`).
+    let (managed, available) = mm::total_and_available();
+    // Without DEFLATE_ON_OOM the balloon's pages left the managed count: the
+    // reserve is a share of the guest's RAM with them.
+    let total = if core.accounts() {
+        let held = sh.stats.actual_frames.load(Ordering::Relaxed);
+        managed + logic::frames_to_pages(held, sh.fpp)
+    } else {
+        managed
+    };
+    let budget = logic::inflate_budget(available, total, PAGE_SIZE);
+    let held_back = (budget as usize) < pages;
+    let pages = pages.min(budget as usize);
+    if pages == 0 {
+        add(&sh.stats.reserve_holds, 1);
+        let mut st = sh.state.lock();
+        if !st.short {
+            st.short = true;
+            dev_info!(
+                sh.dev,
+                "balloon holds at {} KiB: the guest keeps its last {} KiB available; retrying every {} ms\n",
+                st.held * 4,
+                available * (PAGE_SIZE as u64 / 1024),
+                logic::ALLOC_RETRY_MS
+            );
+        }
+        return Next::After(logic::ALLOC_RETRY_MS);
+    }
     let mut fresh = sh.scratch.lock();
     // Allocate outside the balloon lock, as the C driver does: allocation
     // may reclaim and compact, and the OOM path needs the lock meanwhile.
@@ -294,6 +325,10 @@ fn inflate(core: &Core, pages: usize) -> Next {
     add(&sh.stats.inflated_pages, n as u64);
     st.tell(&sh.dev, &sh.stats, INFLATE_Q, &lens);
     st.report(&sh.dev, &sh.stats);
+    if held_back {
+        // The next round decides whether anything more can be spared.
+        return Next::Again;
+    }
     if failed {
         add(&sh.stats.alloc_failures, 1);
         if !st.short {

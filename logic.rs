@@ -172,6 +172,24 @@ pub(crate) const fn oom_pages(frames_per_page: u32) -> usize {
     }
 }
 
+/// Inflation leaves the guest at least this fraction of its RAM available
+/// (`si_mem_available`): 1/32. Taking the guest below its watermarks gets
+/// every process OOM-killed and can panic it; the host only sees a balloon
+/// that stops short of a target the guest could not meet anyway.
+pub(crate) const RESERVE_DIVISOR: u64 = 32;
+
+/// ... and at least this many bytes.
+pub(crate) const MIN_RESERVE_BYTES: u64 = 4 << 20;
+
+/// Kernel pages inflation may still take when the guest has `available`
+/// of `total` pages available (pages of `page_size` bytes).
+pub(crate) const fn inflate_budget(available: u64, total: u64, page_size: usize) -> u64 {
+    let min = MIN_RESERVE_BYTES / (if page_size == 0 { 1 } else { page_size as u64 });
+    let share = total / RESERVE_DIVISOR;
+    let reserve = if share > min { share } else { min };
+    available.saturating_sub(reserve)
+}
+
 /// How long to wait before trying to allocate balloon pages again after an
 /// allocation failed (the C driver sleeps as long).
 pub(crate) const ALLOC_RETRY_MS: u32 = 200;

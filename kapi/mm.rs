@@ -69,3 +69,17 @@ pub(crate) fn snapshot() -> MemSnapshot {
         unsafe { bindings::global_node_page_state(bindings::node_stat_item_NR_FILE_PAGES) } as u64;
     s
 }
+
+/// Total RAM the kernel manages and the memory available to it right now
+/// (`si_mem_available`), both in pages.
+pub(crate) fn total_and_available() -> (u64, u64) {
+    let mut info = core::mem::MaybeUninit::<bindings::sysinfo>::zeroed();
+    // SAFETY: `info` is valid for writes; `si_meminfo` fills it.
+    let info = unsafe {
+        bindings::si_meminfo(info.as_mut_ptr());
+        info.assume_init()
+    };
+    // SAFETY: no preconditions.
+    let available = unsafe { bindings::si_mem_available() }.max(0) as u64;
+    (info.totalram as u64, available)
+}

@@ -329,6 +329,21 @@ fn stats_are_packed_le16_tags_and_le64_values() {
     check_eq!(&small[12..20], &u64::MAX.to_le_bytes());
 }
 
+fn inflation_leaves_the_guest_its_reserve() {
+    // 512 MiB of 4 KiB pages: the reserve is 1/32 (16 MiB = 4096 pages).
+    let total = 512 * 256;
+    check_eq!(inflate_budget(10_000, total, 4 * KIB), 10_000 - 4096);
+    check_eq!(inflate_budget(4096, total, 4 * KIB), 0);
+    check_eq!(inflate_budget(100, total, 4 * KIB), 0);
+    // Small guests keep at least 4 MiB; 64 KiB pages count in their size.
+    check_eq!(inflate_budget(2000, 32 * 256, 4 * KIB), 2000 - 1024);
+    check_eq!(inflate_budget(100, 64, 64 * KIB), 100 - 64);
+    check_eq!(
+        inflate_budget(u64::MAX, u64::MAX, 0),
+        u64::MAX - u64::MAX / 32
+    );
+}
+
 fn poison_val_tells_the_host_what_freed_pages_hold() {
     check_eq!(poison_val(true, 0xaa), 0);
     check_eq!(poison_val(false, 0xaa), 0xaaaa_aaaa);
@@ -370,7 +385,7 @@ macro_rules! kunit_case {
     }};
 }
 
-const N_CASES: usize = 15;
+const N_CASES: usize = 16;
 
 /// The cases, terminated by an all-zero entry as KUnit requires.
 static mut CASES: [bindings::kunit_case; N_CASES + 1] = [
@@ -389,6 +404,7 @@ static mut CASES: [bindings::kunit_case; N_CASES + 1] = [
     kunit_case!(oom_deflates_one_mib_counted_in_kernel_pages),
     kunit_case!(stats_are_packed_le16_tags_and_le64_values),
     kunit_case!(poison_val_tells_the_host_what_freed_pages_hold),
+    kunit_case!(inflation_leaves_the_guest_its_reserve),
     // SAFETY: the all-zero terminator KUnit looks for.
     unsafe { core::mem::zeroed() },
 ];

@@ -203,6 +203,9 @@ class Guest:
             # reports stalls that are emulation speed, not bugs: route
             # interrupts from the BIOS tables and keep RCU quiet about it.
             self.extra_append += " acpi=noirq rcupdate.rcu_cpu_stall_suppress=1"
+            # KASAN's shadow (1/8 of RAM) and kmemleak's pool would eat the
+            # memory the tests size their balloons against.
+            self.mem_mib += 128
             self.boot_timeout = max(boot_timeout, 300)
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="vbrs-guest-"))
         self.dir.mkdir(parents=True, exist_ok=True)
