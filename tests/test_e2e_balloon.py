@@ -152,7 +152,9 @@ def test_oversized_target_leaves_a_healthy_guest(boot):
     assert 300 < sizes[-1] < g.mem_mib, sizes
     assert g.run("echo alive").strip() == "alive"
     g.run("ls /proc > /dev/null; cat /proc/meminfo > /dev/null")
-    assert g.meminfo()["MemAvailable"] >= g.mem_mib * 1024 // 32 - 4 * 1024
+    # The reserve is 1/32 of RAM; the last round may dig into it by up to
+    # one round (8 MiB) of allocations and the reclaim they cause.
+    assert g.meminfo()["MemAvailable"] >= g.mem_mib * 1024 // 64
     c = g.counters()
     assert c["reserve_holds"] + c["alloc_failures"] > 3
     # One message for the whole episode, not one per retry.

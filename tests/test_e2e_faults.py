@@ -12,6 +12,7 @@ import pytest
 PAGES_PER_MIB = 256
 FPA = "/sys/kernel/debug/fail_page_alloc"
 FSL = "/sys/kernel/debug/failslab"
+DRV = "/sys/bus/virtio/drivers/virtio_balloon_rs"
 
 
 def load(g):
@@ -74,40 +75,37 @@ def test_page_allocation_failures_during_inflation(boot):
     g.run("rmmod virtio_balloon_rs")
 
 
-def test_slab_failures_at_every_step_of_load_and_probe(boot):
+def test_slab_failures_at_every_step_of_probe(boot):
     g = boot(mem_mib=512)
     need_fault_injection(g)
     dev = g.balloon_virtio_dev()
     g.set_balloon_mib(16)
-    # Allocations of the insmod task only (make-it-fail with the task
-    # filter; module init and probe run in that task) fail once per load,
-    # every n-th one: the kernel's count runs on across loads, so the
-    # failure lands at a different point of module load or probe each time.
-    # (6.12's injection points sit behind a static key that a nonzero
-    # probability switches on.)
+    load(g)
+    start, end = module_range(g)
+    g.run(f"echo {dev} > {DRV}/unbind")
+    # Only allocations with the driver on the stack count and fail: with
+    # interval n the n-th of them fails, once per bind, so probe fails at
+    # each of its allocations in turn (the count runs on across binds).
     for attrs in (FSL, FPA):
-        configure(g, attrs, ignore_gfp_wait="N", verbose=0, task_filter="Y", probability=100)
-    failed_loads = failed_probes = 0
-    for n in range(1, 200, 4):
+        configure(g, attrs, ignore_gfp_wait="N", verbose=0, task_filter="N",
+                  stacktrace_depth=32, require_start=start, require_end=end, probability=100)
+    failed = bound = 0
+    for n in range(1, 41):
         configure(g, FSL, interval=n, times=1)
         configure(g, FPA, interval=n, times=1)
-        rc, _ = g.run_rc("sh -c 'echo 1 > /proc/self/make-it-fail && "
-                         "exec insmod /modules/virtio_balloon_rs.ko'")
-        loaded = rc == 0
-        bound = g.run(f"readlink /sys/bus/virtio/devices/{dev}/driver || true").strip()
-        if not loaded:
-            failed_loads += 1
-        elif not bound.endswith("virtio_balloon_rs"):
-            failed_probes += 1
-        if loaded:
-            g.run("rmmod virtio_balloon_rs")
+        g.run_rc(f"echo {dev} > {DRV}/bind")
+        if g.run(f"readlink /sys/bus/virtio/devices/{dev}/driver || true").strip():
+            bound += 1
+            g.run(f"echo {dev} > {DRV}/unbind")
+        else:
+            failed += 1
     for attrs in (FSL, FPA):
-        configure(g, attrs, probability=0, task_filter="N")
-    # Both module loading and the device's probe met failures and coped.
-    assert failed_loads > 0 and failed_probes > 0, (failed_loads, failed_probes)
-    # After all that, a clean load binds and works, and nothing was left
-    # behind (kmemleak runs after the test on the debug kernel).
-    load(g)
+        configure(g, attrs, probability=0)
+    assert failed > 0, (failed, bound)
+    assert "probe with driver virtio_balloon_rs failed with error -12" in g.console_text()
+    # After all that, the device binds and works, and nothing was left
+    # behind (kmemleak scans after the test on the debug kernel).
+    g.run(f"echo {dev} > {DRV}/bind")
     assert g.wait_balloon(lambda s: s == 16) == 16
     g.set_balloon_mib(0)
     g.wait_balloon(lambda s: s == 0)
