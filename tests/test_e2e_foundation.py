@@ -88,7 +88,7 @@ def test_config_change_reaches_the_driver(boot):
     g = boot(mem_mib=1024)
     load(g)
     before = g.counters()["config_changes"]
-    g.qmp.cmd("balloon", value=(1024 - 100) * 1024 * 1024)
+    g.qmp.cmd("balloon", value=(g.mem_mib - 100) * 1024 * 1024)
     frames = 100 * 256
     for _ in range(100):
         if g.counters()["target_frames"] == frames:
