@@ -21,7 +21,7 @@ use crate::kapi::{
     virtio::{self, feature, id, Device, DeviceRef, OutBuf, QueueSpec, UsedHandler, Virtqueues},
     work::{Next, Queue, Work, WorkHandler},
 };
-use crate::logic::{self, FeatureList, Step, MSGS_PER_KICK, MSG_BYTES};
+use crate::logic::{self, FeatureList, MemSnapshot, Step, MSGS_PER_KICK, MSG_BYTES};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use kernel::{
     c_str, fmt,
@@ -421,6 +421,23 @@ fn drain(core: &Core) {
     }
 }
 
+/// Resets the device and deletes its queues. They are dropped after the
+/// balloon lock is released: what they refer to (the stats work, and
+/// through it the core) may go with them.
+fn stop_queues(sh: &Shared) {
+    let vqs = sh.state.lock().vqs.take();
+    drop(vqs);
+}
+
+/// Remove and freeze: every page goes back to the guest (the host told
+/// first), the host sees `actual` drop to 0, then the queues go.
+fn give_back_and_stop(core: &Core, dev: &Device) {
+    drain(core);
+    let sh = core.data();
+    sh.state.lock().report(dev, &sh.stats);
+    stop_queues(sh);
+}
+
 /// The work that follows the host's target.
 struct UpdateSize(Arc<Core>);
 
@@ -475,16 +492,14 @@ impl OomHandler for OomDeflate {
     }
 }
 
-/// Fills the stats buffer with fresh figures and hands it to the host.
-fn send_stats(sh: &Shared, st: &mut State, buf: Option<OutBuf>) {
+/// Fills the stats buffer with `snap` and hands it to the host. The
+/// snapshot is taken before the balloon lock: gathering it may sleep and
+/// need not hold up inflation or the OOM path.
+fn send_stats(sh: &Shared, st: &mut State, buf: Option<OutBuf>, snap: &MemSnapshot) {
     let Some(mut buf) = buf else {
         return;
     };
-    let len = logic::encode_stats(
-        &mm::snapshot(),
-        kernel::page::PAGE_SHIFT as u32,
-        buf.as_mut_slice(),
-    );
+    let len = logic::encode_stats(snap, kernel::page::PAGE_SHIFT as u32, buf.as_mut_slice());
     let Some(vq) = st.vqs.as_mut().and_then(|v| v.get(STATS_Q)) else {
         return;
     };
@@ -508,6 +523,7 @@ struct StatsRefresh(Arc<Core>);
 impl WorkHandler for StatsRefresh {
     fn run(&self) -> Next {
         let sh = self.0.data();
+        let snap = mm::snapshot();
         let mut st = sh.state.lock();
         let st = &mut *st;
         let buf = st
@@ -515,7 +531,7 @@ impl WorkHandler for StatsRefresh {
             .as_mut()
             .and_then(|v| v.get(STATS_Q))
             .and_then(|vq| vq.take_used());
-        send_stats(sh, st, buf);
+        send_stats(sh, st, buf, &snap);
         Next::Idle
     }
 }
@@ -555,11 +571,14 @@ fn start_queues(dev: &Device, sh: &Shared, stats: Option<&Arc<Work<StatsRefresh>
             return Err(ENOSPC);
         }
     }
+    let primer = match stats {
+        Some(_) => Some((OutBuf::new(logic::stat::BUF_BYTES)?, mm::snapshot())),
+        None => None,
+    };
     let mut st = sh.state.lock();
     st.vqs = Some(vqs);
-    if stats.is_some() {
-        let buf = OutBuf::new(logic::stat::BUF_BYTES)?;
-        send_stats(sh, &mut st, Some(buf));
+    if let Some((buf, snap)) = primer {
+        send_stats(sh, &mut st, Some(buf), &snap);
     }
     Ok(())
 }
@@ -710,8 +729,7 @@ impl virtio::Driver for Balloon {
                         "cannot register the OOM notifier: error {}\n",
                         e.to_errno()
                     );
-                    let vqs = core.data().state.lock().vqs.take();
-                    drop(vqs);
+                    stop_queues(core.data());
                     return Err(e);
                 }
             }
@@ -726,8 +744,7 @@ impl virtio::Driver for Balloon {
                         e.to_errno()
                     );
                     drop(oom);
-                    let vqs = core.data().state.lock().vqs.take();
-                    drop(vqs);
+                    stop_queues(core.data());
                     return Err(e);
                 }
             }
@@ -744,8 +761,7 @@ impl virtio::Driver for Balloon {
             _debugfs: debugfs,
         };
         KBox::new(this, GFP_KERNEL).map_err(|e| {
-            let vqs = core.data().state.lock().vqs.take();
-            drop(vqs);
+            stop_queues(core.data());
             e.into()
         })
     }
@@ -788,16 +804,9 @@ impl virtio::Driver for Balloon {
         }
         let sh = self.core.data();
         let pages = logic::frames_to_pages(sh.state.lock().held, sh.fpp);
-        // Every page goes back to the guest, the host told first.
-        drain(&self.core);
-        let vqs = {
-            let mut st = sh.state.lock();
-            st.report(dev, &sh.stats);
-            st.vqs.take()
-        };
-        // Reset the device and delete the queues before the data goes (after
-        // the lock is released: what the queues refer to may go with them).
-        drop(vqs);
+        // Every page goes back to the guest, and the device is reset before
+        // the data goes.
+        give_back_and_stop(&self.core, dev);
         dev_info!(
             dev,
             "virtio_balloon_rs unbound from virtio{}; {} pages given back\n",
@@ -809,14 +818,7 @@ impl virtio::Driver for Balloon {
     fn freeze(&self, dev: &Device) -> Result {
         // The freezable work is frozen already. Give every page back, then
         // let go of the queues; restore sets them up again.
-        drain(&self.core);
-        let sh = self.core.data();
-        let vqs = {
-            let mut st = sh.state.lock();
-            st.report(dev, &sh.stats);
-            st.vqs.take()
-        };
-        drop(vqs);
+        give_back_and_stop(&self.core, dev);
         Ok(())
     }
 

@@ -94,25 +94,13 @@ impl DeflatedPage {
 impl Drop for DeflatedPage {
     fn drop(&mut self) {
         // SAFETY: live, finalized page off every balloon list, carrying the
-        // balloon's reference (type invariant).
-        unsafe { release(self.page.as_ptr(), self.account) };
-    }
-}
-
-/// Gives a page that left the balloon back to the guest: to the managed
-/// page count if `account`, then to the page allocator.
-///
-/// # Safety
-///
-/// `page` must be live, dequeued and finalized, and the caller must own the
-/// balloon's reference to it, which this drops.
-unsafe fn release(page: *mut bindings::page, account: bool) {
-    // SAFETY: per the function's contract.
-    unsafe {
-        if account {
-            bindings::adjust_managed_page_count(page, 1);
+        // balloon's reference (type invariant), which we drop here.
+        unsafe {
+            if self.account {
+                bindings::adjust_managed_page_count(self.page.as_ptr(), 1);
+            }
+            bindings::put_page(self.page.as_ptr());
         }
-        bindings::put_page(page);
     }
 }
 
@@ -274,7 +262,15 @@ impl<T: Migrate> BalloonPages<T> {
     /// room for). Pages isolated by compaction are skipped. Counts a
     /// `balloon_deflate` event per page. Returns how many were taken.
     pub(crate) fn dequeue(&self, n: usize, out: &mut Batch<DeflatedPage>) -> usize {
-        let n = n.min(out.room());
+        // `out` has room for all `n` pages: `push` cannot fail.
+        self.dequeue_each(n.min(out.room()), |page| {
+            let _ = out.push(page);
+        })
+    }
+
+    /// Takes up to `n` pages out of the balloon and hands each to `f`,
+    /// without allocating. Returns how many were taken.
+    fn dequeue_each(&self, n: usize, mut f: impl FnMut(DeflatedPage)) -> usize {
         if n == 0 {
             return 0;
         }
@@ -287,31 +283,15 @@ impl<T: Migrate> BalloonPages<T> {
             bindings::INIT_LIST_HEAD(head);
             let got = bindings::balloon_page_list_dequeue(self.info.get(), head, n);
             for _ in 0..got {
-                let page = bindings::balloon_page_pop(head);
-                let Some(page) = NonNull::new(page) else {
+                let Some(page) = NonNull::new(bindings::balloon_page_pop(head)) else {
                     break;
                 };
-                // `out` has room for `n >= got` pages: this cannot fail.
-                let _ = out.push(DeflatedPage {
+                f(DeflatedPage {
                     page,
                     account: self.account,
                 });
             }
             got
-        }
-    }
-
-    /// Number of pages compaction has isolated from the balloon right now;
-    /// they come back (or are replaced) once their migration ends.
-    pub(crate) fn isolated(&self) -> usize {
-        let info = self.info.get();
-        // SAFETY: `info` is initialised; `isolated_pages` is read under the
-        // lock that protects it.
-        unsafe {
-            let flags = bindings::spin_lock_irqsave(&raw mut (*info).pages_lock);
-            let n = (*info).isolated_pages;
-            bindings::spin_unlock_irqrestore(&raw mut (*info).pages_lock, flags);
-            n
         }
     }
 
@@ -343,22 +323,8 @@ impl<T: Migrate> PinnedDrop for BalloonPages<T> {
         // when their migration ends, which cannot take long.
         let mut left = 0usize;
         while !self.is_drained() {
-            let mut head = MaybeUninit::<bindings::list_head>::uninit();
-            let head = head.as_mut_ptr();
-            // SAFETY: `head` is valid and stays put while in use; `info` is
-            // initialised. Dequeued pages are finalized and carry the
-            // balloon's reference, which `release` drops.
-            let got = unsafe {
-                bindings::INIT_LIST_HEAD(head);
-                let got = bindings::balloon_page_list_dequeue(self.info.get(), head, 64);
-                for _ in 0..got {
-                    let page = bindings::balloon_page_pop(head);
-                    if !page.is_null() {
-                        release(page, self.account);
-                    }
-                }
-                got
-            };
+            // Dropping a `DeflatedPage` gives it back to the guest.
+            let got = self.dequeue_each(64, drop);
             left += got;
             if got == 0 {
                 // SAFETY: process context (drop runs from remove/unload).

@@ -54,16 +54,10 @@ pub(crate) fn snapshot() -> MemSnapshot {
             ));
         }
     }
-    let mut info = core::mem::MaybeUninit::<bindings::sysinfo>::zeroed();
-    // SAFETY: `info` is valid for writes; `si_meminfo` fills it.
-    let info = unsafe {
-        bindings::si_meminfo(info.as_mut_ptr());
-        info.assume_init()
-    };
+    let info = meminfo();
     s.free_pages = info.freeram as u64;
     s.total_pages = info.totalram as u64;
-    // SAFETY: no preconditions.
-    s.available_pages = unsafe { bindings::si_mem_available() }.max(0) as u64;
+    s.available_pages = available_pages();
     // SAFETY: no preconditions.
     s.cache_pages =
         unsafe { bindings::global_node_page_state(bindings::node_stat_item_NR_FILE_PAGES) } as u64;
@@ -73,13 +67,21 @@ pub(crate) fn snapshot() -> MemSnapshot {
 /// Total RAM the kernel manages and the memory available to it right now
 /// (`si_mem_available`), both in pages.
 pub(crate) fn total_and_available() -> (u64, u64) {
+    (meminfo().totalram as u64, available_pages())
+}
+
+/// `si_meminfo`: the kernel's memory totals, in pages.
+fn meminfo() -> bindings::sysinfo {
     let mut info = core::mem::MaybeUninit::<bindings::sysinfo>::zeroed();
     // SAFETY: `info` is valid for writes; `si_meminfo` fills it.
-    let info = unsafe {
+    unsafe {
         bindings::si_meminfo(info.as_mut_ptr());
         info.assume_init()
-    };
+    }
+}
+
+/// `si_mem_available`: pages available without swapping, never negative.
+fn available_pages() -> u64 {
     // SAFETY: no preconditions.
-    let available = unsafe { bindings::si_mem_available() }.max(0) as u64;
-    (info.totalram as u64, available)
+    unsafe { bindings::si_mem_available() }.max(0) as u64
 }

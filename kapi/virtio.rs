@@ -499,13 +499,8 @@ unsafe extern "C" fn config_changed_callback<T: Driver>(vdev: *mut bindings::vir
 unsafe extern "C" fn freeze_callback<T: Driver>(
     vdev: *mut bindings::virtio_device,
 ) -> core::ffi::c_int {
-    // SAFETY: the core passes a bound device valid for the call.
-    let dev = unsafe { Device::from_raw(vdev) };
-    // SAFETY: freeze and remove are serialised by the device lock.
-    match unsafe { driver_data::<T>(vdev) } {
-        Some(data) => from_result(|| T::freeze(data, dev).map(|()| 0)),
-        None => 0,
-    }
+    // SAFETY: per this function's contract.
+    unsafe { pm_callback::<T>(vdev, T::freeze) }
 }
 
 /// # Safety
@@ -515,11 +510,26 @@ unsafe extern "C" fn freeze_callback<T: Driver>(
 unsafe extern "C" fn restore_callback<T: Driver>(
     vdev: *mut bindings::virtio_device,
 ) -> core::ffi::c_int {
+    // SAFETY: per this function's contract.
+    unsafe { pm_callback::<T>(vdev, T::restore) }
+}
+
+/// Runs a system-sleep step `step` of the driver bound to `vdev`.
+///
+/// # Safety
+///
+/// `vdev` must be a bound device, and the call must come from the virtio
+/// core's freeze or restore, which the device lock serialises with remove.
+#[cfg(CONFIG_PM_SLEEP)]
+unsafe fn pm_callback<T: Driver>(
+    vdev: *mut bindings::virtio_device,
+    step: fn(&T, &Device) -> Result,
+) -> core::ffi::c_int {
     // SAFETY: the core passes a bound device valid for the call.
     let dev = unsafe { Device::from_raw(vdev) };
-    // SAFETY: restore and remove are serialised by the device lock.
+    // SAFETY: the data is not freed while the device lock is held.
     match unsafe { driver_data::<T>(vdev) } {
-        Some(data) => from_result(|| T::restore(data, dev).map(|()| 0)),
+        Some(data) => from_result(|| step(data, dev).map(|()| 0)),
         None => 0,
     }
 }
@@ -616,53 +626,26 @@ impl Virtqueue {
             if part.is_empty() {
                 continue;
             }
-            let mut sg = core::mem::MaybeUninit::<bindings::scatterlist>::uninit();
-            let data = part.as_ptr().cast_mut().cast::<c_void>();
-            // SAFETY: `sg` is valid for writes; `part` is heap memory valid
-            // for `len` bytes that outlives the round trip (we wait below
-            // until the device returned it, or the ring is broken and the
-            // device no longer touches it).
-            let ret = unsafe {
-                bindings::sg_init_one(sg.as_mut_ptr(), data, part.len() as u32);
-                bindings::virtqueue_add_outbuf(
-                    self.vq.as_ptr(),
-                    sg.as_mut_ptr(),
-                    1,
-                    data,
-                    bindings::GFP_KERNEL,
-                )
-            };
-            if ret != 0 {
+            // SAFETY: `part` is heap memory that outlives the round trip: we
+            // wait below until the device returned it, or the ring is broken
+            // and the device no longer touches it.
+            if let Err(e) = unsafe { self.add_out(part) } {
                 if added == 0 {
-                    return Err(Error::from_errno(ret));
+                    return Err(e);
                 }
                 break;
             }
             added += 1;
         }
-        // SAFETY: live virtqueue; accesses are serialised by `&mut self`.
-        unsafe { bindings::virtqueue_kick(self.vq.as_ptr()) };
+        self.kick();
         let mut sent = Sent {
             count: added,
             odd_lengths: 0,
         };
-        let mut returned = 0usize;
-        while returned < added {
-            let mut len = 0u32;
-            // SAFETY: live virtqueue, serialised by `&mut self`.
-            let token = unsafe { bindings::virtqueue_get_buf(self.vq.as_ptr(), &mut len) };
-            if token.is_null() {
-                // Wake up now and then to notice a ring the core marked
-                // broken: its interrupts are ignored from then on.
-                if !self.shared.used.wait_timeout(1000) && self.is_broken() {
-                    return Err(EIO);
-                }
-                continue;
-            }
-            if len != 0 {
+        for _ in 0..added {
+            if self.wait_used()? != 0 {
                 sent.odd_lengths += 1;
             }
-            returned += 1;
         }
         Ok(sent)
     }
@@ -676,38 +659,18 @@ impl Virtqueue {
             return Err(EBUSY);
         }
         let len = len.min(buf.bytes.len());
-        let mut sg = core::mem::MaybeUninit::<bindings::scatterlist>::uninit();
-        let data = buf.bytes.as_ptr().cast_mut().cast::<c_void>();
-        // SAFETY: `sg` is valid for writes; `buf` is heap memory that stays
-        // alive and untouched in `self.posted` until the device returns it
-        // (`take_used`) or the queue is deleted (after a reset).
-        let ret = unsafe {
-            bindings::sg_init_one(sg.as_mut_ptr(), data, len as u32);
-            bindings::virtqueue_add_outbuf(
-                self.vq.as_ptr(),
-                sg.as_mut_ptr(),
-                1,
-                data,
-                bindings::GFP_KERNEL,
-            )
-        };
-        if ret != 0 {
-            return Err(Error::from_errno(ret));
-        }
+        // SAFETY: `buf` is heap memory that stays alive and untouched in
+        // `self.posted` until the device returns it (`take_used`) or the
+        // queue is deleted (after a reset).
+        unsafe { self.add_out(&buf.bytes[..len]) }?;
         self.posted = Some(buf);
-        // SAFETY: live virtqueue; accesses are serialised by `&mut self`.
-        unsafe { bindings::virtqueue_kick(self.vq.as_ptr()) };
+        self.kick();
         Ok(())
     }
 
     /// The posted buffer, if the device has returned it.
     pub(crate) fn take_used(&mut self) -> Option<OutBuf> {
-        let mut len = 0u32;
-        // SAFETY: live virtqueue, serialised by `&mut self`.
-        let token = unsafe { bindings::virtqueue_get_buf(self.vq.as_ptr(), &mut len) };
-        if token.is_null() {
-            return None;
-        }
+        self.get_used()?;
         self.posted.take()
     }
 
@@ -737,14 +700,57 @@ impl Virtqueue {
         if ret != 0 {
             return Err(Error::from_errno(ret));
         }
-        // SAFETY: live virtqueue, serialised by `&mut self`.
+        self.kick();
+        self.wait_used().map(|_| ())
+    }
+
+    /// Adds `data` to the ring as one device-readable descriptor.
+    ///
+    /// # Safety
+    ///
+    /// `data` must stay alive and unchanged until the device has returned
+    /// it (or the queue is reset and deleted).
+    unsafe fn add_out(&mut self, data: &[u8]) -> Result {
+        let mut sg = core::mem::MaybeUninit::<bindings::scatterlist>::uninit();
+        let ptr = data.as_ptr().cast_mut().cast::<c_void>();
+        // SAFETY: `sg` is valid for writes; `data` is valid for its length
+        // for as long as the device may read it (the function's contract).
+        // Live virtqueue, serialised by `&mut self`.
+        let ret = unsafe {
+            bindings::sg_init_one(sg.as_mut_ptr(), ptr, data.len() as u32);
+            bindings::virtqueue_add_outbuf(
+                self.vq.as_ptr(),
+                sg.as_mut_ptr(),
+                1,
+                ptr,
+                bindings::GFP_KERNEL,
+            )
+        };
+        to_result(ret)
+    }
+
+    /// Tells the device there are new buffers.
+    fn kick(&mut self) {
+        // SAFETY: live virtqueue; accesses are serialised by `&mut self`.
         unsafe { bindings::virtqueue_kick(self.vq.as_ptr()) };
+    }
+
+    /// A buffer the device has returned, by its used length; `None` if
+    /// there is none right now.
+    fn get_used(&mut self) -> Option<u32> {
+        let mut len = 0u32;
+        // SAFETY: live virtqueue, serialised by `&mut self`.
+        let token = unsafe { bindings::virtqueue_get_buf(self.vq.as_ptr(), &mut len) };
+        (!token.is_null()).then_some(len)
+    }
+
+    /// Sleeps until the device returns a buffer; returns its used length.
+    /// Wakes up now and then to notice a ring the core marked broken (its
+    /// interrupts are ignored from then on) and fails with `EIO` then.
+    fn wait_used(&mut self) -> Result<u32> {
         loop {
-            let mut len = 0u32;
-            // SAFETY: live virtqueue, serialised by `&mut self`.
-            let got = unsafe { bindings::virtqueue_get_buf(self.vq.as_ptr(), &mut len) };
-            if !got.is_null() {
-                return Ok(());
+            if let Some(len) = self.get_used() {
+                return Ok(len);
             }
             if !self.shared.used.wait_timeout(1000) && self.is_broken() {
                 return Err(EIO);

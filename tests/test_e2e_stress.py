@@ -15,12 +15,6 @@ def load(g):
     g.run("insmod /modules/virtio_balloon_rs.ko")
 
 
-def balanced(g, vm0):
-    vm1 = g.vmstat()
-    return (vm1["balloon_inflate"] - vm0["balloon_inflate"],
-            vm1["balloon_deflate"] - vm0["balloon_deflate"])
-
-
 def test_rmmod_and_unbind_while_inflating(boot):
     g = boot(mem_mib=1024)
     dev = g.balloon_virtio_dev()
@@ -34,7 +28,7 @@ def test_rmmod_and_unbind_while_inflating(boot):
             g.run(f"echo {dev} > {DRV}/unbind")
         g.run("rmmod virtio_balloon_rs")
         assert g.meminfo()["MemTotal"] == total0
-        inflated, deflated = balanced(g, vm0)
+        inflated, deflated = g.balloon_moved_since(vm0)
         assert inflated == deflated
     assert g.balloon_mib() == 0
 
@@ -56,7 +50,7 @@ def test_unbind_during_an_oom_storm(boot):
         time.sleep(0.2)
     assert "ok" in g.run("cat /tmp/hog.out")
     assert g.vmstat()["oom_kill"] == vm0["oom_kill"]
-    inflated, deflated = balanced(g, vm0)
+    inflated, deflated = g.balloon_moved_since(vm0)
     assert inflated == deflated == 400 * PAGES_PER_MIB
     g.run("rmmod virtio_balloon_rs")
 
@@ -76,7 +70,7 @@ def test_a_hundred_load_inflate_unload_cycles(boot):
               "i=0; while [ $(cat $f) != 12288 ] && [ $i -lt 500 ]; do sleep 0.02; i=$((i+1)); done; "
               "[ $(cat $f) = 12288 ]; rmmod virtio_balloon_rs")
     assert g.meminfo()["MemTotal"] == total0
-    inflated, deflated = balanced(g, vm0)
+    inflated, deflated = g.balloon_moved_since(vm0)
     assert inflated == deflated == 100 * 48 * PAGES_PER_MIB
     g.run("sync; echo 3 > /proc/sys/vm/drop_caches")
     assert g.free_kib() > free0 - vm.free_slack_kib(g)
@@ -103,5 +97,5 @@ def test_inflation_races_compaction_and_a_busy_process(boot):
     g.set_balloon_mib(0)
     g.wait_balloon(lambda s: s == 0)
     assert g.meminfo()["MemTotal"] == total0
-    inflated, deflated = balanced(g, vm0)
+    inflated, deflated = g.balloon_moved_since(vm0)
     assert inflated == deflated

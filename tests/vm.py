@@ -463,6 +463,13 @@ class Guest:
                 raise GuestError(f"balloon stuck at {size} MiB")
             time.sleep(poll)
 
+    def balloon_moved_since(self, vm0):
+        """Kernel pages put into and taken out of balloons (vmstat
+        balloon_inflate, balloon_deflate) since the reading `vm0`."""
+        vm1 = self.vmstat()
+        return (vm1["balloon_inflate"] - vm0["balloon_inflate"],
+                vm1["balloon_deflate"] - vm0["balloon_deflate"])
+
     def counters(self, driver="virtio_balloon_rs"):
         """The driver's debugfs counters for the balloon device."""
         dev = self.balloon_virtio_dev()
