@@ -14,15 +14,20 @@
 use crate::kapi::{
     balloon::{BalloonPages, Batch, DeflatedPage, Migrate, Migrated, Migration, NewPage},
     debugfs::{self, CounterDir},
+    hint::{self as hintmem, HintBlock, HintBlocks},
     mm,
     oom::{OomHandler, OomNotifier},
     reporting::{self, PageReporting, ReportHandler, ReportedRanges},
-    sync::{msleep, LockKey, Mutex},
-    virtio::{self, feature, id, Device, DeviceRef, OutBuf, QueueSpec, UsedHandler, Virtqueues},
+    shrinker::{ShrinkHandler, Shrinker},
+    sync::{cond_resched, msleep, LockKey, Mutex},
+    virtio::{
+        self, feature, id, Device, DeviceRef, HintCmd, OutBuf, QueueSpec, UsedHandler, Virtqueue,
+        Virtqueues,
+    },
     work::{Next, Queue, Work, WorkHandler},
 };
-use crate::logic::{self, FeatureList, MemSnapshot, Step, MSGS_PER_KICK, MSG_BYTES};
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use crate::logic::{self, hint, FeatureList, MemSnapshot, Step, MSGS_PER_KICK, MSG_BYTES};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use kernel::{
     c_str, fmt,
     page::PAGE_SIZE,
@@ -33,10 +38,11 @@ use kernel::{
 
 /// Feature bits the driver negotiates today. Later features are added here
 /// as they are implemented, never before.
-const FEATURES: [u32; 5] = [
+const FEATURES: [u32; 6] = [
     feature::BALLOON_MUST_TELL_HOST,
     feature::BALLOON_STATS_VQ,
     feature::BALLOON_DEFLATE_ON_OOM,
+    feature::BALLOON_FREE_PAGE_HINT,
     feature::BALLOON_PAGE_POISON,
     feature::BALLOON_REPORTING,
 ];
@@ -45,10 +51,12 @@ const FEATURES: [u32; 5] = [
 const INFLATE_Q: usize = 0;
 const DEFLATE_Q: usize = 1;
 const STATS_Q: usize = 2;
+const FREE_PAGE_Q: usize = 3;
 const REPORTING_Q: usize = 4;
 
 static BALLOON_LOCK: LockKey = LockKey::new();
 static SCRATCH_LOCK: LockKey = LockKey::new();
+static HINT_LOCK: LockKey = LockKey::new();
 
 /// The driver's own counters, readable in
 /// `/sys/kernel/debug/virtio_balloon_rs/virtio<N>/` (see README.md).
@@ -90,6 +98,20 @@ pub(crate) struct Counters {
     oom_notifications: AtomicU64,
     /// Kernel pages given back to the guest by OOM notifications.
     oom_deflated_pages: AtomicU64,
+    /// The host's latest free page hint command id (FREE_PAGE_HINT).
+    hint_cmd_id: AtomicU64,
+    /// Hinting runs started (one per new command id).
+    hint_runs: AtomicU64,
+    /// Blocks of free memory hinted to the host, ever.
+    hinted_blocks: AtomicU64,
+    /// Hinted blocks the driver holds now.
+    hint_blocks_held: AtomicU64,
+    /// Hinted blocks given back when the host said done.
+    hint_blocks_done: AtomicU64,
+    /// Hinted blocks given back to memory pressure by the shrinker.
+    hint_blocks_shrunk: AtomicU64,
+    /// Runs ended early because the host left the hint ring full.
+    hint_stalls: AtomicU64,
 }
 
 fn add(counter: &AtomicU64, n: u64) {
@@ -116,6 +138,13 @@ impl debugfs::Counters for Counters {
         f(c_str!("reported_ranges"), &self.reported_ranges);
         f(c_str!("oom_notifications"), &self.oom_notifications);
         f(c_str!("oom_deflated_pages"), &self.oom_deflated_pages);
+        f(c_str!("hint_cmd_id"), &self.hint_cmd_id);
+        f(c_str!("hint_runs"), &self.hint_runs);
+        f(c_str!("hinted_blocks"), &self.hinted_blocks);
+        f(c_str!("hint_blocks_held"), &self.hint_blocks_held);
+        f(c_str!("hint_blocks_done"), &self.hint_blocks_done);
+        f(c_str!("hint_blocks_shrunk"), &self.hint_blocks_shrunk);
+        f(c_str!("hint_stalls"), &self.hint_stalls);
     }
 }
 
@@ -209,6 +238,21 @@ struct Shared {
     /// (only the update work uses it; taken before the balloon lock).
     #[pin]
     scratch: Mutex<Batch<NewPage>>,
+    /// Free page hinting: the command id of the run last started.
+    hint_active: AtomicU32,
+    /// The host's command id as last read from the config space, and
+    /// whether the config changed since (so it must be read again).
+    hint_received: AtomicU32,
+    hint_stale: AtomicBool,
+    /// Set on remove: a run in progress ends at its next block.
+    hint_quit: AtomicBool,
+    /// Whether a hinting error was logged already.
+    hint_error_logged: AtomicBool,
+    /// Blocks hinted to the host, held until it is done with them. Never
+    /// held across an allocation or the balloon lock: the shrinker takes it
+    /// from memory reclaim.
+    #[pin]
+    hints: Mutex<HintBlocks>,
 }
 
 /// The balloon: its pages and the driver data.
@@ -555,9 +599,22 @@ fn start_queues(dev: &Device, sh: &Shared, stats: Option<&Arc<Work<StatsRefresh>
         None => None,
     };
     let reporting = dev.has_feature(feature::BALLOON_REPORTING);
-    let mut vqs = Virtqueues::find(dev, &queue_specs(on_stats, reporting)).inspect_err(|e| {
+    let hinting = dev.has_feature(feature::BALLOON_FREE_PAGE_HINT);
+    let specs = queue_specs(on_stats, hinting, reporting);
+    let mut vqs = Virtqueues::find(dev, &specs).inspect_err(|e| {
         dev_err!(dev, "cannot set up virtqueues: error {}\n", e.to_errno());
     })?;
+    // A hinting run keeps one entry for its stop id: it needs two.
+    if let Some(vq) = vqs.get(FREE_PAGE_Q) {
+        if vq.ring_size() < 2 {
+            dev_err!(
+                dev,
+                "free page queue has {} entries, needs 2\n",
+                vq.ring_size()
+            );
+            return Err(ENOSPC);
+        }
+    }
     // The allocator reports up to CAPACITY ranges at once, a descriptor
     // each: a smaller ring could not take them (as the C driver checks).
     if let Some(vq) = vqs.get(REPORTING_Q) {
@@ -602,6 +659,159 @@ impl ReportHandler for ReportFree {
     }
 }
 
+/// The host's free page hint command id, read again from the config space
+/// only if it changed since the last read (a read is a trap to the host).
+fn hint_cmd_id(sh: &Shared) -> u32 {
+    if sh.hint_stale.swap(false, Ordering::AcqRel) {
+        let id = sh
+            .dev
+            .read_config_le32(logic::config::FREE_PAGE_HINT_CMD_ID);
+        sh.hint_received.store(id, Ordering::Release);
+        sh.stats.hint_cmd_id.store(id.into(), Ordering::Relaxed);
+    }
+    sh.hint_received.load(Ordering::Acquire)
+}
+
+/// Runs `f` on the free page queue, under the balloon lock. `ENODEV` when
+/// the queues are gone (frozen or being removed).
+fn with_hint_queue<T>(sh: &Shared, f: impl FnOnce(&mut Virtqueue) -> Result<T>) -> Result<T> {
+    let mut st = sh.state.lock();
+    let vq = st
+        .vqs
+        .as_mut()
+        .and_then(|v| v.get(FREE_PAGE_Q))
+        .ok_or(ENODEV)?;
+    // The host returns hinted blocks and command ids as it goes; nothing
+    // waits for them, so detach them before adding more.
+    vq.reap();
+    f(vq)
+}
+
+/// Gives up to `blocks` held hint blocks back to the guest; returns how many.
+fn return_hints(sh: &Shared, blocks: usize) -> usize {
+    let mut held = sh.hints.lock();
+    let n = held.release(blocks);
+    sh.stats
+        .hint_blocks_held
+        .store(held.len() as u64, Ordering::Relaxed);
+    n
+}
+
+fn hint_error(sh: &Shared, what: &str, e: Error) {
+    add(&sh.stats.host_errors, 1);
+    if !sh.hint_error_logged.swap(true, Ordering::AcqRel) {
+        dev_warn!(
+            sh.dev,
+            "free page hinting: cannot send {} to the host (error {}); further errors are only counted\n",
+            what,
+            e.to_errno()
+        );
+    }
+}
+
+/// One hinting run for command id `id`: echo the id, hand the host free
+/// blocks until none is left or the host changes the id, then send stop.
+/// The blocks stay held until the host says done (or the shrinker or
+/// removal takes them back).
+fn hint_run(sh: &Shared, id: u32) {
+    sh.hint_active.store(id, Ordering::Release);
+    add(&sh.stats.hint_runs, 1);
+    if let Err(e) = with_hint_queue(sh, |vq| vq.hint_cmd(HintCmd::Start, id)) {
+        hint_error(sh, "a start id", e);
+        return;
+    }
+    let mut pending: Option<HintBlock> = None;
+    let mut stalled_ms = 0u32;
+    loop {
+        if sh.hint_quit.load(Ordering::Acquire) || !hint::keep_going(id, hint_cmd_id(sh)) {
+            break;
+        }
+        let block = match pending.take().or_else(HintBlock::alloc) {
+            Some(b) => b,
+            // No free block left: everything free is hinted. This is how a
+            // run normally ends, so it is not reported.
+            None => break,
+        };
+        match with_hint_queue(sh, |vq| vq.hint_block(&block)) {
+            Ok(true) => {
+                let mut held = sh.hints.lock();
+                held.push(block);
+                sh.stats
+                    .hint_blocks_held
+                    .store(held.len() as u64, Ordering::Relaxed);
+                drop(held);
+                add(&sh.stats.hinted_blocks, 1);
+                stalled_ms = 0;
+            }
+            Ok(false) => {
+                // The ring is full: the host has not caught up yet.
+                if stalled_ms >= hint::STALL_MS {
+                    add(&sh.stats.hint_stalls, 1);
+                    dev_warn!(
+                        sh.dev,
+                        "free page hinting: the host took no hint for {} ms; ending run {}\n",
+                        stalled_ms,
+                        id
+                    );
+                    break;
+                }
+                pending = Some(block);
+                msleep(hint::STALL_POLL_MS);
+                stalled_ms += hint::STALL_POLL_MS;
+            }
+            Err(e) => {
+                hint_error(sh, "a free block", e);
+                break;
+            }
+        }
+        cond_resched();
+    }
+    drop(pending);
+    if let Err(e) = with_hint_queue(sh, |vq| vq.hint_cmd(HintCmd::Stop, hint::CMD_ID_STOP)) {
+        hint_error(sh, "a stop id", e);
+    }
+}
+
+/// The free page hint work (FREE_PAGE_HINT), on its own freezable,
+/// CPU-intensive workqueue: a run may take all of the guest's free memory.
+struct FreePageHint(Arc<Core>);
+
+impl WorkHandler for FreePageHint {
+    fn run(&self) -> Next {
+        let sh = self.0.data();
+        let received = hint_cmd_id(sh);
+        match hint::action(received, sh.hint_active.load(Ordering::Acquire)) {
+            hint::Action::ReturnAll => {
+                let n = return_hints(sh, usize::MAX);
+                add(&sh.stats.hint_blocks_done, n as u64);
+            }
+            hint::Action::Start(id) => hint_run(sh, id),
+            hint::Action::Nothing => {}
+        }
+        Next::Idle
+    }
+}
+
+/// The shrinker of FREE_PAGE_HINT: under memory pressure, held hint blocks
+/// go back to the guest before the host is done with them (allowed: the
+/// host must keep whatever the guest writes to a hinted page later).
+struct HintShrink(Arc<Core>);
+
+impl ShrinkHandler for HintShrink {
+    fn count(&self) -> u64 {
+        let held = self.0.data().stats.hint_blocks_held.load(Ordering::Relaxed);
+        held.saturating_mul(hint::block_pages(hintmem::ORDER))
+    }
+
+    fn scan(&self, nr_to_scan: u64) -> u64 {
+        let sh = self.0.data();
+        let want = hint::blocks_for(nr_to_scan, hintmem::ORDER);
+        let n = return_hints(sh, usize::try_from(want).unwrap_or(usize::MAX));
+        add(&sh.stats.hint_blocks_shrunk, n as u64);
+        (n as u64).saturating_mul(hint::block_pages(hintmem::ORDER))
+    }
+}
+
 /// Per-device driver data.
 pub(crate) struct Balloon {
     /// Registered when REPORTING is negotiated; unregistered first.
@@ -610,37 +820,50 @@ pub(crate) struct Balloon {
     stats: Option<Arc<Work<StatsRefresh>>>,
     /// Registered when DEFLATE_ON_OOM is negotiated; dropped first.
     oom: Option<Pin<KBox<OomNotifier<OomDeflate>>>>,
+    /// Free page hinting (FREE_PAGE_HINT): its shrinker and its work.
+    hint_shrinker: Option<Shrinker<HintShrink>>,
+    hint: Option<Work<FreePageHint>>,
     core: Arc<Core>,
     update: Work<UpdateSize>,
     _debugfs: CounterDir<Counters>,
 }
 
-fn queue_specs(on_stats: Option<Arc<dyn UsedHandler>>, reporting: bool) -> [QueueSpec; 5] {
+fn queue_specs(
+    on_stats: Option<Arc<dyn UsedHandler>>,
+    hinting: bool,
+    reporting: bool,
+) -> [QueueSpec; 5] {
     [
         QueueSpec {
             name: c_str!("inflate"),
             on_used: None,
             used: true,
+            interrupts: true,
         },
         QueueSpec {
             name: c_str!("deflate"),
             on_used: None,
             used: true,
+            interrupts: true,
         },
         QueueSpec {
             name: c_str!("stats"),
             used: on_stats.is_some(),
             on_used: on_stats,
+            interrupts: true,
         },
+        // Polled, as in the C driver: nothing waits on it.
         QueueSpec {
             name: c_str!("free_page_vq"),
-            used: false,
+            used: hinting,
             on_used: None,
+            interrupts: false,
         },
         QueueSpec {
             name: c_str!("reporting_vq"),
             used: reporting,
             on_used: None,
+            interrupts: true,
         },
     ]
 }
@@ -677,6 +900,7 @@ impl virtio::Driver for Balloon {
         let msg = OutBuf::new(MSGS_PER_KICK * MSG_BYTES)?;
         let out = Batch::with_capacity(round)?;
         let scratch = Batch::with_capacity(round)?;
+        let hints = HintBlocks::new()?;
         let stats = Arc::new(Counters::default(), GFP_KERNEL)?;
         let name = CString::try_from_fmt(fmt!("virtio{}", dev.index()))?;
         let state = State {
@@ -697,6 +921,13 @@ impl virtio::Driver for Balloon {
                     oom_pause: AtomicBool::new(false),
                     state <- Mutex::new(state, c_str!("virtio_balloon_rs::balloon_lock"), &BALLOON_LOCK),
                     scratch <- Mutex::new(scratch, c_str!("virtio_balloon_rs::scratch"), &SCRATCH_LOCK),
+                    hint_active: AtomicU32::new(hint::CMD_ID_STOP),
+                    hint_received: AtomicU32::new(hint::CMD_ID_STOP),
+                    // Read at once: a run may be under way as the driver binds.
+                    hint_stale: AtomicBool::new(true),
+                    hint_quit: AtomicBool::new(false),
+                    hint_error_logged: AtomicBool::new(false),
+                    hints <- Mutex::new(hints, c_str!("virtio_balloon_rs::hints"), &HINT_LOCK),
                 }? Error),
             ),
             GFP_KERNEL,
@@ -705,6 +936,12 @@ impl virtio::Driver for Balloon {
         let stats = if dev.has_feature(feature::BALLOON_STATS_VQ) {
             let work = Work::new(Queue::system_freezable(), StatsRefresh(core.clone()))?;
             Some(Arc::new(work, GFP_KERNEL)?)
+        } else {
+            None
+        };
+        let hint = if dev.has_feature(feature::BALLOON_FREE_PAGE_HINT) {
+            let queue = Queue::new_freezable_cpu_intensive(c_str!("virtio_balloon_rs_hint"))?;
+            Some(Work::new(queue, FreePageHint(core.clone()))?)
         } else {
             None
         };
@@ -751,11 +988,32 @@ impl virtio::Driver for Balloon {
         } else {
             None
         };
+        // Hinted blocks may go back under memory pressure at any time.
+        let hint_shrinker = if hint.is_some() {
+            match Shrinker::register(c_str!("virtio_balloon_rs"), HintShrink(core.clone())) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    dev_err!(
+                        dev,
+                        "cannot register the free page hint shrinker: error {}\n",
+                        e.to_errno()
+                    );
+                    drop(reporting);
+                    drop(oom);
+                    stop_queues(core.data());
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
         let debugfs = CounterDir::new(&name, core.data().stats.clone());
         let this = Self {
             reporting,
             stats,
             oom,
+            hint_shrinker,
+            hint,
             core: core.clone(),
             update,
             _debugfs: debugfs,
@@ -777,6 +1035,9 @@ impl virtio::Driver for Balloon {
         );
         // A target set before the driver came is followed at once.
         self.update.queue();
+        if let Some(hint) = &self.hint {
+            hint.queue();
+        }
     }
 
     fn config_changed(&self, _dev: &Device) {
@@ -785,6 +1046,10 @@ impl virtio::Driver for Balloon {
         // A new target from the host lifts a pause after OOM deflation.
         sh.oom_pause.store(false, Ordering::Release);
         self.update.queue();
+        if let Some(hint) = &self.hint {
+            sh.hint_stale.store(true, Ordering::Release);
+            hint.queue();
+        }
     }
 
     fn remove(&self, dev: &Device) {
@@ -797,16 +1062,28 @@ impl virtio::Driver for Balloon {
         if let Some(oom) = &self.oom {
             oom.unregister();
         }
+        if let Some(s) = &self.hint_shrinker {
+            s.unregister();
+        }
+        let sh = self.core.data();
+        // A hinting run in progress ends at its next block.
+        sh.hint_quit.store(true, Ordering::Release);
         // No work runs after this, and config changes no longer queue any.
         self.update.stop();
         if let Some(stats) = &self.stats {
             stats.stop();
         }
-        let sh = self.core.data();
+        if let Some(hint) = &self.hint {
+            hint.stop();
+        }
         let pages = logic::frames_to_pages(sh.state.lock().held, sh.fpp);
         // Every page goes back to the guest, and the device is reset before
-        // the data goes.
+        // the data goes; hinted blocks go back once the device is reset.
         give_back_and_stop(&self.core, dev);
+        let blocks = return_hints(sh, usize::MAX);
+        if blocks != 0 {
+            dev_info!(dev, "{} free page hint blocks given back\n", blocks);
+        }
         dev_info!(
             dev,
             "virtio_balloon_rs unbound from virtio{}; {} pages given back\n",
@@ -816,9 +1093,11 @@ impl virtio::Driver for Balloon {
     }
 
     fn freeze(&self, dev: &Device) -> Result {
-        // The freezable work is frozen already. Give every page back, then
-        // let go of the queues; restore sets them up again.
+        // The freezable works are frozen already. Give every page back, then
+        // let go of the queues (restore sets them up again), then the
+        // hinted blocks: the image need not hold them.
         give_back_and_stop(&self.core, dev);
+        return_hints(self.core.data(), usize::MAX);
         Ok(())
     }
 

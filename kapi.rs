@@ -14,9 +14,11 @@
 pub(crate) mod print;
 pub(crate) mod balloon;
 pub(crate) mod debugfs;
+pub(crate) mod hint;
 pub(crate) mod mm;
 pub(crate) mod oom;
 pub(crate) mod reporting;
+pub(crate) mod shrinker;
 pub(crate) mod sync;
 pub(crate) mod virtio;
 pub(crate) mod work;

@@ -170,3 +170,10 @@ pub(crate) fn msleep(ms: u32) {
     // caller (work items, remove, freeze) is.
     unsafe { bindings::msleep(ms) }
 }
+
+/// Lets other tasks run if the scheduler wants the CPU, in a long loop that
+/// may otherwise never sleep (kernels without preemption need this).
+pub(crate) fn cond_resched() {
+    // SAFETY: callers run in process context and hold no spinlock.
+    unsafe { bindings::cond_resched() };
+}

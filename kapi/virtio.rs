@@ -551,6 +551,9 @@ pub(crate) struct QueueSpec {
     /// allocated; the driver still finds the others at their spec position
     /// in [`Virtqueues::get`], although the transport numbers them densely.
     pub(crate) used: bool,
+    /// Whether the device interrupts when it returns buffers. Without, the
+    /// driver polls ([`Virtqueue::reap`]) and never sleeps on the queue.
+    pub(crate) interrupts: bool,
 }
 
 /// Per-queue state the interrupt callback reaches through `vq->priv`.
@@ -574,6 +577,18 @@ pub(crate) struct Virtqueue {
     /// A buffer handed to the device with [`Virtqueue::post`], kept here
     /// (so alive and unchanged) until the device returns it.
     posted: Option<OutBuf>,
+    /// The command ids of free page hinting ([`Virtqueue::hint_cmd`]), in
+    /// heap memory that lives as long as the queue.
+    ids: KBox<[u32; 2]>,
+}
+
+/// Which command of a free page hinting run [`Virtqueue::hint_cmd`] sends.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum HintCmd {
+    /// The id that opens a run.
+    Start = 0,
+    /// The stop id that closes it.
+    Stop = 1,
 }
 
 // SAFETY: a virtqueue may be driven from any thread as long as accesses are
@@ -704,6 +719,69 @@ impl Virtqueue {
         self.wait_used().map(|_| ())
     }
 
+    /// Free page hinting: hands the device command id `id` (as a
+    /// little-endian `u32`) and kicks it, without waiting. Each kind of
+    /// command has its own slot, as one of each may be on the ring.
+    pub(crate) fn hint_cmd(&mut self, cmd: HintCmd, id: u32) -> Result {
+        let slot = &mut self.ids[cmd as usize];
+        *slot = u32::to_le(id);
+        let bytes = core::ptr::from_mut::<u32>(slot).cast::<u8>();
+        // SAFETY: the slot is heap memory owned by this queue, which is
+        // deleted (after a device reset) before the memory goes; the device
+        // only reads it. It is rewritten only by the next command of the same
+        // kind, after the device returned this one or moved on to a newer
+        // run, when a stale value is harmless.
+        let data = unsafe { core::slice::from_raw_parts(bytes, 4) };
+        // SAFETY: see above: `data` outlives the device's use of it.
+        unsafe { self.add_out(data) }?;
+        self.kick();
+        Ok(())
+    }
+
+    /// Free page hinting: hands the device `block` and kicks it, without
+    /// waiting. Returns `Ok(false)`, adding nothing, when only one free
+    /// descriptor is left: it is kept for the stop id that ends the run.
+    pub(crate) fn hint_block(&mut self, block: &super::hint::HintBlock) -> Result<bool> {
+        // SAFETY: live virtqueue (type invariant); reading a plain field,
+        // serialised by `&mut self`.
+        if unsafe { (*self.vq.as_ptr()).num_free } <= 1 {
+            return Ok(false);
+        }
+        let addr = block.addr();
+        let mut sg = core::mem::MaybeUninit::<bindings::scatterlist>::uninit();
+        // SAFETY: `sg` is valid for writes; `addr` is a block of
+        // `hint::BYTES` in the direct map (invariant of `HintBlock`). The
+        // device only learns the range: under the virtio free page hinting
+        // rules it may drop the contents it saw, but must keep whatever the
+        // guest writes there later, so the block may be freed and reused
+        // while still on the ring (as the C driver does). The token is the
+        // address, which nobody dereferences. No indirect descriptors are
+        // negotiated, so adding does not allocate.
+        let ret = unsafe {
+            bindings::sg_init_one(sg.as_mut_ptr(), addr, super::hint::BYTES as u32);
+            bindings::virtqueue_add_inbuf(
+                self.vq.as_ptr(),
+                sg.as_mut_ptr(),
+                1,
+                addr,
+                bindings::GFP_KERNEL,
+            )
+        };
+        to_result(ret)?;
+        self.kick();
+        Ok(true)
+    }
+
+    /// Detaches every buffer the device has returned (for a queue the
+    /// driver polls); returns how many there were.
+    pub(crate) fn reap(&mut self) -> u32 {
+        let mut n = 0;
+        while self.get_used().is_some() {
+            n += 1;
+        }
+        n
+    }
+
     /// Adds `data` to the ring as one device-readable descriptor.
     ///
     /// # Safety
@@ -809,6 +887,10 @@ impl Virtqueues {
             )?;
             shared.push(sh, GFP_KERNEL)?;
         }
+        let mut ids = KVec::with_capacity(specs.len(), GFP_KERNEL)?;
+        for _ in specs {
+            ids.push(KBox::new([0u32; 2], GFP_KERNEL)?, GFP_KERNEL)?;
+        }
         let queues = KVec::with_capacity(specs.len(), GFP_KERNEL)?;
         // SAFETY: all-zero `virtqueue_info` is valid (no name, no callback).
         let mut info: [bindings::virtqueue_info; MAX] = unsafe { core::mem::zeroed() };
@@ -816,7 +898,9 @@ impl Virtqueues {
         for (i, spec) in specs.iter().enumerate() {
             if spec.used {
                 info[i].name = spec.name.as_char_ptr();
-                info[i].callback = Some(used_callback);
+                if spec.interrupts {
+                    info[i].callback = Some(used_callback);
+                }
             }
         }
         // SAFETY: valid device; `vqs` and `info` have at least `specs.len()`
@@ -841,7 +925,7 @@ impl Virtqueues {
         // The transports number only the queues that exist (a queue that is
         // not used takes no index, so later ones shift down): the callback
         // finds a queue's state by the index the transport gave it.
-        for (i, sh) in shared.into_iter().enumerate() {
+        for (i, (sh, ids)) in shared.into_iter().zip(ids).enumerate() {
             let item = match NonNull::new(vqs[i]) {
                 Some(vq) if specs[i].used => {
                     let ptr = core::ptr::from_ref::<QueueShared>(&sh).cast_mut();
@@ -857,6 +941,7 @@ impl Virtqueues {
                         vq,
                         shared: sh,
                         posted: None,
+                        ids,
                     })
                 }
                 _ => None,

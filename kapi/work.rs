@@ -3,10 +3,15 @@
 //! Work items on a workqueue: the glue between interrupt-time events (a
 //! config change, a returned buffer) and the process-context balloon work.
 
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::{
+    ptr::NonNull,
+    sync::atomic::{AtomicBool, Ordering},
+};
 use kernel::{
-    bindings,
+    bindings, c_str,
     prelude::*,
+    str::CStr,
+    sync::Arc,
     time::{msecs_to_jiffies, Jiffies},
     types::Opaque,
 };
@@ -28,9 +33,39 @@ pub(crate) trait WorkHandler: Send + Sync + 'static {
     fn run(&self) -> Next;
 }
 
+/// A workqueue the driver created; destroyed when the last [`Queue`]
+/// referring to it goes.
+///
+/// # Invariants
+///
+/// `0` is a live workqueue from `alloc_workqueue`, owned by this value.
+struct OwnedQueue(NonNull<bindings::workqueue_struct>);
+
+// SAFETY: workqueues are designed to be used from any thread.
+unsafe impl Send for OwnedQueue {}
+// SAFETY: see `Send`.
+unsafe impl Sync for OwnedQueue {}
+
+impl Drop for OwnedQueue {
+    fn drop(&mut self) {
+        // SAFETY: owned, live workqueue (type invariant). Every `Work` on it
+        // holds a `Queue` that keeps this value alive and stops its item
+        // before letting go, so nothing is queued here any more; destroying
+        // drains what is left.
+        unsafe { bindings::destroy_workqueue(self.0.as_ptr()) };
+    }
+}
+
 /// A workqueue a [`Work`] can run on.
-#[derive(Clone, Copy)]
-pub(crate) struct Queue(*mut bindings::workqueue_struct);
+///
+/// # Invariants
+///
+/// `raw` is a live workqueue: a system one, or the one `owner` keeps alive.
+#[derive(Clone)]
+pub(crate) struct Queue {
+    raw: *mut bindings::workqueue_struct,
+    owner: Option<Arc<OwnedQueue>>,
+}
 
 // SAFETY: workqueues are designed to be used from any thread.
 unsafe impl Send for Queue {}
@@ -43,7 +78,28 @@ impl Queue {
     pub(crate) fn system_freezable() -> Self {
         // SAFETY: `system_freezable_wq` is set up at boot, before any module
         // loads, and never changes or goes away afterwards.
-        Self(unsafe { bindings::system_freezable_wq })
+        let raw = unsafe { bindings::system_freezable_wq };
+        // INVARIANT: a system workqueue lives for ever.
+        Self { raw, owner: None }
+    }
+
+    /// A new freezable workqueue for long, CPU-bound work (`WQ_FREEZABLE |
+    /// WQ_CPU_INTENSIVE`), named `name`, so that such work neither holds up
+    /// the system's queues nor runs while the system is frozen.
+    pub(crate) fn new_freezable_cpu_intensive(name: &'static CStr) -> Result<Self> {
+        let flags = bindings::wq_flags_WQ_FREEZABLE | bindings::wq_flags_WQ_CPU_INTENSIVE;
+        // SAFETY: `"%s"` takes exactly the one string argument passed, a
+        // static NUL-terminated string; `max_active` 0 is the default.
+        let raw = unsafe {
+            bindings::alloc_workqueue(c_str!("%s").as_char_ptr(), flags, 0, name.as_char_ptr())
+        };
+        let raw = NonNull::new(raw).ok_or(ENOMEM)?;
+        // INVARIANT: a fresh workqueue, now owned.
+        let owner = Arc::new(OwnedQueue(raw), GFP_KERNEL)?;
+        Ok(Self {
+            raw: raw.as_ptr(),
+            owner: Some(owner),
+        })
     }
 }
 
@@ -129,9 +185,9 @@ impl<H: WorkHandler> Inner<H> {
         // cancelled in `stop`, which `Drop` calls before freeing it.
         unsafe {
             if modify {
-                bindings::mod_delayed_work(self.queue.0, self.dwork.get(), delay);
+                bindings::mod_delayed_work(self.queue.raw, self.dwork.get(), delay);
             } else {
-                bindings::queue_delayed_work(self.queue.0, self.dwork.get(), delay);
+                bindings::queue_delayed_work(self.queue.raw, self.dwork.get(), delay);
             }
         }
     }

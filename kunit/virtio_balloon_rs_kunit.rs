@@ -350,6 +350,53 @@ fn poison_val_tells_the_host_what_freed_pages_hold() {
     check_eq!(bindings::PAGE_POISON, 0xaa);
 }
 
+fn hint_cmd_ids_drive_runs_stops_and_done() {
+    use logic::hint::{action, keep_going, Action, CMD_ID_DONE, CMD_ID_STOP};
+    check_eq!(CMD_ID_STOP, bindings::VIRTIO_BALLOON_CMD_ID_STOP);
+    check_eq!(CMD_ID_DONE, bindings::VIRTIO_BALLOON_CMD_ID_DONE);
+    // What QEMU does during a migration: a new id per bitmap sync, a stop
+    // before each sync, done at the end (or on cancel).
+    let mut active = CMD_ID_STOP;
+    check_eq!(action(CMD_ID_STOP, active), Action::Nothing);
+    check_eq!(action(2, active), Action::Start(2));
+    active = 2;
+    check!(keep_going(active, 2));
+    check!(!keep_going(active, CMD_ID_STOP));
+    check!(!keep_going(active, 3));
+    check!(!keep_going(active, CMD_ID_DONE));
+    // A repeated id (another config interrupt) does not start a second run.
+    check_eq!(action(2, active), Action::Nothing);
+    check_eq!(action(CMD_ID_STOP, active), Action::Nothing);
+    check_eq!(action(3, active), Action::Start(3));
+    active = 3;
+    check_eq!(action(CMD_ID_DONE, active), Action::ReturnAll);
+    // Done again, or done before any run, only gives back what is held.
+    check_eq!(action(CMD_ID_DONE, CMD_ID_STOP), Action::ReturnAll);
+    // Any other value from the host is just an id; wrap-around included.
+    check_eq!(action(u32::MAX, active), Action::Start(u32::MAX));
+    check_eq!(action(2, u32::MAX), Action::Start(2));
+}
+
+fn shrinker_gives_back_whole_hint_blocks() {
+    use logic::hint::{block_pages, blocks_for};
+    // MAX_PAGE_ORDER blocks: 4 MiB with 4 KiB pages.
+    check_eq!(block_pages(10), 1024);
+    check_eq!(blocks_for(0, 10), 0);
+    check_eq!(blocks_for(1, 10), 1);
+    check_eq!(blocks_for(1024, 10), 1);
+    check_eq!(blocks_for(1025, 10), 2);
+    check_eq!(blocks_for(128, 10), 1);
+    check_eq!(blocks_for(u64::MAX, 10), u64::MAX / 1024 + 1);
+    check_eq!(block_pages(0), 1);
+    check_eq!(blocks_for(7, 0), 7);
+    check_eq!(block_pages(200), 1 << 62);
+    // A block is one scatterlist entry: its length must fit in 32 bits.
+    check!(
+        (kernel::page::PAGE_SIZE as u64) * block_pages(bindings::MAX_PAGE_ORDER)
+            <= u64::from(u32::MAX)
+    );
+}
+
 struct SliceWriter<'a> {
     buf: &'a mut [u8],
     len: usize,
@@ -385,7 +432,7 @@ macro_rules! kunit_case {
     }};
 }
 
-const N_CASES: usize = 16;
+const N_CASES: usize = 18;
 
 /// The cases, terminated by an all-zero entry as KUnit requires.
 static mut CASES: [bindings::kunit_case; N_CASES + 1] = [
@@ -405,6 +452,8 @@ static mut CASES: [bindings::kunit_case; N_CASES + 1] = [
     kunit_case!(stats_are_packed_le16_tags_and_le64_values),
     kunit_case!(poison_val_tells_the_host_what_freed_pages_hold),
     kunit_case!(inflation_leaves_the_guest_its_reserve),
+    kunit_case!(hint_cmd_ids_drive_runs_stops_and_done),
+    kunit_case!(shrinker_gives_back_whole_hint_blocks),
     // SAFETY: the all-zero terminator KUnit looks for.
     unsafe { core::mem::zeroed() },
 ];

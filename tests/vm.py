@@ -198,7 +198,8 @@ class Guest:
     """A QEMU guest running the project's kernel and initramfs."""
 
     def __init__(self, kdir, initrd, mem_mib=2048, balloon="", accel=None,
-                 smp=2, boot_timeout=120, extra_append="", workdir=None):
+                 smp=2, boot_timeout=120, extra_append="", workdir=None,
+                 qemu_args=()):
         self.kdir = Path(kdir)
         self.initrd = Path(initrd)
         self.mem_mib = mem_mib
@@ -207,6 +208,7 @@ class Guest:
         self.smp = smp
         self.boot_timeout = boot_timeout
         self.extra_append = extra_append
+        self.qemu_args = list(qemu_args)
         if os.environ.get("VBRS_DEBUG_KERNEL"):
             # The debug kernel (KASAN, lockdep, kmemleak) under software
             # emulation is slow enough that ACPI's interpreted PCI interrupt
@@ -249,7 +251,7 @@ class Guest:
             if self.balloon:
                 dev += "," + self.balloon
             cmd += ["-device", dev]
-        return cmd
+        return cmd + self.qemu_args
 
     def start(self, attempts=3):
         """Boots the guest and waits for its command shell. A boot whose
