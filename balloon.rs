@@ -166,8 +166,9 @@ struct State {
 
 impl State {
     /// Sends the messages of `msg` whose lengths are `lens` on queue `q`
-    /// and waits for the host to take them.
-    fn tell(&mut self, dev: &Device, stats: &Counters, q: usize, lens: &[usize]) {
+    /// and waits for the host to take them. False if some could not be
+    /// sent (the device is broken or gone).
+    fn tell(&mut self, dev: &Device, stats: &Counters, q: usize, lens: &[usize]) -> bool {
         let mut parts = [(0usize, 0usize); MSGS_PER_KICK];
         let mut n = 0usize;
         for (m, &len) in lens.iter().enumerate().take(MSGS_PER_KICK) {
@@ -180,7 +181,7 @@ impl State {
         while first < n {
             let Some(vq) = self.vqs.as_mut().and_then(|v| v.get(q)) else {
                 add(&stats.host_errors, (n - first) as u64);
-                return;
+                return false;
             };
             match vq.send(&self.msg, &parts[first..n]) {
                 Ok(sent) => {
@@ -203,10 +204,11 @@ impl State {
                             e.to_errno()
                         );
                     }
-                    return;
+                    return false;
                 }
             }
         }
+        true
     }
 
     /// Writes `actual` to the device and mirrors it in the counters.
@@ -367,8 +369,15 @@ fn inflate(core: &Core, pages: usize) -> Next {
     drop(fresh);
     st.held += n as u64 * u64::from(sh.fpp);
     add(&sh.stats.inflated_pages, n as u64);
-    st.tell(&sh.dev, &sh.stats, INFLATE_Q, &lens);
+    let told = st.tell(&sh.dev, &sh.stats, INFLATE_Q, &lens);
     st.report(&sh.dev, &sh.stats);
+    if !told {
+        // The host cannot hear us: inflating further would only take
+        // memory from the guest. The pages stay counted in the balloon
+        // (deflation and remove still give them back); wait for the next
+        // config change.
+        return Next::Idle;
+    }
     if held_back {
         // The next round decides whether anything more can be spared.
         return Next::Again;
@@ -1007,7 +1016,10 @@ impl virtio::Driver for Balloon {
         } else {
             None
         };
-        let debugfs = CounterDir::new(&name, core.data().stats.clone());
+        let mut debugfs = CounterDir::new(&name, core.data().stats.clone());
+        if let Some(faults) = dev.host_faults() {
+            debugfs.add_knobs(faults);
+        }
         let this = Self {
             reporting,
             stats,

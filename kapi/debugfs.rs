@@ -7,7 +7,7 @@
 //! it with one file per counter. A `CounterDir` keeps its counters alive
 //! until its files are gone, so a reader can never see freed memory.
 
-use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use kernel::{bindings, str::CStr, sync::Arc};
 
 /// The module's directory, or null (no debugfs, or not created).
@@ -17,6 +17,12 @@ static ROOT: AtomicPtr<bindings::dentry> = AtomicPtr::new(core::ptr::null_mut())
 pub(crate) trait Counters: Send + Sync + 'static {
     /// Calls `f` with each counter's file name and value.
     fn each(&self, f: &mut dyn FnMut(&'static CStr, &AtomicU64));
+}
+
+/// A set of named knobs, writable by root, for fault injection.
+pub(crate) trait Knobs: Send + Sync + 'static {
+    /// Calls `f` with each knob's file name and value.
+    fn each(&self, f: &mut dyn FnMut(&'static CStr, &AtomicU32));
 }
 
 /// Creates the module's directory. Without debugfs this does nothing.
@@ -55,11 +61,13 @@ fn is_err_or_null(d: *mut bindings::dentry) -> bool {
 ///
 /// # Invariants
 ///
-/// `dir` is null or a debugfs directory whose files point into `counters`,
-/// which this value keeps alive until the directory is removed.
+/// `dir` is null or a debugfs directory whose files point into `counters`
+/// and `knobs`, which this value keeps alive until the directory is removed.
 pub(crate) struct CounterDir<C: Counters> {
     dir: *mut bindings::dentry,
     counters: Arc<C>,
+    /// Knob files point into this (see [`CounterDir::add_knobs`]).
+    knobs: Option<Arc<dyn Knobs>>,
 }
 
 // SAFETY: the dentry is only passed to debugfs functions, which may be called
@@ -100,7 +108,31 @@ impl<C: Counters> CounterDir<C> {
         }
         #[cfg(not(CONFIG_DEBUG_FS))]
         let _ = name;
-        Self { dir, counters }
+        Self {
+            dir,
+            counters,
+            knobs: None,
+        }
+    }
+
+    /// Adds a writable (0600) file per knob of `knobs`, only on kernels
+    /// built for fault injection (`CONFIG_FAULT_INJECTION_DEBUG_FS`).
+    pub(crate) fn add_knobs(&mut self, knobs: Arc<dyn Knobs>) {
+        #[cfg(CONFIG_FAULT_INJECTION_DEBUG_FS)]
+        if !self.dir.is_null() && self.knobs.is_none() {
+            let dir = self.dir;
+            knobs.each(&mut |file, value| {
+                // SAFETY: `file` is a static C string; `value` lives in
+                // `knobs`, kept below until the directory is removed (type
+                // invariant). debugfs stores and loads the u32 whole.
+                unsafe {
+                    bindings::debugfs_create_u32(file.as_char_ptr(), 0o600, dir, value.as_ptr())
+                };
+            });
+            self.knobs = Some(knobs);
+        }
+        #[cfg(not(CONFIG_FAULT_INJECTION_DEBUG_FS))]
+        let _ = knobs;
     }
 
     /// The counters.

@@ -12,7 +12,7 @@ use core::{
     ffi::c_void,
     marker::PhantomData,
     ptr::NonNull,
-    sync::atomic::{AtomicPtr, Ordering},
+    sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering},
 };
 use kernel::{
     bindings,
@@ -359,18 +359,68 @@ const MAX_VQS: usize = 8;
 struct DevPriv {
     data: AtomicPtr<c_void>,
     queues: [AtomicPtr<QueueShared>; MAX_VQS],
+    /// Set once the driver gave up on a device that asked to be reset.
+    gave_up: AtomicBool,
+    faults: Arc<HostFaults>,
 }
 
 impl DevPriv {
-    fn new() -> Self {
-        Self {
+    fn new() -> Result<Self> {
+        Ok(Self {
             data: AtomicPtr::new(core::ptr::null_mut()),
             queues: Default::default(),
-        }
+            gave_up: AtomicBool::new(false),
+            faults: Arc::new(HostFaults::default(), GFP_KERNEL)?,
+        })
+    }
+}
+
+/// Knobs that make the host side misbehave on purpose, for the tests of
+/// how the driver copes with a hostile or broken host
+/// (`tests/test_e2e_hostile.py`). The driver shows them in debugfs only on
+/// kernels with `CONFIG_FAULT_INJECTION_DEBUG_FS`; elsewhere they stay 0.
+#[derive(Default)]
+pub(crate) struct HostFaults {
+    /// While non-zero: each buffer the device returns is seen with a used
+    /// length of 4096 instead of the real one (one per count).
+    pub(crate) odd_used_len: AtomicU32,
+    /// While non-zero: right after the next kick the device is broken the
+    /// way a transport breaks a device that vanished (`virtio_break_device`),
+    /// so the sender is already waiting for it (one per count).
+    pub(crate) break_device: AtomicU32,
+    /// While non-zero: the next free page hint command id goes out 2 bytes
+    /// long instead of 4. QEMU answers that by marking its device broken
+    /// (`DEVICE_NEEDS_RESET`) and answering nothing any more.
+    pub(crate) short_hint_cmd: AtomicU32,
+}
+
+impl HostFaults {
+    /// Whether to inject the fault counted by `knob` now (and count it).
+    fn take(knob: &AtomicU32) -> bool {
+        knob.load(Ordering::Relaxed) != 0
+            && knob
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| v.checked_sub(1))
+                .is_ok()
+    }
+}
+
+impl super::debugfs::Knobs for HostFaults {
+    fn each(&self, f: &mut dyn FnMut(&'static CStr, &AtomicU32)) {
+        f(kernel::c_str!("inject_odd_used_len"), &self.odd_used_len);
+        f(kernel::c_str!("inject_break_device"), &self.break_device);
+        f(
+            kernel::c_str!("inject_short_hint_cmd"),
+            &self.short_hint_cmd,
+        );
     }
 }
 
 impl Device {
+    /// The device's fault-injection knobs (see [`HostFaults`]), while bound.
+    pub(crate) fn host_faults(&self) -> Option<Arc<HostFaults>> {
+        self.dev_priv().map(|dp| dp.faults.clone())
+    }
+
     /// The bound driver's [`DevPriv`], with a new reference.
     fn dev_priv(&self) -> Option<Arc<DevPriv>> {
         // SAFETY: valid device; `priv` is null or an `Arc<DevPriv>` turned
@@ -418,7 +468,7 @@ unsafe extern "C" fn probe_callback<T: Driver>(
             dev_err!(dev, "config space access is not available\n");
             return Err(EINVAL);
         }
-        let dp = Arc::new(DevPriv::new(), GFP_KERNEL)?;
+        let dp = Arc::new(DevPriv::new()?, GFP_KERNEL)?;
         let dp_raw = Arc::into_raw(dp.clone());
         // SAFETY: `priv` belongs to the driver; from here to `remove` it
         // holds one reference to `dp` (see `Device::dev_priv`).
@@ -580,6 +630,8 @@ pub(crate) struct Virtqueue {
     /// The command ids of free page hinting ([`Virtqueue::hint_cmd`]), in
     /// heap memory that lives as long as the queue.
     ids: KBox<[u32; 2]>,
+    /// The device's shared state (fault knobs, whether it was given up on).
+    dp: Arc<DevPriv>,
 }
 
 /// Which command of a free page hinting run [`Virtqueue::hint_cmd`] sends.
@@ -726,12 +778,17 @@ impl Virtqueue {
         let slot = &mut self.ids[cmd as usize];
         *slot = u32::to_le(id);
         let bytes = core::ptr::from_mut::<u32>(slot).cast::<u8>();
-        // SAFETY: the slot is heap memory owned by this queue, which is
-        // deleted (after a device reset) before the memory goes; the device
-        // only reads it. It is rewritten only by the next command of the same
-        // kind, after the device returned this one or moved on to a newer
-        // run, when a stale value is harmless.
-        let data = unsafe { core::slice::from_raw_parts(bytes, 4) };
+        let len = if HostFaults::take(&self.dp.faults.short_hint_cmd) {
+            2
+        } else {
+            4
+        };
+        // SAFETY: the slot is heap memory owned by this queue, `len` <= 4
+        // bytes of it, which is deleted (after a device reset) before the
+        // memory goes; the device only reads it. It is rewritten only by the
+        // next command of the same kind, after the device returned this one
+        // or moved on to a newer run, when a stale value is harmless.
+        let data = unsafe { core::slice::from_raw_parts(bytes, len) };
         // SAFETY: see above: `data` outlives the device's use of it.
         unsafe { self.add_out(data) }?;
         self.kick();
@@ -811,6 +868,12 @@ impl Virtqueue {
     fn kick(&mut self) {
         // SAFETY: live virtqueue; accesses are serialised by `&mut self`.
         unsafe { bindings::virtqueue_kick(self.vq.as_ptr()) };
+        if HostFaults::take(&self.dp.faults.break_device) {
+            // SAFETY: the queue's device is live; breaking it is what a
+            // transport does when the device disappears (process context,
+            // as here): every queue stops, no callback runs any more.
+            unsafe { bindings::virtio_break_device((*self.vq.as_ptr()).vdev) };
+        }
     }
 
     /// A buffer the device has returned, by its used length; `None` if
@@ -819,21 +882,54 @@ impl Virtqueue {
         let mut len = 0u32;
         // SAFETY: live virtqueue, serialised by `&mut self`.
         let token = unsafe { bindings::virtqueue_get_buf(self.vq.as_ptr(), &mut len) };
-        (!token.is_null()).then_some(len)
+        if token.is_null() {
+            return None;
+        }
+        if HostFaults::take(&self.dp.faults.odd_used_len) {
+            len = 4096;
+        }
+        Some(len)
     }
 
     /// Sleeps until the device returns a buffer; returns its used length.
-    /// Wakes up now and then to notice a ring the core marked broken (its
-    /// interrupts are ignored from then on) and fails with `EIO` then.
+    /// Wakes up every second to notice a ring the core marked broken (its
+    /// interrupts are ignored from then on) or a device that asked to be
+    /// reset (it will answer nothing more), and fails with `EIO` then.
     fn wait_used(&mut self) -> Result<u32> {
         loop {
             if let Some(len) = self.get_used() {
                 return Ok(len);
             }
-            if !self.shared.used.wait_timeout(1000) && self.is_broken() {
+            if !self.shared.used.wait_timeout(1000) && (self.is_broken() || self.needs_reset()) {
                 return Err(EIO);
             }
         }
+    }
+
+    /// Whether the device set `DEVICE_NEEDS_RESET`: it hit an error and,
+    /// by the virtio spec, no longer uses any buffer. The driver then gives
+    /// up on it until it is bound again (the bind resets it): the device is
+    /// broken on the guest side too, so every sender fails at once instead
+    /// of waiting for an answer that cannot come. Said once per binding.
+    fn needs_reset(&self) -> bool {
+        // SAFETY: live virtqueue of a live device with config ops.
+        let vdev = unsafe { (*self.vq.as_ptr()).vdev };
+        // SAFETY: as above; `get_status` reads the status register.
+        let status = unsafe { (*(*vdev).config).get_status.map_or(0, |get| get(vdev)) };
+        if u32::from(status) & bindings::VIRTIO_CONFIG_S_NEEDS_RESET == 0 {
+            return false;
+        }
+        if !self.dp.gave_up.swap(true, Ordering::AcqRel) {
+            // SAFETY: the device outlives its queues.
+            let dev = unsafe { Device::from_raw(vdev) };
+            dev_err!(
+                dev,
+                "the device reports an error and needs a reset; giving up on it until it is bound again\n"
+            );
+            // SAFETY: live device, process context (see `kick`).
+            unsafe { bindings::virtio_break_device(vdev) };
+        }
+        true
     }
 
     /// Whether the virtio core gave up on this ring.
@@ -942,6 +1038,7 @@ impl Virtqueues {
                         shared: sh,
                         posted: None,
                         ids,
+                        dp: out.dp.clone(),
                     })
                 }
                 _ => None,

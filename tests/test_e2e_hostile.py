@@ -1,0 +1,135 @@
+# SPDX-License-Identifier: GPL-2.0
+"""End-to-end: a host that misbehaves. The driver's fault knobs (debugfs,
+only on kernels with CONFIG_FAULT_INJECTION_DEBUG_FS: the debug kernel of
+`make check-debug`) forge used lengths, break the device the way a
+transport does when it disappears, or make QEMU itself declare its device
+broken (DEVICE_NEEDS_RESET) by sending it a malformed free page hint
+command. Nothing may hang, leak or crash, and a new binding must work."""
+
+import time
+
+import pytest
+
+from test_e2e_hint import HINT, IOTHREAD, cancel, migrate
+
+DRV = "virtio_balloon_rs"
+PAGES_PER_MIB = 256
+
+
+def knobs_dir(g):
+    return f"/sys/kernel/debug/{DRV}/{g.balloon_virtio_dev()}"
+
+
+def load_with_knobs(g):
+    g.run(f"insmod /modules/{DRV}.ko")
+    rc, _ = g.run_rc(f"[ -e {knobs_dir(g)}/inject_break_device ]")
+    if rc != 0:
+        pytest.skip("needs the fault knobs (the debug kernel: make check-debug)")
+
+
+def knob(g, name, value=None):
+    path = f"{knobs_dir(g)}/inject_{name}"
+    if value is not None:
+        g.run(f"echo {value} > {path}")
+    return int(g.run(f"cat {path}"))
+
+
+def rmmod_gives_everything_back(g, total0, free0, mib):
+    t0 = time.monotonic()
+    g.run(f"rmmod {DRV}", timeout=60)
+    took = time.monotonic() - t0
+    assert g.meminfo()["MemTotal"] == total0
+    assert g.free_kib() > free0 - 16 * 1024, (free0, g.free_kib())
+    assert f"{mib * PAGES_PER_MIB} pages given back" in g.console_text()
+    return took
+
+
+def test_odd_used_lengths_are_counted_and_ignored(boot):
+    g = boot(mem_mib=1024)
+    load_with_knobs(g)
+    knob(g, "odd_used_len", 5)
+    g.set_balloon_mib(100)
+    assert g.wait_balloon(lambda s: s == 100) == 100
+    c = g.counters()
+    assert knob(g, "odd_used_len") == 0
+    assert c["host_odd_used_len"] == 5, c
+    assert c["host_errors"] == 0, c
+    g.set_balloon_mib(0)
+    assert g.wait_balloon(lambda s: s == 0) == 0
+    g.run(f"rmmod {DRV}")
+
+
+def test_device_breaking_while_the_driver_waits(boot):
+    g = boot(mem_mib=1024)
+    total0, free0 = g.meminfo()["MemTotal"], g.free_kib()
+    load_with_knobs(g)
+    g.set_balloon_mib(100)
+    assert g.wait_balloon(lambda s: s == 100) == 100
+    # The device goes away right after the next message is on the ring.
+    knob(g, "break_device", 1)
+    g.set_balloon_mib(300)
+    c = None
+    for _ in range(50):
+        c = g.counters()
+        if c["host_errors"] > 0:
+            break
+        time.sleep(0.2)
+    assert c["host_errors"] > 0, c
+    # Inflation stops: no more memory is taken for a host that cannot hear.
+    time.sleep(2)
+    held = g.counters()["actual_frames"]
+    time.sleep(2)
+    assert g.counters()["actual_frames"] == held
+    assert held < 300 * PAGES_PER_MIB, held
+    assert g.console_text().count("cannot send to the host") == 1
+    # Unloading does not wait for the dead device; every page comes back.
+    took = rmmod_gives_everything_back(g, total0, free0, held // PAGES_PER_MIB)
+    assert took < 15, took
+    # A new binding resets the device and works again.
+    g.run(f"insmod /modules/{DRV}.ko")
+    assert g.wait_balloon(lambda s: s == 300) == 300
+    g.set_balloon_mib(0)
+    assert g.wait_balloon(lambda s: s == 0) == 0
+    g.run(f"rmmod {DRV}")
+
+
+def test_device_that_needs_a_reset_is_given_up_on(boot):
+    # More free memory than QEMU's free page ring (1024 entries) can
+    # describe in 4 MiB blocks, so that the run fills the ring.
+    g = boot(mem_mib=5120, balloon=HINT, qemu_args=IOTHREAD)
+    total0, free0 = g.meminfo()["MemTotal"], g.free_kib()
+    load_with_knobs(g)
+    g.set_balloon_mib(100)
+    assert g.wait_balloon(lambda s: s == 100) == 100
+    # A 2-byte command id: QEMU reports "received an incorrect cmd id",
+    # marks its device broken, sets DEVICE_NEEDS_RESET and from then on
+    # uses no buffer on any queue.
+    knob(g, "short_hint_cmd", 1)
+    migrate(g, bandwidth_mib=1)
+    status = None
+    for _ in range(100):
+        status = g.virtio_status()["status"]
+        if "NEEDS_RESET" in str(status):
+            break
+        time.sleep(0.2)
+    assert "NEEDS_RESET" in str(status), status
+    # The hinting run fills a ring the host no longer empties, waits a
+    # second, and ends.
+    c = None
+    for _ in range(50):
+        c = g.counters()
+        if c["hint_stalls"] == 1:
+            break
+        time.sleep(0.2)
+    assert c["hint_stalls"] == 1, c
+    assert g.console_text().count("the host took no hint for") == 1
+    # The C driver would wait for ever here; this one notices the device's
+    # status within a second and gives every page back.
+    took = rmmod_gives_everything_back(g, total0, free0, 100)
+    assert took < 15, took
+    assert g.console_text().count("needs a reset; giving up on it") == 1
+    cancel(g)
+    # Binding again resets the device, which then works.
+    g.run(f"insmod /modules/{DRV}.ko")
+    assert g.wait_balloon(lambda s: s == 100) == 100
+    g.run(f"rmmod {DRV}")
