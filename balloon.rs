@@ -24,6 +24,7 @@ use crate::kapi::{
         self, feature, id, Device, DeviceRef, HintCmd, OutBuf, QueueSpec, UsedHandler, Virtqueue,
         Virtqueues,
     },
+    wakeup::WakeupEvents,
     work::{Next, Queue, Work, WorkHandler},
 };
 use crate::logic::{self, hint, FeatureList, MemSnapshot, Step, MSGS_PER_KICK, MSG_BYTES};
@@ -57,6 +58,11 @@ const REPORTING_Q: usize = 4;
 static BALLOON_LOCK: LockKey = LockKey::new();
 static SCRATCH_LOCK: LockKey = LockKey::new();
 static HINT_LOCK: LockKey = LockKey::new();
+static WAKEUP_LOCK: LockKey = LockKey::new();
+
+/// Kinds of wakeup events: the host asked for a new size, or for stats.
+const WAKE_ADJUST: u32 = 1 << 0;
+const WAKE_STATS: u32 = 1 << 1;
 
 /// The driver's own counters, readable in
 /// `/sys/kernel/debug/virtio_balloon_rs/virtio<N>/` (see README.md).
@@ -162,6 +168,11 @@ struct State {
     short: bool,
     /// Whether a send failure was logged already.
     send_error_logged: bool,
+    /// Set when a message could not be sent: the device is broken or gave
+    /// up. Nothing more is written to `msg` (the device might still read
+    /// what a failed send left there) or sent, until the queues are set up
+    /// again.
+    dead: bool,
 }
 
 impl State {
@@ -169,6 +180,9 @@ impl State {
     /// and waits for the host to take them. False if some could not be
     /// sent (the device is broken or gone).
     fn tell(&mut self, dev: &Device, stats: &Counters, q: usize, lens: &[usize]) -> bool {
+        if self.dead {
+            return false;
+        }
         let mut parts = [(0usize, 0usize); MSGS_PER_KICK];
         let mut n = 0usize;
         for (m, &len) in lens.iter().enumerate().take(MSGS_PER_KICK) {
@@ -196,6 +210,7 @@ impl State {
                 }
                 Err(e) => {
                     add(&stats.host_errors, (n - first) as u64);
+                    self.dead = true;
                     if !self.send_error_logged {
                         self.send_error_logged = true;
                         dev_err!(
@@ -255,6 +270,9 @@ struct Shared {
     /// from memory reclaim.
     #[pin]
     hints: Mutex<HintBlocks>,
+    /// Keeps the system awake while a request of the host is pending.
+    #[pin]
+    wakeup: WakeupEvents,
 }
 
 /// The balloon: its pages and the driver data.
@@ -269,7 +287,7 @@ impl Migrate for Shared {
             add(&sh.stats.migrations_deferred, 1);
             return Err(EAGAIN);
         };
-        if st.vqs.is_none() {
+        if st.vqs.is_none() || st.dead {
             return Err(EAGAIN);
         }
         let (new, old) = (m.new_pfn(), m.old_pfn());
@@ -311,6 +329,10 @@ fn inflate(core: &Core, pages: usize) -> Next {
     } else {
         managed
     };
+    // A host that cannot hear gets no more memory.
+    if sh.state.lock().dead {
+        return Next::Idle;
+    }
     let budget = logic::inflate_budget(available, total, PAGE_SIZE);
     let held_back = (budget as usize) < pages;
     let pages = pages.min(budget as usize);
@@ -369,15 +391,18 @@ fn inflate(core: &Core, pages: usize) -> Next {
     drop(fresh);
     st.held += n as u64 * u64::from(sh.fpp);
     add(&sh.stats.inflated_pages, n as u64);
-    let told = st.tell(&sh.dev, &sh.stats, INFLATE_Q, &lens);
-    st.report(&sh.dev, &sh.stats);
-    if !told {
-        // The host cannot hear us: inflating further would only take
-        // memory from the guest. The pages stay counted in the balloon
-        // (deflation and remove still give them back); wait for the next
-        // config change.
+    if !st.tell(&sh.dev, &sh.stats, INFLATE_Q, &lens) {
+        // The host did not get (all of) these pages and the device is gone
+        // or gave up: give the round back to the guest at once, and take
+        // nothing more (see `State::dead`).
+        let back = core.dequeue(n, &mut st.out);
+        st.out.clear();
+        st.held -= back as u64 * u64::from(sh.fpp);
+        add(&sh.stats.deflated_pages, back as u64);
+        st.report(&sh.dev, &sh.stats);
         return Next::Idle;
     }
+    st.report(&sh.dev, &sh.stats);
     if held_back {
         // The next round decides whether anything more can be spared.
         return Next::Again;
@@ -434,17 +459,19 @@ fn leak(core: &Core, pages: usize, for_oom: bool) -> Leak {
         }
         return Leak::Busy;
     }
-    let mut lens = [0usize; MSGS_PER_KICK];
-    logic::encode_pages(
-        st.out.as_slice().iter().map(|p| p.pfn()),
-        PAGE_SIZE,
-        st.msg.as_mut_slice(),
-        &mut lens,
-    );
     if for_oom {
         sh.oom_pause.store(true, Ordering::Release);
     }
-    st.tell(&sh.dev, &sh.stats, DEFLATE_Q, &lens);
+    if !st.dead {
+        let mut lens = [0usize; MSGS_PER_KICK];
+        logic::encode_pages(
+            st.out.as_slice().iter().map(|p| p.pfn()),
+            PAGE_SIZE,
+            st.msg.as_mut_slice(),
+            &mut lens,
+        );
+        st.tell(&sh.dev, &sh.stats, DEFLATE_Q, &lens);
+    }
     // Now the guest gets the pages back.
     st.out.clear();
     st.held -= got as u64 * u64::from(sh.fpp);
@@ -496,6 +523,20 @@ struct UpdateSize(Arc<Core>);
 
 impl WorkHandler for UpdateSize {
     fn run(&self) -> Next {
+        let sh = self.0.data();
+        sh.wakeup.process(WAKE_ADJUST);
+        let next = self.step();
+        // The system may sleep once the balloon is where the host wants it
+        // (or waits for something only the host can change).
+        if next == Next::Idle {
+            sh.wakeup.finish();
+        }
+        next
+    }
+}
+
+impl UpdateSize {
+    fn step(&self) -> Next {
         let core = &*self.0;
         let sh = core.data();
         let num_pages = sh.dev.read_config_le32(logic::config::NUM_PAGES);
@@ -576,6 +617,7 @@ struct StatsRefresh(Arc<Core>);
 impl WorkHandler for StatsRefresh {
     fn run(&self) -> Next {
         let sh = self.0.data();
+        sh.wakeup.process(WAKE_STATS);
         let snap = mm::snapshot();
         let mut st = sh.state.lock();
         let st = &mut *st;
@@ -585,6 +627,7 @@ impl WorkHandler for StatsRefresh {
             .and_then(|v| v.get(STATS_Q))
             .and_then(|vq| vq.take_used());
         send_stats(sh, st, buf, &snap);
+        sh.wakeup.finish();
         Next::Idle
     }
 }
@@ -594,6 +637,7 @@ struct StatsKick(Arc<Work<StatsRefresh>>);
 
 impl UsedHandler for StatsKick {
     fn used(&self) {
+        self.0.handler().0.data().wakeup.start(WAKE_STATS);
         self.0.queue();
     }
 }
@@ -643,6 +687,8 @@ fn start_queues(dev: &Device, sh: &Shared, stats: Option<&Arc<Work<StatsRefresh>
     };
     let mut st = sh.state.lock();
     st.vqs = Some(vqs);
+    // New queues, after a reset: the host can hear again.
+    st.dead = false;
     if let Some((buf, snap)) = primer {
         send_stats(sh, &mut st, Some(buf), &snap);
     }
@@ -698,7 +744,10 @@ fn with_hint_queue<T>(sh: &Shared, f: impl FnOnce(&mut Virtqueue) -> Result<T>) 
 
 /// Gives up to `blocks` held hint blocks back to the guest; returns how many.
 fn return_hints(sh: &Shared, blocks: usize) -> usize {
-    let mut held = sh.hints.lock();
+    release_hints(sh, &mut sh.hints.lock(), blocks)
+}
+
+fn release_hints(sh: &Shared, held: &mut HintBlocks, blocks: usize) -> usize {
     let n = held.release(blocks);
     sh.stats
         .hint_blocks_held
@@ -815,7 +864,12 @@ impl ShrinkHandler for HintShrink {
     fn scan(&self, nr_to_scan: u64) -> u64 {
         let sh = self.0.data();
         let want = hint::blocks_for(nr_to_scan, hintmem::ORDER);
-        let n = return_hints(sh, usize::try_from(want).unwrap_or(usize::MAX));
+        // Reclaim never waits here: a busy list (a run adding a block, DONE
+        // giving all back) is left for the next pass.
+        let Some(mut held) = sh.hints.try_lock() else {
+            return 0;
+        };
+        let n = release_hints(sh, &mut held, usize::try_from(want).unwrap_or(usize::MAX));
         add(&sh.stats.hint_blocks_shrunk, n as u64);
         (n as u64).saturating_mul(hint::block_pages(hintmem::ORDER))
     }
@@ -919,6 +973,7 @@ impl virtio::Driver for Balloon {
             out,
             short: false,
             send_error_logged: false,
+            dead: false,
         };
         let core = Arc::pin_init(
             BalloonPages::new(
@@ -937,6 +992,7 @@ impl virtio::Driver for Balloon {
                     hint_quit: AtomicBool::new(false),
                     hint_error_logged: AtomicBool::new(false),
                     hints <- Mutex::new(hints, c_str!("virtio_balloon_rs::hints"), &HINT_LOCK),
+                    wakeup <- WakeupEvents::new(dev.get_ref(), c_str!("virtio_balloon_rs::wakeup"), &WAKEUP_LOCK),
                 }? Error),
             ),
             GFP_KERNEL,
@@ -1057,6 +1113,7 @@ impl virtio::Driver for Balloon {
         add(&sh.stats.config_changes, 1);
         // A new target from the host lifts a pause after OOM deflation.
         sh.oom_pause.store(false, Ordering::Release);
+        sh.wakeup.start(WAKE_ADJUST);
         self.update.queue();
         if let Some(hint) = &self.hint {
             sh.hint_stale.store(true, Ordering::Release);
@@ -1088,11 +1145,15 @@ impl virtio::Driver for Balloon {
         if let Some(hint) = &self.hint {
             hint.stop();
         }
+        // With the shrinker gone, nothing else could give hinted memory
+        // back while the balloon drains: do it first.
+        let blocks = return_hints(sh, usize::MAX);
+        // No work will finish what is pending: let the system sleep.
+        sh.wakeup.clear();
         let pages = logic::frames_to_pages(sh.state.lock().held, sh.fpp);
         // Every page goes back to the guest, and the device is reset before
         // the data goes; hinted blocks go back once the device is reset.
         give_back_and_stop(&self.core, dev);
-        let blocks = return_hints(sh, usize::MAX);
         if blocks != 0 {
             dev_info!(dev, "{} free page hint blocks given back\n", blocks);
         }
@@ -1122,6 +1183,11 @@ impl virtio::Driver for Balloon {
         dev.ready();
         sh.state.lock().report(dev, &sh.stats);
         self.update.queue();
+        // A hinting request may have come while the system slept.
+        if let Some(hint) = &self.hint {
+            sh.hint_stale.store(true, Ordering::Release);
+            hint.queue();
+        }
         Ok(())
     }
 }

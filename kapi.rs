@@ -21,4 +21,5 @@ pub(crate) mod reporting;
 pub(crate) mod shrinker;
 pub(crate) mod sync;
 pub(crate) mod virtio;
+pub(crate) mod wakeup;
 pub(crate) mod work;

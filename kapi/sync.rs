@@ -75,6 +75,11 @@ impl LockKey {
     pub(crate) const fn new() -> Self {
         Self(Opaque::uninit())
     }
+
+    /// The key, for the C lock initialisers.
+    pub(crate) fn as_ptr(&self) -> *mut bindings::lock_class_key {
+        self.0.get()
+    }
 }
 
 /// A sleeping lock (`struct mutex`) that, unlike the 6.12 `kernel` crate's,

@@ -693,9 +693,11 @@ impl Virtqueue {
             if part.is_empty() {
                 continue;
             }
-            // SAFETY: `part` is heap memory that outlives the round trip: we
-            // wait below until the device returned it, or the ring is broken
-            // and the device no longer touches it.
+            // SAFETY: `part` is heap memory the device only reads; we wait
+            // below until it returned it. If the wait fails (broken ring, a
+            // device that gave up), a late read by the device cannot corrupt
+            // guest memory (the host may read all of it anyway); callers
+            // stop writing to the buffer after a failure.
             if let Err(e) = unsafe { self.add_out(part) } {
                 if added == 0 {
                     return Err(e);
@@ -871,7 +873,9 @@ impl Virtqueue {
         if HostFaults::take(&self.dp.faults.break_device) {
             // SAFETY: the queue's device is live; breaking it is what a
             // transport does when the device disappears (process context,
-            // as here): every queue stops, no callback runs any more.
+            // as here): the core then ignores the queues' interrupts and
+            // refuses new buffers. A callback already running finishes on
+            // state that lives until the queues are deleted.
             unsafe { bindings::virtio_break_device((*self.vq.as_ptr()).vdev) };
         }
     }
@@ -971,6 +975,8 @@ impl Virtqueues {
             return Err(EINVAL);
         }
         let dp = dev.dev_priv().ok_or(EINVAL)?;
+        // New queues (probe, restore) on a device the bind or restore reset.
+        dp.gave_up.store(false, Ordering::Release);
         // Allocate everything first, so nothing can fail once queues exist.
         let mut shared = KVec::with_capacity(specs.len(), GFP_KERNEL)?;
         for spec in specs {

@@ -214,3 +214,31 @@ def test_freeze_deflates_and_restore_reinflates(boot):
     g.set_balloon_mib(0)
     g.wait_balloon(lambda s: s == 0)
     assert mem_total_kib(g) == total0
+
+
+def test_wakeup_source_is_held_while_the_balloon_moves(boot):
+    g = boot(mem_mib=1024)
+    load(g)
+    power = f"/sys/bus/virtio/devices/{g.balloon_virtio_dev()}/power"
+    # The driver makes the device wakeup-capable; user space enables it.
+    assert g.run(f"cat {power}/wakeup").strip() == "disabled"
+    g.run(f"echo enabled > {power}/wakeup")
+
+    def active_count():
+        return int(g.run(f"cat {power}/wakeup_active_count"))
+
+    n0 = active_count()
+    g.set_balloon_mib(300)
+    assert g.wait_balloon(lambda s: s == 300) == 300
+    # The source was taken when the host asked and let go once done.
+    for _ in range(50):
+        if g.run(f"cat {power}/wakeup_active").strip() == "0":
+            break
+        time.sleep(0.1)
+    assert g.run(f"cat {power}/wakeup_active").strip() == "0"
+    assert active_count() > n0
+    n1 = active_count()
+    g.set_balloon_mib(0)
+    assert g.wait_balloon(lambda s: s == 0) == 0
+    assert active_count() > n1
+    g.run("rmmod virtio_balloon_rs")
