@@ -92,32 +92,11 @@ pub(crate) const fn round_target(frames: u32, frames_per_page: u32) -> u64 {
     (frames as u64).div_ceil(fpp) * fpp
 }
 
-/// The signed distance, in 4 KiB frames, from what the balloon holds to the
-/// host's (rounded) target. Positive: inflate; negative: deflate.
-pub(crate) const fn towards_target(
-    target_frames: u32,
-    held_frames: u64,
-    frames_per_page: u32,
-) -> i64 {
-    round_target(target_frames, frames_per_page) as i64 - held_frames as i64
-}
-
 /// How many kernel pages fit in one message of at most
 /// [`MAX_PFNS_PER_MSG`] frames. At least one for any supported page size
 /// up to 1 MiB.
 pub(crate) const fn pages_per_msg(frames_per_page: u32) -> usize {
     MAX_PFNS_PER_MSG / divisor(frames_per_page) as usize
-}
-
-/// Splits `pages` kernel pages into message-sized batches: returns the
-/// number of pages in the next batch (0 when nothing is left).
-pub(crate) const fn next_batch(pages: u64, frames_per_page: u32) -> usize {
-    let per_msg = pages_per_msg(frames_per_page) as u64;
-    if pages < per_msg {
-        pages as usize
-    } else {
-        per_msg as usize
-    }
 }
 
 /// Writes the 4 KiB frames of kernel page `pfn` as little-endian `u32`s
