@@ -303,14 +303,16 @@ impl Migrate for Shared {
             st.msg.as_mut_slice(),
             &mut lens,
         );
-        st.tell(&sh.dev, &sh.stats, INFLATE_Q, &lens);
-        logic::encode_pages(
-            core::iter::once(old),
-            PAGE_SIZE,
-            st.msg.as_mut_slice(),
-            &mut lens,
-        );
-        st.tell(&sh.dev, &sh.stats, DEFLATE_Q, &lens);
+        // After a failed send `msg` is not written again (`State::dead`).
+        if st.tell(&sh.dev, &sh.stats, INFLATE_Q, &lens) {
+            logic::encode_pages(
+                core::iter::once(old),
+                PAGE_SIZE,
+                st.msg.as_mut_slice(),
+                &mut lens,
+            );
+            st.tell(&sh.dev, &sh.stats, DEFLATE_Q, &lens);
+        }
         add(&sh.stats.migrated_pages, 1);
         Ok(done)
     }
@@ -338,6 +340,9 @@ fn inflate(core: &Core, pages: usize) -> Next {
     let pages = pages.min(budget as usize);
     if pages == 0 {
         add(&sh.stats.reserve_holds, 1);
+        // Holding at the reserve may last: it must not keep the system
+        // from sleeping (the retries go on).
+        sh.wakeup.finish();
         let mut st = sh.state.lock();
         if !st.short {
             st.short = true;
@@ -374,7 +379,8 @@ fn inflate(core: &Core, pages: usize) -> Next {
     let st = &mut *st;
     // Frozen or going away; or an OOM notification freed memory while we
     // allocated: the guest needs it more than the host.
-    if st.vqs.is_none() || sh.oom_pause.load(Ordering::Acquire) {
+    // A send may also have failed meanwhile (`State::dead`).
+    if st.vqs.is_none() || st.dead || sh.oom_pause.load(Ordering::Acquire) {
         fresh.clear();
         return Next::Idle;
     }
@@ -689,6 +695,7 @@ fn start_queues(dev: &Device, sh: &Shared, stats: Option<&Arc<Work<StatsRefresh>
     st.vqs = Some(vqs);
     // New queues, after a reset: the host can hear again.
     st.dead = false;
+    st.send_error_logged = false;
     if let Some((buf, snap)) = primer {
         send_stats(sh, &mut st, Some(buf), &snap);
     }
@@ -1102,6 +1109,7 @@ impl virtio::Driver for Balloon {
             PAGE_SIZE / 1024
         );
         // A target set before the driver came is followed at once.
+        self.core.data().wakeup.start(WAKE_ADJUST);
         self.update.queue();
         if let Some(hint) = &self.hint {
             hint.queue();
@@ -1182,6 +1190,7 @@ impl virtio::Driver for Balloon {
         sh.oom_pause.store(false, Ordering::Release);
         dev.ready();
         sh.state.lock().report(dev, &sh.stats);
+        sh.wakeup.start(WAKE_ADJUST);
         self.update.queue();
         // A hinting request may have come while the system slept.
         if let Some(hint) = &self.hint {

@@ -99,8 +99,15 @@ impl WakeupEvents {
     /// The driver is going: drop every pending event and let the system
     /// sleep again.
     pub(crate) fn clear(&self) {
-        self.with(|s, _| s.pending = 0);
-        self.finish();
+        self.with(|s, dev| {
+            s.pending = 0;
+            if s.awake {
+                s.awake = false;
+                // SAFETY: live device; pairs with the `pm_stay_awake` that
+                // set `awake` (type invariant).
+                unsafe { bindings::pm_relax(dev.raw_dev()) };
+            }
+        })
     }
 
     /// The work is done: if no event arrived meanwhile, let the system

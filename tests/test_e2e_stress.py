@@ -81,13 +81,17 @@ def test_inflation_races_compaction_and_a_busy_process(boot):
     load(g)
     total0 = g.meminfo()["MemTotal"]
     vm0 = g.vmstat()
-    g.run("(while [ ! -e /tmp/stop ]; do memhog 150 >/dev/null; done) >/dev/null 2>&1 &")
-    g.run("(while [ ! -e /tmp/stop ]; do echo 1 > /proc/sys/vm/compact_memory; sleep 0.1; done) "
+    g.run("(while [ ! -e /tmp/stop ]; do memhog 150 >/dev/null; done; touch /tmp/done.hog) "
           ">/dev/null 2>&1 &")
+    g.run("(while [ ! -e /tmp/stop ]; do echo 1 > /proc/sys/vm/compact_memory; sleep 0.1; done; "
+          "touch /tmp/done.compact) >/dev/null 2>&1 &")
     for target in (300, 100, 500, 200, 600, 350):
         g.set_balloon_mib(target)
         g.wait_balloon(lambda s, t=target: s == t, timeout=180)
-    g.run("touch /tmp/stop; sleep 1")
+    # Both loops must have ended (a compaction pass on the debug kernel can
+    # take seconds): the counters below are compared once nothing migrates.
+    g.run("touch /tmp/stop; (i=0; while [ ! -e /tmp/done.hog ] || [ ! -e /tmp/done.compact ]; "
+          "do [ $i -lt 600 ] || exit 1; sleep 0.1; i=$((i+1)); done)", timeout=120)
     assert g.balloon_mib() == 350
     c = g.counters()
     assert c["actual_frames"] == 350 * PAGES_PER_MIB
