@@ -321,6 +321,10 @@ impl Migrate for Shared {
 /// One round of inflation: up to `pages` kernel pages.
 fn inflate(core: &Core, pages: usize) -> Next {
     let sh = core.data();
+    // A host that cannot hear gets no more memory.
+    if sh.state.lock().dead {
+        return Next::Idle;
+    }
     // Never take the guest below its reserve (see `logic::inflate_budget`).
     let (managed, available) = mm::total_and_available();
     // Without DEFLATE_ON_OOM the balloon's pages left the managed count: the
@@ -331,10 +335,6 @@ fn inflate(core: &Core, pages: usize) -> Next {
     } else {
         managed
     };
-    // A host that cannot hear gets no more memory.
-    if sh.state.lock().dead {
-        return Next::Idle;
-    }
     let budget = logic::inflate_budget(available, total, PAGE_SIZE);
     let held_back = (budget as usize) < pages;
     let pages = pages.min(budget as usize);
@@ -663,28 +663,25 @@ fn start_queues(dev: &Device, sh: &Shared, stats: Option<&Arc<Work<StatsRefresh>
     let mut vqs = Virtqueues::find(dev, &specs).inspect_err(|e| {
         dev_err!(dev, "cannot set up virtqueues: error {}\n", e.to_errno());
     })?;
-    // A hinting run keeps one entry for its stop id: it needs two.
-    if let Some(vq) = vqs.get(FREE_PAGE_Q) {
-        if vq.ring_size() < 2 {
-            dev_err!(
-                dev,
-                "free page queue has {} entries, needs 2\n",
-                vq.ring_size()
-            );
-            return Err(ENOSPC);
-        }
-    }
-    // The allocator reports up to CAPACITY ranges at once, a descriptor
-    // each: a smaller ring could not take them (as the C driver checks).
-    if let Some(vq) = vqs.get(REPORTING_Q) {
-        if vq.ring_size() < reporting::CAPACITY {
-            dev_err!(
-                dev,
-                "reporting queue has {} entries, needs {}\n",
-                vq.ring_size(),
-                reporting::CAPACITY
-            );
-            return Err(ENOSPC);
+    // Smallest rings, as the C driver checks: a hinting run keeps one entry
+    // for its stop id, so it needs two; the allocator reports up to
+    // CAPACITY ranges at once, a descriptor each.
+    let least = [
+        (FREE_PAGE_Q, "free page", 2),
+        (REPORTING_Q, "reporting", reporting::CAPACITY),
+    ];
+    for (q, what, need) in least {
+        if let Some(vq) = vqs.get(q) {
+            if vq.ring_size() < need {
+                dev_err!(
+                    dev,
+                    "{} queue has {} entries, needs {}\n",
+                    what,
+                    vq.ring_size(),
+                    need
+                );
+                return Err(ENOSPC);
+            }
         }
     }
     let primer = match stats {
@@ -756,10 +753,16 @@ fn return_hints(sh: &Shared, blocks: usize) -> usize {
 
 fn release_hints(sh: &Shared, held: &mut HintBlocks, blocks: usize) -> usize {
     let n = held.release(blocks);
+    note_held(sh, held);
+    n
+}
+
+/// Mirrors the number of held hint blocks in `hint_blocks_held` (which the
+/// shrinker's count reads without the lock).
+fn note_held(sh: &Shared, held: &HintBlocks) {
     sh.stats
         .hint_blocks_held
         .store(held.len() as u64, Ordering::Relaxed);
-    n
 }
 
 fn hint_error(sh: &Shared, what: &str, e: Error) {
@@ -801,9 +804,7 @@ fn hint_run(sh: &Shared, id: u32) {
             Ok(true) => {
                 let mut held = sh.hints.lock();
                 held.push(block);
-                sh.stats
-                    .hint_blocks_held
-                    .store(held.len() as u64, Ordering::Relaxed);
+                note_held(sh, &held);
                 drop(held);
                 add(&sh.stats.hinted_blocks, 1);
                 stalled_ms = 0;

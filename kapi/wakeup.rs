@@ -101,26 +101,24 @@ impl WakeupEvents {
     pub(crate) fn clear(&self) {
         self.with(|s, dev| {
             s.pending = 0;
-            if s.awake {
-                s.awake = false;
-                // SAFETY: live device; pairs with the `pm_stay_awake` that
-                // set `awake` (type invariant).
-                unsafe { bindings::pm_relax(dev.raw_dev()) };
-            }
+            Self::relax_if_idle(s, dev);
         })
     }
 
     /// The work is done: if no event arrived meanwhile, let the system
     /// sleep again.
     pub(crate) fn finish(&self) {
-        self.with(|s, dev| {
-            if s.pending == 0 && s.awake {
-                s.awake = false;
-                // SAFETY: live device; pairs with the `pm_stay_awake` that
-                // set `awake` (type invariant).
-                unsafe { bindings::pm_relax(dev.raw_dev()) };
-            }
-        })
+        self.with(Self::relax_if_idle)
+    }
+
+    /// With the lock held: lets the system sleep if nothing is pending.
+    fn relax_if_idle(s: &mut State, dev: &DeviceRef) {
+        if s.pending == 0 && s.awake {
+            s.awake = false;
+            // SAFETY: live device; pairs with the `pm_stay_awake` that set
+            // `awake` (type invariant).
+            unsafe { bindings::pm_relax(dev.raw_dev()) };
+        }
     }
 }
 

@@ -231,11 +231,8 @@ def test_wakeup_source_is_held_while_the_balloon_moves(boot):
     g.set_balloon_mib(300)
     assert g.wait_balloon(lambda s: s == 300) == 300
     # The source was taken when the host asked and let go once done.
-    for _ in range(50):
-        if g.run(f"cat {power}/wakeup_active").strip() == "0":
-            break
-        time.sleep(0.1)
-    assert g.run(f"cat {power}/wakeup_active").strip() == "0"
+    vm.wait_until(lambda: g.run(f"cat {power}/wakeup_active").strip(), lambda a: a == "0",
+                  10, 0.1, "wakeup_active")
     assert active_count() > n0
     n1 = active_count()
     g.set_balloon_mib(0)

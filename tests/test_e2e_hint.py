@@ -2,7 +2,7 @@
 """End-to-end: free page hinting (FREE_PAGE_HINT) during real QEMU
 migrations to `exec:cat > /dev/null`."""
 
-import time
+import vm
 
 FREE_PAGE_HINT = 3
 HINT = "free-page-hint=on,iothread=io0"
@@ -27,27 +27,11 @@ def migrate(g, bandwidth_mib=None):
 
 
 def wait_migration(g, states, timeout=300):
-    deadline = time.monotonic() + timeout
-    while True:
-        info = g.qmp.cmd("query-migrate")
-        if info.get("status") in states:
-            return info
+    def done(info):
         if info.get("status") == "failed":
             raise AssertionError(f"migration failed: {info}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"migration still {info.get('status')}: {info}")
-        time.sleep(0.2)
-
-
-def wait_counters(g, pred, timeout=60):
-    deadline = time.monotonic() + timeout
-    while True:
-        c = g.counters()
-        if pred(c):
-            return c
-        if time.monotonic() > deadline:
-            raise AssertionError(f"counters never matched: {c}")
-        time.sleep(0.2)
+        return info.get("status") in states
+    return vm.wait_until(lambda: g.qmp.cmd("query-migrate"), done, timeout, 0.2, "migration")
 
 
 def test_hinted_memory_is_skipped_by_migration_and_comes_back(boot):
@@ -63,7 +47,7 @@ def test_hinted_memory_is_skipped_by_migration_and_comes_back(boot):
     g.qmp.cmd("cont")
     sent_mib = info["ram"]["normal-bytes"] // MIB
     # QEMU said done at the end of the migration: every block came back.
-    c = wait_counters(g, lambda c: c["hint_blocks_held"] == 0 and c["hint_runs"] >= 1)
+    c = g.wait_counters(lambda c: c["hint_blocks_held"] == 0 and c["hint_runs"] >= 1)
     assert c["hinted_blocks"] * BLOCK_KIB > free1 // 2, c
     assert c["hinted_blocks"] == c["hint_blocks_done"] + c["hint_blocks_shrunk"], c
     assert c["hint_stalls"] == 0 and c["host_errors"] == 0, c
@@ -82,7 +66,7 @@ def new_run_holding(g, free0, bandwidth_mib=1):
     than half of the guest's free memory; returns the counters."""
     runs = g.counters()["hint_runs"]
     migrate(g, bandwidth_mib)
-    return wait_counters(g, lambda c: c["hint_runs"] > runs
+    return g.wait_counters(lambda c: c["hint_runs"] > runs
                          and c["hint_blocks_held"] * BLOCK_KIB > free0 // 2)
 
 
@@ -107,7 +91,7 @@ def test_shrinker_and_removal_give_hinted_blocks_back(boot):
 
     # Cancelling makes QEMU say done: whatever is left goes back.
     cancel(g)
-    wait_counters(g, lambda c: c["hint_blocks_held"] == 0)
+    g.wait_counters(lambda c: c["hint_blocks_held"] == 0)
 
     # Memory pressure: with a new run holding the free memory, a process
     # needs more than is free; reclaim takes hinted blocks back through the
@@ -120,7 +104,7 @@ def test_shrinker_and_removal_give_hinted_blocks_back(boot):
     assert c["hint_blocks_shrunk"] > shrunk, c
     assert "Out of memory" not in g.console_text()
     cancel(g)
-    wait_counters(g, lambda c: c["hint_blocks_held"] == 0)
+    g.wait_counters(lambda c: c["hint_blocks_held"] == 0)
 
     # Unloading while a run holds blocks gives every one back.
     c = new_run_holding(g, free0)

@@ -9,6 +9,7 @@ command. Nothing may hang, leak or crash, and a new binding must work."""
 import time
 
 import pytest
+import vm
 
 from test_e2e_hint import HINT, IOTHREAD, cancel, migrate
 
@@ -68,13 +69,7 @@ def test_device_breaking_while_the_driver_waits(boot):
     # The device goes away right after the next message is on the ring.
     knob(g, "break_device", 1)
     g.set_balloon_mib(300)
-    c = None
-    for _ in range(50):
-        c = g.counters()
-        if c["host_errors"] > 0:
-            break
-        time.sleep(0.2)
-    assert c["host_errors"] > 0, c
+    g.wait_counters(lambda c: c["host_errors"] > 0, timeout=15)
     # Inflation stops, and the round the host never got goes back to the
     # guest: no memory is taken for a host that cannot hear.
     time.sleep(2)
@@ -108,22 +103,11 @@ def test_device_that_needs_a_reset_is_given_up_on(boot):
     # uses no buffer on any queue.
     knob(g, "short_hint_cmd", 1)
     migrate(g, bandwidth_mib=1)
-    status = None
-    for _ in range(100):
-        status = g.virtio_status()["status"]
-        if "NEEDS_RESET" in str(status):
-            break
-        time.sleep(0.2)
-    assert "NEEDS_RESET" in str(status), status
+    vm.wait_until(lambda: g.virtio_status()["status"], lambda s: "NEEDS_RESET" in str(s),
+                  25, 0.2, "device status")
     # The hinting run fills a ring the host no longer empties, waits a
     # second, and ends.
-    c = None
-    for _ in range(50):
-        c = g.counters()
-        if c["hint_stalls"] == 1:
-            break
-        time.sleep(0.2)
-    assert c["hint_stalls"] == 1, c
+    g.wait_counters(lambda c: c["hint_stalls"] == 1, timeout=15)
     assert g.console_text().count("the host took no hint for") == 1
     # The C driver would wait for ever here; this one notices the device's
     # status within a second and gives every page back.

@@ -4,6 +4,8 @@ PAGE_POISON negotiation."""
 
 import time
 
+import vm
+
 STATS_VQ, PAGE_POISON = 1, 4
 BALLOON = "/machine/peripheral/balloon0"
 
@@ -19,14 +21,9 @@ def features(g):
 
 def fresh_stats(g, after, timeout=30):
     """The host's guest-stats once their last-update is later than `after`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        st = g.qmp.cmd("qom-get", path=BALLOON, property="guest-stats")
-        if st["last-update"] > after:
-            return st
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no stats update after {after}: {st}")
-        time.sleep(0.2)
+    return vm.wait_until(
+        lambda: g.qmp.cmd("qom-get", path=BALLOON, property="guest-stats"),
+        lambda st: st["last-update"] > after, timeout, 0.2, f"stats update after {after}")
 
 
 def test_stats_reach_the_host(boot):

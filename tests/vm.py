@@ -151,6 +151,19 @@ def kvm_usable(kdir, initrd):
     return ok
 
 
+def wait_until(fetch, pred, timeout, poll, what):
+    """Calls fetch() until pred(value) holds and returns that value; raises
+    GuestError with the last value after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fetch()
+        if pred(value):
+            return value
+        if time.monotonic() > deadline:
+            raise GuestError(f"{what} never matched: {value}")
+        time.sleep(poll)
+
+
 class GuestError(RuntimeError):
     pass
 
@@ -456,14 +469,12 @@ class Guest:
     def wait_balloon(self, pred, timeout=120, poll=0.1):
         """Polls query-balloon until pred(balloon MiB) holds; returns the
         last size. Raises GuestError on timeout."""
-        deadline = time.monotonic() + timeout
-        while True:
-            size = self.balloon_mib()
-            if pred(size):
-                return size
-            if time.monotonic() > deadline:
-                raise GuestError(f"balloon stuck at {size} MiB")
-            time.sleep(poll)
+        return wait_until(self.balloon_mib, pred, timeout, poll, "balloon size (MiB)")
+
+    def wait_counters(self, pred, timeout=60, poll=0.2):
+        """Polls the driver's counters until pred(counters) holds; returns
+        them. Raises GuestError on timeout."""
+        return wait_until(self.counters, pred, timeout, poll, "driver counters")
 
     def balloon_moved_since(self, vm0):
         """Kernel pages put into and taken out of balloons (vmstat
