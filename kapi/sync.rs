@@ -52,6 +52,16 @@ impl Completion {
         unsafe { bindings::wait_for_completion(self.inner.get()) }
     }
 
+    /// Forgets the signals not yet waited for: a wait after this returns
+    /// only for a signal given after it.
+    pub(crate) fn reinit(&self) {
+        // SAFETY: `inner` is an initialised completion (type invariant);
+        // resetting its count is what `reinit_completion` is for, and a
+        // concurrent `complete` either lands before (and is forgotten) or
+        // after (and is counted).
+        unsafe { bindings::reinit_completion(self.inner.get()) }
+    }
+
     /// Sleeps until signalled or until `ms` milliseconds have passed;
     /// returns whether it was signalled.
     pub(crate) fn wait_timeout(&self, ms: u32) -> bool {

@@ -706,6 +706,7 @@ impl Virtqueue {
             }
             added += 1;
         }
+        self.quiet();
         self.kick();
         let mut sent = Sent {
             count: added,
@@ -769,6 +770,7 @@ impl Virtqueue {
         if ret != 0 {
             return Err(Error::from_errno(ret));
         }
+        self.quiet();
         self.kick();
         self.wait_used().map(|_| ())
     }
@@ -895,8 +897,20 @@ impl Virtqueue {
         Some(len)
     }
 
-    /// Sleeps until the device returns a buffer; returns its used length.
-    /// Wakes up every second to notice a ring the core marked broken (its
+    /// Asks the device not to interrupt when it returns buffers: a sender
+    /// about to wait ([`Virtqueue::wait_used`]) asks for the interrupt only
+    /// if it has to sleep. A device that answers while the kick is handled
+    /// (QEMU without ioeventfd) then costs no interrupt at all.
+    fn quiet(&mut self) {
+        // SAFETY: live virtqueue, serialised by `&mut self`. Only a hint to
+        // the device; an interrupt that comes anyway is harmless.
+        unsafe { bindings::virtqueue_disable_cb(self.vq.as_ptr()) };
+    }
+
+    /// Waits for the device to return a buffer; returns its used length.
+    /// Sleeps (with the queue's interrupt asked for) only when none is
+    /// there yet, and leaves the queue [`quiet`](Virtqueue::quiet). Wakes
+    /// up every second to notice a ring the core marked broken (its
     /// interrupts are ignored from then on) or a device that asked to be
     /// reset (it will answer nothing more), and fails with `EIO` then.
     fn wait_used(&mut self) -> Result<u32> {
@@ -904,7 +918,17 @@ impl Virtqueue {
             if let Some(len) = self.get_used() {
                 return Ok(len);
             }
-            if !self.shared.used.wait_timeout(1000) && (self.is_broken() || self.needs_reset()) {
+            // Signals from earlier rounds must not cut this sleep short.
+            self.shared.used.reinit();
+            // SAFETY: live virtqueue, serialised by `&mut self`.
+            if !unsafe { bindings::virtqueue_enable_cb(self.vq.as_ptr()) } {
+                // A buffer came back meanwhile: take it without sleeping.
+                self.quiet();
+                continue;
+            }
+            let signalled = self.shared.used.wait_timeout(1000);
+            self.quiet();
+            if !signalled && (self.is_broken() || self.needs_reset()) {
                 return Err(EIO);
             }
         }
