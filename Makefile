@@ -87,5 +87,7 @@ clippy:
 
 clean:
 	@rm -f *.o *.ko *.mod *.mod.c *.mod.o .*.cmd Module.symvers modules.order \
-		kunit/*.o kunit/*.ko kunit/*.mod kunit/*.mod.c kunit/.*.cmd
+		kunit/*.o kunit/*.ko kunit/*.mod kunit/*.mod.c kunit/.*.cmd \
+		tests/oom_stopwatch/*.o tests/oom_stopwatch/*.ko tests/oom_stopwatch/*.mod \
+		tests/oom_stopwatch/*.mod.c tests/oom_stopwatch/.*.cmd
 	@rm -rf .tmp_versions

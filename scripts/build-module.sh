@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds virtio_balloon_rs.ko (and the KUnit module) against a kernel tree.
+# Builds virtio_balloon_rs.ko (and the KUnit module, and the benchmark's
+# oom_stopwatch.ko) against a kernel tree.
 #
 # usage: build-module.sh [KDIR] [extra make args...]
 #   Without KDIR (or with an empty one), against the project's guest kernel,

@@ -119,6 +119,7 @@ def build_initramfs(kdir, dest):
         "virtio_balloon_rs.ko": ROOT / "virtio_balloon_rs.ko",
         "virtio_balloon_rs_kunit.ko": ROOT / "kunit/virtio_balloon_rs_kunit.ko",
         "virtio_balloon.ko": Path(kdir) / "drivers/virtio/virtio_balloon.ko",
+        "oom_stopwatch.ko": ROOT / "tests/oom_stopwatch/oom_stopwatch.ko",
     }
     for name, path in mods.items():
         if path.exists():
