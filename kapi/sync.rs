@@ -52,13 +52,17 @@ impl Completion {
         unsafe { bindings::wait_for_completion(self.inner.get()) }
     }
 
-    /// Forgets the signals not yet waited for: a wait after this returns
-    /// only for a signal given after it.
+    /// Forgets the signals not yet waited for, so that a following wait
+    /// returns for a new signal. Like `reinit_completion`, it does not
+    /// synchronise with a concurrent [`Completion::complete`], whose count
+    /// may then survive: callers must tolerate an early return (re-check
+    /// their condition and wait again).
     pub(crate) fn reinit(&self) {
-        // SAFETY: `inner` is an initialised completion (type invariant);
-        // resetting its count is what `reinit_completion` is for, and a
-        // concurrent `complete` either lands before (and is forgotten) or
-        // after (and is counted).
+        // SAFETY: `inner` is an initialised completion (type invariant).
+        // `reinit_completion` only stores 0 to the count, a word-sized store
+        // that cannot tear; racing with `complete` (which updates the count
+        // under the completion's lock) can at worst leave a stale count,
+        // i.e. the early return documented above, never an invalid state.
         unsafe { bindings::reinit_completion(self.inner.get()) }
     }
 

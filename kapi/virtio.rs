@@ -918,7 +918,8 @@ impl Virtqueue {
             if let Some(len) = self.get_used() {
                 return Ok(len);
             }
-            // Signals from earlier rounds must not cut this sleep short.
+            // Signals from earlier rounds should not cut this sleep short
+            // (if one slips through, the loop just checks again).
             self.shared.used.reinit();
             // SAFETY: live virtqueue, serialised by `&mut self`.
             if !unsafe { bindings::virtqueue_enable_cb(self.vq.as_ptr()) } {
