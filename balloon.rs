@@ -402,10 +402,7 @@ fn inflate(core: &Core, pages: usize) -> Next {
         // or gave up: give the round back to the guest at once, and take
         // nothing more (see `State::dead`).
         let back = core.dequeue(n, &mut st.out);
-        st.out.clear();
-        st.held -= back as u64 * u64::from(sh.fpp);
-        add(&sh.stats.deflated_pages, back as u64);
-        st.report(&sh.dev, &sh.stats);
+        give_back(sh, st, back);
         return Next::Idle;
     }
     st.report(&sh.dev, &sh.stats);
@@ -479,11 +476,17 @@ fn leak(core: &Core, pages: usize, for_oom: bool) -> Leak {
         st.tell(&sh.dev, &sh.stats, DEFLATE_Q, &lens);
     }
     // Now the guest gets the pages back.
+    give_back(sh, st, got);
+    Leak::Freed(got)
+}
+
+/// The `got` pages just dequeued into `st.out` go back to the guest; the
+/// balloon's count, the counters and the host's `actual` follow.
+fn give_back(sh: &Shared, st: &mut State, got: usize) {
     st.out.clear();
     st.held -= got as u64 * u64::from(sh.fpp);
     add(&sh.stats.deflated_pages, got as u64);
     st.report(&sh.dev, &sh.stats);
-    Leak::Freed(got)
 }
 
 /// One round of deflation for the update work.
@@ -1161,7 +1164,7 @@ impl virtio::Driver for Balloon {
         sh.wakeup.clear();
         let pages = logic::frames_to_pages(sh.state.lock().held, sh.fpp);
         // Every page goes back to the guest, and the device is reset before
-        // the data goes; hinted blocks go back once the device is reset.
+        // the data goes.
         give_back_and_stop(&self.core, dev);
         if blocks != 0 {
             dev_info!(dev, "{} free page hint blocks given back\n", blocks);

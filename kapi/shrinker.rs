@@ -30,6 +30,8 @@ pub(crate) trait ShrinkHandler: Send + Sync + 'static {
 /// [`count_trampoline::<H>`] and [`scan_trampoline::<H>`].
 pub(crate) struct Shrinker<H: ShrinkHandler> {
     raw: AtomicPtr<bindings::shrinker>,
+    /// Reached only through `private_data`; owned here so that it outlives
+    /// the registration.
     handler: KBox<H>,
 }
 
@@ -64,11 +66,6 @@ impl<H: ShrinkHandler> Shrinker<H> {
             raw: AtomicPtr::new(raw.as_ptr()),
             handler,
         })
-    }
-
-    /// The handler.
-    pub(crate) fn handler(&self) -> &H {
-        &self.handler
     }
 
     /// Unregisters the shrinker and waits for calls in progress. Idempotent.
