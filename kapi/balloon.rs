@@ -245,10 +245,10 @@ impl<T: Migrate> BalloonPages<T> {
         let pfn = page.pfn();
         let raw = page.page.as_ptr();
         core::mem::forget(page);
+        // The page is accounted before it becomes visible to migration; its
+        // reference then belongs to the balloon (type invariant).
         // SAFETY: `raw` is a live page whose only reference we just took over
-        // from `page`; `info` is initialised (type invariant). The page is
-        // accounted before it becomes visible to migration; its reference
-        // then belongs to the balloon (type invariant).
+        // from `page`; `info` is initialised (type invariant).
         unsafe {
             if self.account {
                 bindings::adjust_managed_page_count(raw, -1);
@@ -373,11 +373,11 @@ impl<'a, T: Migrate> Migration<'a, T> {
     pub(crate) fn commit(self) -> Migrated<'a> {
         let info = self.pages.info.get();
         let (new, old) = (self.new.as_ptr(), self.old.as_ptr());
-        // SAFETY: both pages are live and locked by the migration code; the
-        // balloon takes a reference on `new` (type invariant of
-        // `BalloonPages`). The list and `isolated_pages` change under
-        // `pages_lock`. Moving one page of accounting between zones keeps
+        // The balloon takes a reference on `new` (type invariant of
+        // `BalloonPages`). Moving one page of accounting between zones keeps
         // the managed counts right when the pages' zones differ.
+        // SAFETY: both pages are live and locked by the migration code; the
+        // list and `isolated_pages` change under `pages_lock`.
         unsafe {
             bindings::get_page(new);
             if self.pages.account && bindings::page_zone(old) != bindings::page_zone(new) {

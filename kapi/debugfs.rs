@@ -96,10 +96,10 @@ impl<C: Counters> CounterDir<C> {
             }
             if !dir.is_null() {
                 counters.each(&mut |file, value| {
-                    // SAFETY: `file` is a static C string; `value` lives in
-                    // `counters`, which outlives the file (type invariant).
                     // debugfs reads the u64 with a plain load, which cannot
                     // tear on the 64-bit machines this driver is built for.
+                    // SAFETY: `file` is a static C string; `value` lives in
+                    // `counters`, which outlives the file (type invariant).
                     unsafe {
                         bindings::debugfs_create_u64(file.as_char_ptr(), 0o444, dir, value.as_ptr())
                     };

@@ -50,10 +50,11 @@ impl<H: ShrinkHandler> Shrinker<H> {
             unsafe { bindings::shrinker_alloc(0, c_str!("%s").as_char_ptr(), name.as_char_ptr()) };
         let raw = NonNull::new(raw).ok_or(ENOMEM)?;
         let data = core::ptr::from_ref::<H>(&handler).cast_mut();
-        // SAFETY: `raw` is a fresh, not yet registered shrinker that we own
-        // (`shrinker_alloc` set its defaults, `DEFAULT_SEEKS` among them);
-        // the handler lives in its own allocation until after `shrinker_free`
+        // `shrinker_alloc` set the defaults, `DEFAULT_SEEKS` among them. The
+        // handler lives in its own allocation until after `shrinker_free`
         // (see `unregister`), which waits for callbacks in progress.
+        // SAFETY: `raw` is a fresh, not yet registered shrinker that we own,
+        // and `data` outlives its registration (see above).
         unsafe {
             let s = raw.as_ptr();
             (*s).count_objects = Some(count_trampoline::<H>);

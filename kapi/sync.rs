@@ -58,11 +58,11 @@ impl Completion {
     /// may then survive: callers must tolerate an early return (re-check
     /// their condition and wait again).
     pub(crate) fn reinit(&self) {
-        // SAFETY: `inner` is an initialised completion (type invariant).
         // `reinit_completion` only stores 0 to the count, a word-sized store
-        // that cannot tear; racing with `complete` (which updates the count
-        // under the completion's lock) can at worst leave a stale count,
-        // i.e. the early return documented above, never an invalid state.
+        // that cannot tear; `complete` updates it under the completion's lock.
+        // SAFETY: `inner` is initialised (type invariant); a racing `complete`
+        // can at worst leave a stale count (the early return documented
+        // above), never an invalid state.
         unsafe { bindings::reinit_completion(self.inner.get()) }
     }
 

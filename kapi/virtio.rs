@@ -693,11 +693,12 @@ impl Virtqueue {
             if part.is_empty() {
                 continue;
             }
+            // If the wait below fails (broken ring, a device that gave up), a
+            // late read by the device cannot corrupt guest memory (the host
+            // may read all of it anyway); callers stop writing to the buffer
+            // after a failure.
             // SAFETY: `part` is heap memory the device only reads; we wait
-            // below until it returned it. If the wait fails (broken ring, a
-            // device that gave up), a late read by the device cannot corrupt
-            // guest memory (the host may read all of it anyway); callers
-            // stop writing to the buffer after a failure.
+            // below until it returned it (or failed, see above).
             if let Err(e) = unsafe { self.add_out(part) } {
                 if added == 0 {
                     return Err(e);
@@ -754,10 +755,10 @@ impl Virtqueue {
     ) -> Result {
         let (sg, nents) = ranges.raw();
         let token = self.vq.as_ptr().cast::<c_void>();
-        // SAFETY: `sg` holds `nents` entries of isolated free pages for the
-        // duration of this call (invariant of `ReportedRanges`), and we wait
-        // below until the device has returned them. Live virtqueue,
-        // serialised by `&mut self`.
+        // `sg` holds `nents` entries of isolated free pages for the duration
+        // of this call (invariant of `ReportedRanges`).
+        // SAFETY: see above; we wait below until the device has returned them.
+        // Live virtqueue, serialised by `&mut self`.
         let ret = unsafe {
             bindings::virtqueue_add_inbuf(
                 self.vq.as_ptr(),
@@ -787,11 +788,13 @@ impl Virtqueue {
         } else {
             4
         };
-        // SAFETY: the slot is heap memory owned by this queue, `len` <= 4
-        // bytes of it, which is deleted (after a device reset) before the
-        // memory goes; the device only reads it. It is rewritten only by the
-        // next command of the same kind, after the device returned this one
-        // or moved on to a newer run, when a stale value is harmless.
+        // The slot is heap memory owned by this queue, which is deleted
+        // (after a device reset) before the memory goes; the device only
+        // reads it. It is rewritten only by the next command of the same
+        // kind, after the device returned this one or moved on to a newer
+        // run, when a stale value is harmless.
+        // SAFETY: `bytes` points to the slot, of which `len` <= 4 bytes are
+        // read; it outlives the device's use of it (see above).
         let data = unsafe { core::slice::from_raw_parts(bytes, len) };
         // SAFETY: see above: `data` outlives the device's use of it.
         unsafe { self.add_out(data) }?;
@@ -810,14 +813,15 @@ impl Virtqueue {
         }
         let addr = block.addr();
         let mut sg = core::mem::MaybeUninit::<bindings::scatterlist>::uninit();
+        // The device only learns the range: under the virtio free page
+        // hinting rules it may drop the contents it saw, but must keep
+        // whatever the guest writes there later, so the block may be freed
+        // and reused while still on the ring (as the C driver does). The
+        // token is the address, which nobody dereferences. No indirect
+        // descriptors are negotiated, so adding does not allocate.
         // SAFETY: `sg` is valid for writes; `addr` is a block of
-        // `hint::BYTES` in the direct map (invariant of `HintBlock`). The
-        // device only learns the range: under the virtio free page hinting
-        // rules it may drop the contents it saw, but must keep whatever the
-        // guest writes there later, so the block may be freed and reused
-        // while still on the ring (as the C driver does). The token is the
-        // address, which nobody dereferences. No indirect descriptors are
-        // negotiated, so adding does not allocate.
+        // `hint::BYTES` in the direct map (invariant of `HintBlock`), which
+        // the device may not rely on (see above).
         let ret = unsafe {
             bindings::sg_init_one(sg.as_mut_ptr(), addr, super::hint::BYTES as u32);
             bindings::virtqueue_add_inbuf(
@@ -873,11 +877,12 @@ impl Virtqueue {
         // SAFETY: live virtqueue; accesses are serialised by `&mut self`.
         unsafe { bindings::virtqueue_kick(self.vq.as_ptr()) };
         if HostFaults::take(&self.dp.faults.break_device) {
-            // SAFETY: the queue's device is live; breaking it is what a
-            // transport does when the device disappears (process context,
-            // as here): the core then ignores the queues' interrupts and
+            // Breaking the device is what a transport does when it
+            // disappears: the core then ignores the queues' interrupts and
             // refuses new buffers. A callback already running finishes on
             // state that lives until the queues are deleted.
+            // SAFETY: the queue's device is live, and this is process
+            // context, as `virtio_break_device` requires.
             unsafe { bindings::virtio_break_device((*self.vq.as_ptr()).vdev) };
         }
     }
@@ -1131,10 +1136,10 @@ unsafe extern "C" fn used_callback(vq: *mut bindings::virtqueue) {
     if dp.is_null() || index >= MAX_VQS {
         return;
     }
+    // A `QueueShared` is freed only after its entry is cleared and the
+    // device reset (which waits for running callbacks).
     // SAFETY: `dp` is live (the `Virtqueues` holds a reference); the entry
-    // is null or the pinned `QueueShared` of this queue, which is freed only
-    // after the entry is cleared and the device reset (which waits for
-    // running callbacks).
+    // is null or the pinned `QueueShared` of this queue (see above).
     let shared = unsafe { (*dp).queues[index].load(Ordering::Acquire) };
     if !shared.is_null() {
         // SAFETY: see above.

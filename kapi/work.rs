@@ -48,10 +48,10 @@ unsafe impl Sync for OwnedQueue {}
 
 impl Drop for OwnedQueue {
     fn drop(&mut self) {
-        // SAFETY: owned, live workqueue (type invariant). Every `Work` on it
-        // holds a `Queue` that keeps this value alive and stops its item
-        // before letting go, so nothing is queued here any more; destroying
-        // drains what is left.
+        // Every `Work` on the queue holds a `Queue` that keeps this value
+        // alive and stops its item before letting go.
+        // SAFETY: owned, live workqueue (type invariant) on which nothing is
+        // queued any more (see above); destroying drains what is left.
         unsafe { bindings::destroy_workqueue(self.0.as_ptr()) };
     }
 }
@@ -194,10 +194,10 @@ impl<H: WorkHandler> Inner<H> {
 
     fn stop(&self) {
         self.stopped.store(true, Ordering::Release);
-        // SAFETY: `dwork` is an initialised delayed work (type invariant).
         // Disabling (unlike cancelling) also makes every later queueing
         // attempt a no-op, so a `queue` racing with `stop` cannot slip the
         // item back in; it also waits for a running handler.
+        // SAFETY: `dwork` is an initialised delayed work (type invariant).
         unsafe { bindings::disable_delayed_work_sync(self.dwork.get()) };
     }
 }
