@@ -9,178 +9,291 @@
 //! queues itself again until `actual` equals the target. The balloon lock
 //! ([`State`]) serialises everything that talks to the host; page migration
 //! only ever tries it.
+//!
+//! Words used with one meaning each: *inflate* and *deflate* move pages
+//! into and out of the balloon (the host is told); *drain* deflates all;
+//! *publish* writes `actual` to the device; *report* is free page
+//! reporting; *hint* is free page hinting, whose blocks are *freed* back to
+//! the guest.
 #![forbid(unsafe_code)]
 
 use crate::kapi::{
     balloon::{BalloonPages, Batch, DeflatedPage, Migrate, Migrated, Migration, NewPage},
-    debugfs::{self, CounterDir},
-    hint::{self as hintmem, HintBlock, HintBlocks},
-    mm,
+    debugfs::CounterFiles,
+    mm::{self, VmEvent},
     oom::{OomHandler, OomNotifier},
+    pages::{self, PageBlock, PageBlocks},
     reporting::{self, PageReporting, ReportHandler, ReportedRanges},
     shrinker::{ShrinkHandler, Shrinker},
-    sync::{cond_resched, msleep, LockKey, Mutex},
+    sync::{cond_resched, msleep, Mutex},
     virtio::{
-        self, feature, id, Device, DeviceRef, HintCmd, OutBuf, QueueSpec, UsedHandler, Virtqueue,
-        Virtqueues,
+        self,
+        queue::{Either, OutBuf, PolledQueue, PostedQueue, QueueId, QueueSetup, SyncQueue},
+        Bound, Config, Core, Device, Feature, Validate,
     },
+    virtio_balloon::{self as vb, feature},
     wakeup::WakeupEvents,
-    work::{Next, Queue, Work, WorkHandler},
+    work::{self, Next, OwnedQueue, Running, Work, WorkHandler},
 };
 use crate::logic::{self, hint, FeatureList, MemSnapshot, Step, MSGS_PER_KICK, MSG_BYTES};
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use kernel::{
-    c_str, fmt,
+    c_str,
+    device::Device as GenericDevice,
+    fmt,
     page::PAGE_SIZE,
     prelude::*,
     str::{CStr, CString},
     sync::Arc,
+    types::ARef,
 };
 
-/// Feature bits the driver negotiates today. Later features are added here
-/// as they are implemented, never before.
-const FEATURES: [u32; 6] = [
-    feature::BALLOON_MUST_TELL_HOST,
-    feature::BALLOON_STATS_VQ,
-    feature::BALLOON_DEFLATE_ON_OOM,
-    feature::BALLOON_FREE_PAGE_HINT,
-    feature::BALLOON_PAGE_POISON,
-    feature::BALLOON_REPORTING,
+/// Feature bits the driver negotiates: exactly those it implements.
+const FEATURES: [Feature; 6] = [
+    feature::MUST_TELL_HOST,
+    feature::STATS_VQ,
+    feature::DEFLATE_ON_OOM,
+    feature::FREE_PAGE_HINT,
+    feature::PAGE_POISON,
+    feature::REPORTING,
 ];
-
-/// Virtqueue indices, as the device defines them.
-const INFLATE_Q: usize = 0;
-const DEFLATE_Q: usize = 1;
-const STATS_Q: usize = 2;
-const FREE_PAGE_Q: usize = 3;
-const REPORTING_Q: usize = 4;
-
-static BALLOON_LOCK: LockKey = LockKey::new();
-static SCRATCH_LOCK: LockKey = LockKey::new();
-static HINT_LOCK: LockKey = LockKey::new();
-static WAKEUP_LOCK: LockKey = LockKey::new();
 
 /// Kinds of wakeup events: the host asked for a new size, or for stats.
 const WAKE_ADJUST: u32 = 1 << 0;
 const WAKE_STATS: u32 = 1 << 1;
 
-/// The driver's own counters, readable in
-/// `/sys/kernel/debug/virtio_balloon_rs/virtio<N>/` (see README.md).
-#[derive(Default)]
-pub(crate) struct Counters {
-    /// The host's latest request (`num_pages`), in 4 KiB frames.
-    target_frames: AtomicU64,
-    /// 4 KiB frames in the balloon (what `actual` reports).
-    actual_frames: AtomicU64,
-    /// Kernel pages put into the balloon, ever.
-    inflated_pages: AtomicU64,
-    /// Kernel pages taken out of the balloon, ever.
-    deflated_pages: AtomicU64,
-    /// Balloon pages moved by compaction.
-    migrated_pages: AtomicU64,
-    /// Migrations refused because the balloon lock was busy (compaction
-    /// retries them).
-    migrations_deferred: AtomicU64,
-    /// Messages sent on the inflate queue.
-    inflate_msgs: AtomicU64,
-    /// Messages sent on the deflate queue.
-    deflate_msgs: AtomicU64,
-    /// Rounds cut short because no page could be allocated.
-    alloc_failures: AtomicU64,
-    /// Rounds held back to keep the guest's reserve available.
-    reserve_holds: AtomicU64,
-    /// Config-change interrupts seen.
-    config_changes: AtomicU64,
-    /// Buffers the host returned with a used length other than 0.
-    host_odd_used_len: AtomicU64,
-    /// Messages that could not be sent (broken or vanished device).
-    host_errors: AtomicU64,
-    /// Stats buffers sent to the host (STATS_VQ).
-    stats_sent: AtomicU64,
-    /// Free page reports sent to the host, and ranges in them (REPORTING).
-    reports_sent: AtomicU64,
-    reported_ranges: AtomicU64,
-    /// OOM notifications received (DEFLATE_ON_OOM).
-    oom_notifications: AtomicU64,
-    /// Kernel pages given back to the guest by OOM notifications.
-    oom_deflated_pages: AtomicU64,
-    /// The host's latest free page hint command id (FREE_PAGE_HINT).
-    hint_cmd_id: AtomicU64,
-    /// Hinting runs started (one per new command id).
-    hint_runs: AtomicU64,
-    /// Blocks of free memory hinted to the host, ever.
-    hinted_blocks: AtomicU64,
-    /// Hinted blocks the driver holds now.
-    hint_blocks_held: AtomicU64,
-    /// Hinted blocks given back when the host said done.
-    hint_blocks_done: AtomicU64,
-    /// Hinted blocks given back to memory pressure by the shrinker.
-    hint_blocks_shrunk: AtomicU64,
-    /// Runs ended early because the host left the hint ring full.
-    hint_stalls: AtomicU64,
+counters! {
+    /// The driver's own counters, readable in
+    /// `/sys/kernel/debug/virtio_balloon_rs/virtio<N>/` (see README.md).
+    pub(crate) struct Counters {
+        /// The host's latest request (`num_pages`), in 4 KiB frames.
+        target_frames,
+        /// 4 KiB frames in the balloon (what `actual` reports).
+        actual_frames,
+        /// Kernel pages put into the balloon, ever.
+        inflated_pages,
+        /// Kernel pages taken out of the balloon, ever.
+        deflated_pages,
+        /// Balloon pages moved by compaction.
+        migrated_pages,
+        /// Migrations refused because the balloon lock was busy (compaction
+        /// retries them).
+        migrations_deferred,
+        /// Messages sent on the inflate queue.
+        inflate_msgs,
+        /// Messages sent on the deflate queue.
+        deflate_msgs,
+        /// Rounds cut short because no page could be allocated.
+        alloc_failures,
+        /// Rounds held back to keep the guest's reserve available.
+        reserve_holds,
+        /// Config-change interrupts seen.
+        config_changes,
+        /// Buffers the host returned with a used length other than 0.
+        host_odd_used_len,
+        /// Messages that could not be sent (broken or vanished device).
+        host_errors,
+        /// Stats buffers sent to the host (STATS_VQ).
+        stats_sent,
+        /// Free page reports sent to the host (REPORTING).
+        reports_sent,
+        /// Page ranges in those reports.
+        reported_ranges,
+        /// OOM notifications received (DEFLATE_ON_OOM).
+        oom_notifications,
+        /// Kernel pages given back to the guest by OOM notifications.
+        oom_deflated_pages,
+        /// The host's latest free page hint command id (FREE_PAGE_HINT).
+        hint_cmd_id,
+        /// Hinting runs started (one per new command id).
+        hint_runs,
+        /// Blocks of free memory hinted to the host, ever.
+        hinted_blocks,
+        /// Hinted blocks the driver holds now (returned by the host).
+        hint_blocks_held,
+        /// Hinted blocks freed when the host said done.
+        hint_blocks_done,
+        /// Hinted blocks freed to memory pressure by the shrinker.
+        hint_blocks_shrunk,
+        /// Runs ended early because the host left the hint ring full.
+        hint_stalls,
+        /// Fault injection (debug kernels only): while non-zero, the next
+        /// free page hint command id goes out 2 bytes long instead of 4 (one
+        /// per count), which QEMU answers by declaring its device broken.
+        inject_short_hint_cmd,
+    }
 }
 
 fn add(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
 }
 
-impl debugfs::Counters for Counters {
-    fn each(&self, f: &mut dyn FnMut(&'static CStr, &AtomicU64)) {
-        f(c_str!("target_frames"), &self.target_frames);
-        f(c_str!("actual_frames"), &self.actual_frames);
-        f(c_str!("inflated_pages"), &self.inflated_pages);
-        f(c_str!("deflated_pages"), &self.deflated_pages);
-        f(c_str!("migrated_pages"), &self.migrated_pages);
-        f(c_str!("migrations_deferred"), &self.migrations_deferred);
-        f(c_str!("inflate_msgs"), &self.inflate_msgs);
-        f(c_str!("deflate_msgs"), &self.deflate_msgs);
-        f(c_str!("alloc_failures"), &self.alloc_failures);
-        f(c_str!("reserve_holds"), &self.reserve_holds);
-        f(c_str!("config_changes"), &self.config_changes);
-        f(c_str!("host_odd_used_len"), &self.host_odd_used_len);
-        f(c_str!("host_errors"), &self.host_errors);
-        f(c_str!("stats_sent"), &self.stats_sent);
-        f(c_str!("reports_sent"), &self.reports_sent);
-        f(c_str!("reported_ranges"), &self.reported_ranges);
-        f(c_str!("oom_notifications"), &self.oom_notifications);
-        f(c_str!("oom_deflated_pages"), &self.oom_deflated_pages);
-        f(c_str!("hint_cmd_id"), &self.hint_cmd_id);
-        f(c_str!("hint_runs"), &self.hint_runs);
-        f(c_str!("hinted_blocks"), &self.hinted_blocks);
-        f(c_str!("hint_blocks_held"), &self.hint_blocks_held);
-        f(c_str!("hint_blocks_done"), &self.hint_blocks_done);
-        f(c_str!("hint_blocks_shrunk"), &self.hint_blocks_shrunk);
-        f(c_str!("hint_stalls"), &self.hint_stalls);
+/// Messages the driver says once and then only counts: the first
+/// occurrence logs; [`Notes::clear`] re-arms one (a new episode).
+struct Notes(AtomicU32);
+
+#[derive(Clone, Copy)]
+#[repr(u32)]
+enum Note {
+    /// Inflation is held back (no memory, or the guest's reserve).
+    Short = 1 << 0,
+    /// A message could not be sent to the host.
+    SendError = 1 << 1,
+    /// A free page hint could not be sent.
+    HintError = 1 << 2,
+}
+
+impl Notes {
+    /// Whether this is the first `n` since it was last cleared.
+    fn first(&self, n: Note) -> bool {
+        self.0.fetch_or(n as u32, Ordering::AcqRel) & n as u32 == 0
     }
+
+    /// Re-arms `n`; returns whether it was set.
+    fn clear(&self, n: Note) -> bool {
+        self.0.fetch_and(!(n as u32), Ordering::AcqRel) & n as u32 != 0
+    }
+}
+
+/// Buffers of the free page queue: command ids (device-readable) and
+/// hinted blocks (handed to the host).
+type FreePageBuf = Either<OutBuf, PageBlock>;
+
+/// The device's virtqueues.
+struct Queues {
+    inflate: SyncQueue,
+    deflate: SyncQueue,
+    stats: Option<PostedQueue<OutBuf>>,
+    free_page: Option<PolledQueue<FreePageBuf>>,
+    reporting: Option<SyncQueue>,
+}
+
+/// Declares the queues in the device's order and creates them.
+fn set_up_queues(dev: &Device<Core>, mut setup: QueueSetup<'_>) -> Result<Queues> {
+    let inflate = setup.sync(c_str!("inflate"))?;
+    let deflate = setup.sync(c_str!("deflate"))?;
+    let stats = if dev.has_feature(feature::STATS_VQ) {
+        Some(setup.posted(c_str!("stats"))?)
+    } else {
+        setup.skip()?;
+        None
+    };
+    // Polled, as in the C driver: nothing waits on it.
+    let free_page = if dev.has_feature(feature::FREE_PAGE_HINT) {
+        Some(setup.polled(c_str!("free_page_vq"))?)
+    } else {
+        setup.skip()?;
+        None
+    };
+    let reporting = if dev.has_feature(feature::REPORTING) {
+        Some(setup.sync(c_str!("reporting_vq"))?)
+    } else {
+        setup.skip()?;
+        None
+    };
+    setup
+        .find()
+        .inspect_err(|e| dev_err!(dev, "cannot set up virtqueues: error {}\n", e.to_errno()))?;
+    // Smallest rings, as the C driver checks: a hinting run keeps one entry
+    // for its stop id, so it needs two; the allocator reports up to
+    // CAPACITY ranges at once, a descriptor each.
+    let sizes = [
+        ("free page", free_page.as_ref().map(|q| q.ring_size()), 2),
+        (
+            "reporting",
+            reporting.as_ref().map(|q| q.ring_size()),
+            reporting::CAPACITY,
+        ),
+    ];
+    for (what, size, need) in sizes {
+        if let Some(size) = size.filter(|&s| s < need) {
+            dev_err!(dev, "{} queue has {} entries, needs {}\n", what, size, need);
+            return Err(ENOSPC);
+        }
+    }
+    Ok(Queues {
+        inflate,
+        deflate,
+        stats,
+        free_page,
+        reporting,
+    })
 }
 
 /// What the balloon lock protects.
 struct State {
     /// The device's queues; `None` once frozen or being removed.
-    vqs: Option<Virtqueues>,
+    queues: Option<Queues>,
     /// 4 KiB frames in the balloon, isolated pages included.
     held: u64,
     /// Message buffer: [`MSGS_PER_KICK`] messages of [`MSG_BYTES`].
     msg: OutBuf,
     /// Pages on their way out of the balloon.
     out: Batch<DeflatedPage>,
-    /// Whether allocations are failing (logged once per episode).
-    short: bool,
-    /// Whether a send failure was logged already.
-    send_error_logged: bool,
-    /// Set when a message could not be sent: the device is broken or gave
-    /// up. Nothing more is written to `msg` (the device might still read
-    /// what a failed send left there) or sent, until the queues are set up
-    /// again.
-    dead: bool,
 }
 
-impl State {
-    /// Sends the messages of `msg` whose lengths are `lens` on queue `q`
-    /// and waits for the host to take them. False if some could not be
-    /// sent (the device is broken or gone).
-    fn tell(&mut self, dev: &Device, stats: &Counters, q: usize, lens: &[usize]) -> bool {
-        if self.dead {
+/// Everything the driver shares between its work, callbacks and page
+/// migration. It is the driver data of the [`BalloonPages`].
+#[pin_data]
+struct Shared {
+    dev: ARef<GenericDevice>,
+    config: Config<vb::Layout>,
+    /// 4 KiB frames per kernel page.
+    fpp: u32,
+    stats: Arc<Counters>,
+    notes: Notes,
+    /// Set when the host could not be told something: the device is broken
+    /// or gone. No memory is taken for it until the queues are set up again.
+    host_gone: AtomicBool,
+    /// Set when an OOM notification deflated the balloon: inflation waits
+    /// for the host's next target instead of taking the memory right back.
+    oom_pause: AtomicBool,
+    /// The balloon lock.
+    #[pin]
+    state: Mutex<State>,
+    /// Pages allocated for the next inflation, before they are enqueued
+    /// (only the update work uses it; taken before the balloon lock).
+    #[pin]
+    scratch: Mutex<Batch<NewPage>>,
+    hint_cmd: HintCmd,
+    /// Hinted blocks on the free page queue (the host has not returned
+    /// them yet); changed under the balloon lock.
+    hints_in_flight: AtomicU64,
+    /// The stats queue, as [`virtio::Driver::buffers_used`] names it.
+    stats_queue: Option<QueueId>,
+    /// Hinted blocks the host has returned, held until it is done with
+    /// them. Innermost lock: taken under the balloon lock (when the free
+    /// page queue is reaped) but never the other way round, and never held
+    /// across an allocation; the shrinker only tries it.
+    #[pin]
+    hints: Mutex<PageBlocks>,
+    /// Keeps the system awake while a request of the host is pending.
+    #[pin]
+    wakeup: WakeupEvents,
+}
+
+/// The balloon: its pages and the driver data.
+type BalloonCore = BalloonPages<Shared>;
+
+impl Shared {
+    /// Writes `actual` to the device (if it still has queues) and mirrors it
+    /// in the counters.
+    fn publish(&self, st: &State) {
+        // `held` never exceeds `logic::max_frames`, which fits in 32 bits.
+        let actual = st.held.min(u32::MAX.into()) as u32;
+        if st.queues.is_some() {
+            // A device that is gone has no `actual` to update.
+            let _ = self.config.write(vb::ACTUAL, actual);
+        }
+        self.stats.actual_frames.store(st.held, Ordering::Relaxed);
+    }
+
+    /// Sends the messages of `msg` whose lengths are `lens` on `vq`, counting
+    /// them in `counter`, and waits for the host to take them. False if the
+    /// host could not be told (the device is broken or gone); nothing more
+    /// is sent then until the queues are set up again.
+    fn tell(&self, vq: &mut SyncQueue, msg: &OutBuf, lens: &[usize], counter: &AtomicU64) -> bool {
+        if self.host_gone.load(Ordering::Acquire) {
             return false;
         }
         let mut parts = [(0usize, 0usize); MSGS_PER_KICK];
@@ -193,28 +306,18 @@ impl State {
         }
         let mut first = 0usize;
         while first < n {
-            let Some(vq) = self.vqs.as_mut().and_then(|v| v.get(q)) else {
-                add(&stats.host_errors, (n - first) as u64);
-                return false;
-            };
-            match vq.send(&self.msg, &parts[first..n]) {
+            match vq.send(msg, &parts[first..n]) {
                 Ok(sent) => {
-                    let counter = if q == INFLATE_Q {
-                        &stats.inflate_msgs
-                    } else {
-                        &stats.deflate_msgs
-                    };
                     add(counter, sent.count as u64);
-                    add(&stats.host_odd_used_len, sent.odd_lengths.into());
-                    first += sent.count.max(1);
+                    add(&self.stats.host_odd_used_len, sent.odd_lengths.into());
+                    first += sent.count;
                 }
                 Err(e) => {
-                    add(&stats.host_errors, (n - first) as u64);
-                    self.dead = true;
-                    if !self.send_error_logged {
-                        self.send_error_logged = true;
+                    add(&self.stats.host_errors, (n - first) as u64);
+                    self.host_gone.store(true, Ordering::Release);
+                    if self.notes.first(Note::SendError) {
                         dev_err!(
-                            dev,
+                            self.dev,
                             "cannot send to the host (error {}); pages go back to the guest without it\n",
                             e.to_errno()
                         );
@@ -226,60 +329,31 @@ impl State {
         true
     }
 
-    /// Writes `actual` to the device and mirrors it in the counters.
-    fn report(&self, dev: &Device, stats: &Counters) {
-        // `held` never exceeds `logic::max_frames`, which fits in 32 bits.
-        let actual = self.held.min(u32::MAX.into()) as u32;
-        if self.vqs.is_some() {
-            dev.write_config_le32(logic::config::ACTUAL, actual);
-        }
-        stats.actual_frames.store(self.held, Ordering::Relaxed);
+    /// The kernel pages just dequeued into `st.out` (`got` of them) go back
+    /// to the guest; the balloon's count, the counters and `actual` follow.
+    fn free_deflated(&self, st: &mut State, got: usize) {
+        st.out.clear();
+        st.held -= got as u64 * u64::from(self.fpp);
+        add(&self.stats.deflated_pages, got as u64);
+        self.publish(st);
+    }
+
+    /// The host's free page hint command id (re-read only after a config
+    /// change: a read is a trap to the host).
+    fn hint_cmd_id(&self) -> u32 {
+        self.hint_cmd.current(|| {
+            let id = self
+                .config
+                .read(vb::FREE_PAGE_HINT_CMD_ID)
+                .unwrap_or(hint::CMD_ID_STOP);
+            self.stats.hint_cmd_id.store(id.into(), Ordering::Relaxed);
+            id
+        })
     }
 }
 
-/// Everything the driver shares between its work, callbacks and page
-/// migration. It is the driver data of the [`BalloonPages`].
-#[pin_data]
-struct Shared {
-    dev: DeviceRef,
-    /// 4 KiB frames per kernel page.
-    fpp: u32,
-    stats: Arc<Counters>,
-    /// Set when an OOM notification deflated the balloon: inflation waits
-    /// for the host's next target instead of taking the memory right back.
-    oom_pause: AtomicBool,
-    /// The balloon lock.
-    #[pin]
-    state: Mutex<State>,
-    /// Pages allocated for the next inflation, before they are enqueued
-    /// (only the update work uses it; taken before the balloon lock).
-    #[pin]
-    scratch: Mutex<Batch<NewPage>>,
-    /// Free page hinting: the command id of the run last started.
-    hint_active: AtomicU32,
-    /// The host's command id as last read from the config space, and
-    /// whether the config changed since (so it must be read again).
-    hint_received: AtomicU32,
-    hint_stale: AtomicBool,
-    /// Set on remove: a run in progress ends at its next block.
-    hint_quit: AtomicBool,
-    /// Whether a hinting error was logged already.
-    hint_error_logged: AtomicBool,
-    /// Blocks hinted to the host, held until it is done with them. Never
-    /// held across an allocation or the balloon lock: the shrinker takes it
-    /// from memory reclaim.
-    #[pin]
-    hints: Mutex<HintBlocks>,
-    /// Keeps the system awake while a request of the host is pending.
-    #[pin]
-    wakeup: WakeupEvents,
-}
-
-/// The balloon: its pages and the driver data.
-type Core = BalloonPages<Shared>;
-
 impl Migrate for Shared {
-    fn migrate<'a>(pages: &'a Core, m: Migration<'a, Self>) -> Result<Migrated<'a>> {
+    fn migrate<'a>(pages: &'a BalloonCore, m: Migration<'a, Self>) -> Result<Migrated<'a>> {
         let sh = pages.data();
         // Never sleep on the balloon lock here: inflation holds it and may
         // itself be waiting for compaction. Compaction retries later.
@@ -287,7 +361,11 @@ impl Migrate for Shared {
             add(&sh.stats.migrations_deferred, 1);
             return Err(EAGAIN);
         };
-        if st.vqs.is_none() || st.dead {
+        let st = &mut *st;
+        let Some(q) = st.queues.as_mut() else {
+            return Err(EAGAIN);
+        };
+        if sh.host_gone.load(Ordering::Acquire) {
             return Err(EAGAIN);
         }
         let (new, old) = (m.new_pfn(), m.old_pfn());
@@ -296,37 +374,32 @@ impl Migrate for Shared {
         }
         let done = m.commit();
         let mut lens = [0usize; MSGS_PER_KICK];
-        let st = &mut *st;
         logic::encode_pages(
             core::iter::once(new),
             PAGE_SIZE,
             st.msg.as_mut_slice(),
             &mut lens,
         );
-        // After a failed send `msg` is not written again (`State::dead`).
-        if st.tell(&sh.dev, &sh.stats, INFLATE_Q, &lens) {
+        if sh.tell(&mut q.inflate, &st.msg, &lens, &sh.stats.inflate_msgs) {
             logic::encode_pages(
                 core::iter::once(old),
                 PAGE_SIZE,
                 st.msg.as_mut_slice(),
                 &mut lens,
             );
-            st.tell(&sh.dev, &sh.stats, DEFLATE_Q, &lens);
+            sh.tell(&mut q.deflate, &st.msg, &lens, &sh.stats.deflate_msgs);
         }
         add(&sh.stats.migrated_pages, 1);
         Ok(done)
     }
 }
 
-/// One round of inflation: up to `pages` kernel pages.
-fn inflate(core: &Core, pages: usize) -> Next {
+/// Kernel pages inflation may take now without going below the guest's
+/// reserve (see `logic::inflate_budget`).
+fn inflate_budget(core: &BalloonCore) -> u64 {
     let sh = core.data();
-    // A host that cannot hear gets no more memory.
-    if sh.state.lock().dead {
-        return Next::Idle;
-    }
-    // Never take the guest below its reserve (see `logic::inflate_budget`).
-    let (managed, available) = mm::total_and_available();
+    let available = mm::available_pages();
+    let managed = mm::meminfo().total;
     // Without DEFLATE_ON_OOM the balloon's pages left the managed count: the
     // reserve is a share of the guest's RAM with them.
     let total = if core.accounts() {
@@ -335,7 +408,17 @@ fn inflate(core: &Core, pages: usize) -> Next {
     } else {
         managed
     };
-    let budget = logic::inflate_budget(available, total, PAGE_SIZE);
+    logic::inflate_budget(available, total, PAGE_SIZE)
+}
+
+/// One round of inflation: up to `pages` kernel pages.
+fn inflate(core: &BalloonCore, pages: usize) -> Next {
+    let sh = core.data();
+    // A host that cannot hear gets no more memory.
+    if sh.host_gone.load(Ordering::Acquire) {
+        return Next::Idle;
+    }
+    let budget = inflate_budget(core);
     let held_back = (budget as usize) < pages;
     let pages = pages.min(budget as usize);
     if pages == 0 {
@@ -343,14 +426,12 @@ fn inflate(core: &Core, pages: usize) -> Next {
         // Holding at the reserve may last: it must not keep the system
         // from sleeping (the retries go on).
         sh.wakeup.finish();
-        let mut st = sh.state.lock();
-        if !st.short {
-            st.short = true;
+        if sh.notes.first(Note::Short) {
             dev_info!(
                 sh.dev,
                 "balloon holds at {} KiB: the guest keeps its last {} KiB available; retrying every {} ms\n",
-                st.held * 4,
-                available * (PAGE_SIZE as u64 / 1024),
+                sh.stats.actual_frames.load(Ordering::Relaxed) * 4,
+                mm::available_pages() * (PAGE_SIZE as u64 / 1024),
                 logic::ALLOC_RETRY_MS
             );
         }
@@ -377,10 +458,14 @@ fn inflate(core: &Core, pages: usize) -> Next {
     }
     let mut st = sh.state.lock();
     let st = &mut *st;
-    // Frozen or going away; or an OOM notification freed memory while we
-    // allocated: the guest needs it more than the host.
-    // A send may also have failed meanwhile (`State::dead`).
-    if st.vqs.is_none() || st.dead || sh.oom_pause.load(Ordering::Acquire) {
+    // Frozen or going away, a host that stopped hearing meanwhile, or an
+    // OOM notification that freed memory while we allocated (the guest
+    // needs it more than the host): the pages go back at once.
+    let Some(q) = st.queues.as_mut() else {
+        fresh.clear();
+        return Next::Idle;
+    };
+    if sh.host_gone.load(Ordering::Acquire) || sh.oom_pause.load(Ordering::Acquire) {
         fresh.clear();
         return Next::Idle;
     }
@@ -397,23 +482,21 @@ fn inflate(core: &Core, pages: usize) -> Next {
     drop(fresh);
     st.held += n as u64 * u64::from(sh.fpp);
     add(&sh.stats.inflated_pages, n as u64);
-    if !st.tell(&sh.dev, &sh.stats, INFLATE_Q, &lens) {
+    if !sh.tell(&mut q.inflate, &st.msg, &lens, &sh.stats.inflate_msgs) {
         // The host did not get (all of) these pages and the device is gone
-        // or gave up: give the round back to the guest at once, and take
-        // nothing more (see `State::dead`).
+        // or gave up: the round goes back to the guest at once.
         let back = core.dequeue(n, &mut st.out);
-        give_back(sh, st, back);
+        sh.free_deflated(st, back);
         return Next::Idle;
     }
-    st.report(&sh.dev, &sh.stats);
+    sh.publish(st);
     if held_back {
         // The next round decides whether anything more can be spared.
         return Next::Again;
     }
     if failed {
         add(&sh.stats.alloc_failures, 1);
-        if !st.short {
-            st.short = true;
+        if sh.notes.first(Note::Short) {
             dev_info!(
                 sh.dev,
                 "out of memory for the balloon at {} KiB; retrying every {} ms\n",
@@ -426,25 +509,32 @@ fn inflate(core: &Core, pages: usize) -> Next {
     Next::Again
 }
 
-/// Result of [`leak`].
-enum Leak {
+/// Why pages leave the balloon.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Why {
+    /// The host's target (or the driver going).
+    Host,
+    /// An OOM notification: inflation then waits for the host to ask again.
+    Oom,
+}
+
+/// Result of [`deflate`].
+enum Deflated {
     /// This many kernel pages left the balloon.
-    Freed(usize),
+    Pages(usize),
     /// Nothing to take now: what is left is isolated by compaction (it
     /// returns shortly), or the device is frozen.
     Busy,
 }
 
 /// Takes up to `pages` kernel pages out of the balloon. The host hears of
-/// them before the guest gets them back, whatever the features. With
-/// `for_oom`, pages freed also pause inflation (set under the balloon lock,
-/// which inflation checks again before it enqueues).
-fn leak(core: &Core, pages: usize, for_oom: bool) -> Leak {
+/// them before the guest gets them back, whatever the features.
+fn deflate(core: &BalloonCore, pages: usize, why: Why) -> Deflated {
     let sh = core.data();
     let mut st = sh.state.lock();
     let st = &mut *st;
-    if st.vqs.is_none() {
-        return Leak::Busy;
+    if st.queues.is_none() {
+        return Deflated::Busy;
     }
     let pages = pages.min(logic::frames_to_pages(st.held, sh.fpp) as usize);
     let got = core.dequeue(pages, &mut st.out);
@@ -457,81 +547,55 @@ fn leak(core: &Core, pages: usize, for_oom: bool) -> Leak {
                 st.held
             );
             st.held = 0;
-            st.report(&sh.dev, &sh.stats);
-            return Leak::Freed(0);
+            sh.publish(st);
+            return Deflated::Pages(0);
         }
-        return Leak::Busy;
+        return Deflated::Busy;
     }
-    if for_oom {
+    if why == Why::Oom {
         sh.oom_pause.store(true, Ordering::Release);
     }
-    if !st.dead {
-        let mut lens = [0usize; MSGS_PER_KICK];
-        logic::encode_pages(
-            st.out.as_slice().iter().map(|p| p.pfn()),
-            PAGE_SIZE,
-            st.msg.as_mut_slice(),
-            &mut lens,
-        );
-        st.tell(&sh.dev, &sh.stats, DEFLATE_Q, &lens);
+    let mut lens = [0usize; MSGS_PER_KICK];
+    logic::encode_pages(
+        st.out.as_slice().iter().map(|p| p.pfn()),
+        PAGE_SIZE,
+        st.msg.as_mut_slice(),
+        &mut lens,
+    );
+    if let Some(q) = st.queues.as_mut() {
+        sh.tell(&mut q.deflate, &st.msg, &lens, &sh.stats.deflate_msgs);
     }
     // Now the guest gets the pages back.
-    give_back(sh, st, got);
-    Leak::Freed(got)
-}
-
-/// The `got` pages just dequeued into `st.out` go back to the guest; the
-/// balloon's count, the counters and the host's `actual` follow.
-fn give_back(sh: &Shared, st: &mut State, got: usize) {
-    st.out.clear();
-    st.held -= got as u64 * u64::from(sh.fpp);
-    add(&sh.stats.deflated_pages, got as u64);
-    st.report(&sh.dev, &sh.stats);
-}
-
-/// One round of deflation for the update work.
-fn deflate(core: &Core, pages: usize) -> Next {
-    match leak(core, pages, false) {
-        Leak::Freed(_) => Next::Again,
-        Leak::Busy => Next::After(10),
-    }
+    sh.free_deflated(st, got);
+    Deflated::Pages(got)
 }
 
 /// Deflates the whole balloon (remove, freeze), telling the host.
-fn drain(core: &Core) {
+fn drain(core: &BalloonCore) {
     let round = logic::pages_per_round(core.data().fpp);
-    loop {
-        if core.data().state.lock().held == 0 {
-            return;
-        }
-        if let Next::After(ms) = deflate(core, round) {
-            msleep(ms);
+    while core.data().state.lock().held != 0 {
+        if let Deflated::Busy = deflate(core, round, Why::Host) {
+            msleep(10);
         }
     }
 }
 
-/// Resets the device and deletes its queues. They are dropped after the
-/// balloon lock is released: what they refer to (the stats work, and
-/// through it the core) may go with them.
-fn stop_queues(sh: &Shared) {
-    let vqs = sh.state.lock().vqs.take();
-    drop(vqs);
-}
-
 /// Remove and freeze: every page goes back to the guest (the host told
-/// first), the host sees `actual` drop to 0, then the queues go.
-fn give_back_and_stop(core: &Core, dev: &Device) {
+/// first), the host sees `actual` drop to 0, and the driver lets go of the
+/// queues (the layer resets the device and deletes them after).
+fn drain_and_stop(core: &BalloonCore) {
     drain(core);
     let sh = core.data();
-    sh.state.lock().report(dev, &sh.stats);
-    stop_queues(sh);
+    let mut st = sh.state.lock();
+    sh.publish(&st);
+    st.queues = None;
 }
 
 /// The work that follows the host's target.
-struct UpdateSize(Arc<Core>);
+struct UpdateSize(Arc<BalloonCore>);
 
 impl WorkHandler for UpdateSize {
-    fn run(&self) -> Next {
+    fn run(&self, _me: &Running<'_>) -> Next {
         let sh = self.0.data();
         sh.wakeup.process(WAKE_ADJUST);
         let next = self.step();
@@ -548,7 +612,9 @@ impl UpdateSize {
     fn step(&self) -> Next {
         let core = &*self.0;
         let sh = core.data();
-        let num_pages = sh.dev.read_config_le32(logic::config::NUM_PAGES);
+        let Ok(num_pages) = sh.config.read(vb::NUM_PAGES) else {
+            return Next::Idle;
+        };
         sh.stats
             .target_frames
             .store(num_pages.into(), Ordering::Relaxed);
@@ -559,11 +625,12 @@ impl UpdateSize {
             // the host does; wait for the host to ask again.
             Step::Inflate(_) if sh.oom_pause.load(Ordering::Acquire) => Next::Idle,
             Step::Inflate(n) => inflate(core, n),
-            Step::Deflate(n) => deflate(core, n),
+            Step::Deflate(n) => match deflate(core, n, Why::Host) {
+                Deflated::Pages(_) => Next::Again,
+                Deflated::Busy => Next::After(10),
+            },
             Step::Done => {
-                let mut st = sh.state.lock();
-                if st.short {
-                    st.short = false;
+                if sh.notes.clear(Note::Short) {
                     dev_info!(
                         sh.dev,
                         "balloon reached the host's target of {} KiB\n",
@@ -577,7 +644,7 @@ impl UpdateSize {
 }
 
 /// The OOM notifier's handler (DEFLATE_ON_OOM): deflates 1 MiB per call.
-struct OomDeflate(Arc<Core>);
+struct OomDeflate(Arc<BalloonCore>);
 
 impl OomHandler for OomDeflate {
     fn out_of_memory(&self) -> u64 {
@@ -586,29 +653,50 @@ impl OomHandler for OomDeflate {
         add(&sh.stats.oom_notifications, 1);
         // Sleeps on the balloon lock at most one host round trip: inflation
         // allocates before it takes the lock, never while holding it.
-        let freed = match leak(core, logic::oom_pages(sh.fpp), true) {
-            Leak::Freed(n) => n,
-            Leak::Busy => 0,
+        let freed = match deflate(core, logic::oom_pages(sh.fpp), Why::Oom) {
+            Deflated::Pages(n) => n,
+            Deflated::Busy => 0,
         };
         add(&sh.stats.oom_deflated_pages, freed as u64);
         freed as u64
     }
 }
 
+/// The guest's memory figures and VM events, from the same sources as the
+/// C driver's stats. May sleep.
+fn snapshot() -> MemSnapshot {
+    let mut s = MemSnapshot::default();
+    if let Some(ev) = mm::vm_events() {
+        s.has_events = true;
+        s.swap_in_pages = ev.get(VmEvent::SwapIn);
+        s.swap_out_pages = ev.get(VmEvent::SwapOut);
+        s.major_faults = ev.get(VmEvent::MajorFault);
+        s.minor_faults = ev.get(VmEvent::Fault);
+        s.oom_kills = ev.get(VmEvent::OomKill);
+        s.alloc_stalls = ev.alloc_stalls();
+        s.async_scan_pages = ev.get(VmEvent::ScanKswapd);
+        s.direct_scan_pages = ev.get(VmEvent::ScanDirect);
+        s.async_reclaim_pages = ev.get(VmEvent::StealKswapd);
+        s.direct_reclaim_pages = ev.get(VmEvent::StealDirect);
+        s.hugetlb = ev.hugetlb();
+    }
+    let info = mm::meminfo();
+    s.free_pages = info.free;
+    s.total_pages = info.total;
+    s.available_pages = mm::available_pages();
+    s.cache_pages = mm::file_pages();
+    s
+}
+
 /// Fills the stats buffer with `snap` and hands it to the host. The
 /// snapshot is taken before the balloon lock: gathering it may sleep and
 /// need not hold up inflation or the OOM path.
-fn send_stats(sh: &Shared, st: &mut State, buf: Option<OutBuf>, snap: &MemSnapshot) {
-    let Some(mut buf) = buf else {
-        return;
-    };
+fn send_stats(sh: &Shared, q: &mut PostedQueue<OutBuf>, mut buf: KBox<OutBuf>, snap: &MemSnapshot) {
     let len = logic::encode_stats(snap, kernel::page::PAGE_SHIFT as u32, buf.as_mut_slice());
-    let Some(vq) = st.vqs.as_mut().and_then(|v| v.get(STATS_Q)) else {
-        return;
-    };
-    match vq.post(buf, len) {
+    buf.set_len(len);
+    match q.post(buf) {
         Ok(()) => add(&sh.stats.stats_sent, 1),
-        Err(e) => {
+        Err((_, e)) => {
             add(&sh.stats.host_errors, 1);
             dev_warn!(
                 sh.dev,
@@ -619,101 +707,62 @@ fn send_stats(sh: &Shared, st: &mut State, buf: Option<OutBuf>, snap: &MemSnapsh
     }
 }
 
+/// The first stats buffer, filled (at probe and restore, as C does): the
+/// host asks for stats by returning it. Made before the balloon lock is
+/// taken (allocating under it could recurse into the OOM notifier).
+struct StatsPrimer(Option<(KBox<OutBuf>, MemSnapshot)>);
+
+impl StatsPrimer {
+    fn new(dev: &Device<Core>) -> Result<Self> {
+        if !dev.has_feature(feature::STATS_VQ) {
+            return Ok(Self(None));
+        }
+        let buf = KBox::new(OutBuf::new(logic::stat::BUF_BYTES)?, GFP_KERNEL)?;
+        Ok(Self(Some((buf, snapshot()))))
+    }
+
+    /// Hands the buffer to the host, under the balloon lock.
+    fn send(self, sh: &Shared, st: &mut State) {
+        let q = st.queues.as_mut().and_then(|q| q.stats.as_mut());
+        if let (Some((buf, snap)), Some(q)) = (self.0, q) {
+            send_stats(sh, q, buf, &snap);
+        }
+    }
+}
+
 /// The work that answers the host's stats requests (STATS_VQ): the host
 /// returns the buffer when it wants fresh figures.
-struct StatsRefresh(Arc<Core>);
+struct StatsRefresh(Arc<BalloonCore>);
 
 impl WorkHandler for StatsRefresh {
-    fn run(&self) -> Next {
+    fn run(&self, _me: &Running<'_>) -> Next {
         let sh = self.0.data();
         sh.wakeup.process(WAKE_STATS);
-        let snap = mm::snapshot();
+        let snap = snapshot();
         let mut st = sh.state.lock();
-        let st = &mut *st;
-        let buf = st
-            .vqs
-            .as_mut()
-            .and_then(|v| v.get(STATS_Q))
-            .and_then(|vq| vq.take_used());
-        send_stats(sh, st, buf, &snap);
+        if let Some(q) = st.queues.as_mut().and_then(|q| q.stats.as_mut()) {
+            if let Some((buf, _)) = q.take() {
+                send_stats(sh, q, buf, &snap);
+            }
+        }
+        drop(st);
         sh.wakeup.finish();
         Next::Idle
     }
 }
 
-/// Queues [`StatsRefresh`] from the stats queue's interrupt.
-struct StatsKick(Arc<Work<StatsRefresh>>);
-
-impl UsedHandler for StatsKick {
-    fn used(&self) {
-        self.0.handler().0.data().wakeup.start(WAKE_STATS);
-        self.0.queue();
-    }
-}
-
-/// Sets the device's queues up (and primes the stats queue, as C does).
-fn start_queues(dev: &Device, sh: &Shared, stats: Option<&Arc<Work<StatsRefresh>>>) -> Result {
-    let on_stats = match stats {
-        Some(w) => {
-            let kick: Arc<dyn UsedHandler> = Arc::new(StatsKick(w.clone()), GFP_KERNEL)?;
-            Some(kick)
-        }
-        None => None,
-    };
-    let reporting = dev.has_feature(feature::BALLOON_REPORTING);
-    let hinting = dev.has_feature(feature::BALLOON_FREE_PAGE_HINT);
-    let specs = queue_specs(on_stats, hinting, reporting);
-    let mut vqs = Virtqueues::find(dev, &specs).inspect_err(|e| {
-        dev_err!(dev, "cannot set up virtqueues: error {}\n", e.to_errno());
-    })?;
-    // Smallest rings, as the C driver checks: a hinting run keeps one entry
-    // for its stop id, so it needs two; the allocator reports up to
-    // CAPACITY ranges at once, a descriptor each.
-    let least = [
-        (FREE_PAGE_Q, "free page", 2),
-        (REPORTING_Q, "reporting", reporting::CAPACITY),
-    ];
-    for (q, what, need) in least {
-        if let Some(vq) = vqs.get(q) {
-            if vq.ring_size() < need {
-                dev_err!(
-                    dev,
-                    "{} queue has {} entries, needs {}\n",
-                    what,
-                    vq.ring_size(),
-                    need
-                );
-                return Err(ENOSPC);
-            }
-        }
-    }
-    let primer = match stats {
-        Some(_) => Some((OutBuf::new(logic::stat::BUF_BYTES)?, mm::snapshot())),
-        None => None,
-    };
-    let mut st = sh.state.lock();
-    st.vqs = Some(vqs);
-    // New queues, after a reset: the host can hear again.
-    st.dead = false;
-    st.send_error_logged = false;
-    if let Some((buf, snap)) = primer {
-        send_stats(sh, &mut st, Some(buf), &snap);
-    }
-    Ok(())
-}
-
-/// Free page reporting (REPORTING): hands the ranges to the host.
-struct ReportFree(Arc<Core>);
+/// Free page reporting (REPORTING): lends the ranges to the host.
+struct ReportFree(Arc<BalloonCore>);
 
 impl ReportHandler for ReportFree {
     fn report(&self, ranges: &ReportedRanges<'_>) -> Result {
         let sh = self.0.data();
         let mut st = sh.state.lock();
-        let Some(vq) = st.vqs.as_mut().and_then(|v| v.get(REPORTING_Q)) else {
+        let Some(q) = st.queues.as_mut().and_then(|q| q.reporting.as_mut()) else {
             // Frozen: the allocator keeps the pages and tries again later.
             return Err(EBUSY);
         };
-        vq.send_reported(ranges)
+        q.lend(ranges)
             .inspect_err(|_| add(&sh.stats.host_errors, 1))?;
         add(&sh.stats.reports_sent, 1);
         add(&sh.stats.reported_ranges, ranges.len().into());
@@ -721,56 +770,101 @@ impl ReportHandler for ReportFree {
     }
 }
 
-/// The host's free page hint command id, read again from the config space
-/// only if it changed since the last read (a read is a trap to the host).
-fn hint_cmd_id(sh: &Shared) -> u32 {
-    if sh.hint_stale.swap(false, Ordering::AcqRel) {
-        let id = sh
-            .dev
-            .read_config_le32(logic::config::FREE_PAGE_HINT_CMD_ID);
-        sh.hint_received.store(id, Ordering::Release);
-        sh.stats.hint_cmd_id.store(id.into(), Ordering::Relaxed);
+/// The free page hint command ids: the host's latest (re-read from the
+/// config space only after a config change) and the one of the run last
+/// started.
+struct HintCmd {
+    received: AtomicU32,
+    stale: AtomicBool,
+    active: AtomicU32,
+}
+
+impl HintCmd {
+    fn new() -> Self {
+        Self {
+            received: AtomicU32::new(hint::CMD_ID_STOP),
+            // Read at once: a run may be under way as the driver binds.
+            stale: AtomicBool::new(true),
+            active: AtomicU32::new(hint::CMD_ID_STOP),
+        }
     }
-    sh.hint_received.load(Ordering::Acquire)
+
+    /// The config changed: the id must be read again (any context).
+    fn mark_stale(&self) {
+        self.stale.store(true, Ordering::Release);
+    }
+
+    /// The host's id, read with `read` if it may have changed.
+    fn current(&self, read: impl FnOnce() -> u32) -> u32 {
+        if self.stale.swap(false, Ordering::AcqRel) {
+            self.received.store(read(), Ordering::Release);
+        }
+        self.received.load(Ordering::Acquire)
+    }
+
+    /// What to do now that the host shows `received`.
+    fn action(&self, received: u32) -> hint::Action {
+        hint::action(received, self.active.load(Ordering::Acquire))
+    }
+
+    /// A run for `id` starts.
+    fn start(&self, id: u32) {
+        self.active.store(id, Ordering::Release);
+    }
 }
 
-/// Runs `f` on the free page queue, under the balloon lock. `ENODEV` when
-/// the queues are gone (frozen or being removed).
-fn with_hint_queue<T>(sh: &Shared, f: impl FnOnce(&mut Virtqueue) -> Result<T>) -> Result<T> {
-    let mut st = sh.state.lock();
-    let vq = st
-        .vqs
-        .as_mut()
-        .and_then(|v| v.get(FREE_PAGE_Q))
-        .ok_or(ENODEV)?;
-    // The host returns hinted blocks and command ids as it goes; nothing
-    // waits for them, so detach them before adding more.
-    vq.reap();
-    f(vq)
+/// Mirrors the number of hint blocks the driver holds (returned ones in
+/// `held`, and those still on the queue) in `hint_blocks_held`, which the
+/// shrinker's count reads without a lock.
+fn note_held(sh: &Shared, held: &PageBlocks) {
+    let total = held.len() as u64 + sh.hints_in_flight.load(Ordering::Relaxed);
+    sh.stats.hint_blocks_held.store(total, Ordering::Relaxed);
 }
 
-/// Gives up to `blocks` held hint blocks back to the guest; returns how many.
-fn return_hints(sh: &Shared, blocks: usize) -> usize {
-    release_hints(sh, &mut sh.hints.lock(), blocks)
-}
-
-fn release_hints(sh: &Shared, held: &mut HintBlocks, blocks: usize) -> usize {
-    let n = held.release(blocks);
+/// Takes back what the host returned on the free page queue: command ids
+/// are dropped, hinted blocks join `held`. Under the balloon lock.
+fn reap_hints(sh: &Shared, q: &mut PolledQueue<FreePageBuf>, held: &mut PageBlocks) {
+    while let Some((buf, _)) = q.take() {
+        if let Either::Right(block) = KBox::into_inner(buf) {
+            sh.hints_in_flight.fetch_sub(1, Ordering::Relaxed);
+            // Blocks of another order are not made here; one would be
+            // freed at once.
+            let _ = held.push(block);
+        }
+    }
     note_held(sh, held);
+}
+
+/// Frees up to `blocks` held hint blocks to the guest, counting them in
+/// `counter`; returns how many.
+fn free_hints(
+    sh: &Shared,
+    held: &mut PageBlocks,
+    blocks: usize,
+    counter: Option<&AtomicU64>,
+) -> usize {
+    let n = held.free(blocks);
+    note_held(sh, held);
+    if let Some(c) = counter {
+        add(c, n as u64);
+    }
     n
 }
 
-/// Mirrors the number of held hint blocks in `hint_blocks_held` (which the
-/// shrinker's count reads without the lock).
-fn note_held(sh: &Shared, held: &HintBlocks) {
-    sh.stats
-        .hint_blocks_held
-        .store(held.len() as u64, Ordering::Relaxed);
+/// Remove and freeze: frees every held hint block, the ones the host has
+/// returned now, the others when the layer resets the device. Returns how
+/// many the driver held.
+fn free_all_hints(sh: &Shared) -> u64 {
+    // Whatever the host returned first (no queue when frozen: nothing then).
+    let _ = with_free_page_queue(sh, |_| Ok(()));
+    let held = sh.stats.hint_blocks_held.load(Ordering::Relaxed);
+    free_hints(sh, &mut sh.hints.lock(), usize::MAX, None);
+    held
 }
 
 fn hint_error(sh: &Shared, what: &str, e: Error) {
     add(&sh.stats.host_errors, 1);
-    if !sh.hint_error_logged.swap(true, Ordering::AcqRel) {
+    if sh.notes.first(Note::HintError) {
         dev_warn!(
             sh.dev,
             "free page hinting: cannot send {} to the host (error {}); further errors are only counted\n",
@@ -780,39 +874,96 @@ fn hint_error(sh: &Shared, what: &str, e: Error) {
     }
 }
 
+/// Runs `f` on the free page queue, under the balloon lock, after taking
+/// back what the host returned ([`reap_hints`]). `ENODEV` when the queues
+/// are gone (frozen or being removed).
+fn with_free_page_queue<T>(
+    sh: &Shared,
+    f: impl FnOnce(&mut PolledQueue<FreePageBuf>) -> Result<T>,
+) -> Result<T> {
+    let mut st = sh.state.lock();
+    let q = st
+        .queues
+        .as_mut()
+        .and_then(|q| q.free_page.as_mut())
+        .ok_or(ENODEV)?;
+    reap_hints(sh, q, &mut sh.hints.lock());
+    f(q)
+}
+
+/// A command id as the free page queue carries it: little-endian `u32`.
+fn hint_cmd_buf(sh: &Shared, id: u32) -> Result<KBox<FreePageBuf>> {
+    let mut buf = OutBuf::new(4)?;
+    buf.as_mut_slice().copy_from_slice(&id.to_le_bytes());
+    if take_knob(&sh.stats.inject_short_hint_cmd) {
+        buf.set_len(2);
+    }
+    Ok(KBox::new(Either::Left(buf), GFP_KERNEL)?)
+}
+
+/// Whether to inject the fault counted by `knob` now (and count it).
+/// Knobs are only writable (in debugfs) on fault-injection kernels.
+fn take_knob(knob: &AtomicU64) -> bool {
+    cfg!(CONFIG_FAULT_INJECTION_DEBUG_FS)
+        && knob.load(Ordering::Relaxed) != 0
+        && knob
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| v.checked_sub(1))
+            .is_ok()
+}
+
+/// Hands `cmd` to the free page queue.
+fn send_hint_cmd(sh: &Shared, id: u32, what: &str) -> Result {
+    let buf = hint_cmd_buf(sh, id).inspect_err(|&e| hint_error(sh, what, e))?;
+    with_free_page_queue(sh, |q| q.post(buf).map_err(|(_, e)| e))
+        .inspect_err(|&e| hint_error(sh, what, e))
+}
+
 /// One hinting run for command id `id`: echo the id, hand the host free
-/// blocks until none is left or the host changes the id, then send stop.
-/// The blocks stay held until the host says done (or the shrinker or
-/// removal takes them back).
-fn hint_run(sh: &Shared, id: u32) {
-    sh.hint_active.store(id, Ordering::Release);
+/// blocks until none is left, the host changes the id or the work is being
+/// stopped, then send stop. The blocks stay held (first by the queue, then,
+/// once the host returns them, in `hints`) until the host says done, or the
+/// shrinker or removal frees them.
+fn hint_run(sh: &Shared, id: u32, me: &Running<'_>) {
+    sh.hint_cmd.start(id);
     add(&sh.stats.hint_runs, 1);
-    if let Err(e) = with_hint_queue(sh, |vq| vq.hint_cmd(HintCmd::Start, id)) {
-        hint_error(sh, "a start id", e);
+    if send_hint_cmd(sh, id, "a start id").is_err() {
         return;
     }
-    let mut pending: Option<HintBlock> = None;
+    let mut pending: Option<KBox<FreePageBuf>> = None;
     let mut stalled_ms = 0u32;
     loop {
-        if sh.hint_quit.load(Ordering::Acquire) || !hint::keep_going(id, hint_cmd_id(sh)) {
+        if me.stopping() || !hint::keep_going(id, sh.hint_cmd_id()) {
             break;
         }
-        let block = match pending.take().or_else(HintBlock::alloc) {
+        let buf = match pending.take() {
             Some(b) => b,
-            // No free block left: everything free is hinted. This is how a
-            // run normally ends, so it is not reported.
-            None => break,
+            None => {
+                // No free block left: everything free is hinted. This is how
+                // a run normally ends, so it is not reported.
+                let Some(block) = PageBlock::take_free(pages::MAX_ORDER) else {
+                    break;
+                };
+                match KBox::new(Either::Right(block), GFP_KERNEL) {
+                    Ok(b) => b,
+                    Err(_) => break,
+                }
+            }
         };
-        match with_hint_queue(sh, |vq| vq.hint_block(&block)) {
-            Ok(true) => {
-                let mut held = sh.hints.lock();
-                held.push(block);
-                note_held(sh, &held);
-                drop(held);
+        // One entry always stays free for the stop id that ends the run.
+        let sent = with_free_page_queue(sh, |q| {
+            if q.free_descriptors() <= 1 {
+                return Ok(Some(buf));
+            }
+            q.post(buf).map_err(|(_, e)| e)?;
+            sh.hints_in_flight.fetch_add(1, Ordering::Relaxed);
+            Ok(None)
+        });
+        match sent {
+            Ok(None) => {
                 add(&sh.stats.hinted_blocks, 1);
                 stalled_ms = 0;
             }
-            Ok(false) => {
+            Ok(Some(buf)) => {
                 // The ring is full: the host has not caught up yet.
                 if stalled_ms >= hint::STALL_MS {
                     add(&sh.stats.hint_stalls, 1);
@@ -824,7 +975,7 @@ fn hint_run(sh: &Shared, id: u32) {
                     );
                     break;
                 }
-                pending = Some(block);
+                pending = Some(buf);
                 msleep(hint::STALL_POLL_MS);
                 stalled_ms += hint::STALL_POLL_MS;
             }
@@ -836,25 +987,29 @@ fn hint_run(sh: &Shared, id: u32) {
         cond_resched();
     }
     drop(pending);
-    if let Err(e) = with_hint_queue(sh, |vq| vq.hint_cmd(HintCmd::Stop, hint::CMD_ID_STOP)) {
-        hint_error(sh, "a stop id", e);
-    }
+    let _ = send_hint_cmd(sh, hint::CMD_ID_STOP, "a stop id");
 }
 
 /// The free page hint work (FREE_PAGE_HINT), on its own freezable,
 /// CPU-intensive workqueue: a run may take all of the guest's free memory.
-struct FreePageHint(Arc<Core>);
+struct FreePageHint(Arc<BalloonCore>);
 
 impl WorkHandler for FreePageHint {
-    fn run(&self) -> Next {
+    fn run(&self, me: &Running<'_>) -> Next {
         let sh = self.0.data();
-        let received = hint_cmd_id(sh);
-        match hint::action(received, sh.hint_active.load(Ordering::Acquire)) {
+        let received = sh.hint_cmd_id();
+        match sh.hint_cmd.action(received) {
             hint::Action::ReturnAll => {
-                let n = return_hints(sh, usize::MAX);
-                add(&sh.stats.hint_blocks_done, n as u64);
+                // Take back what the host returned since, then free it all.
+                let _ = with_free_page_queue(sh, |_| Ok(()));
+                free_hints(
+                    sh,
+                    &mut sh.hints.lock(),
+                    usize::MAX,
+                    Some(&sh.stats.hint_blocks_done),
+                );
             }
-            hint::Action::Start(id) => hint_run(sh, id),
+            hint::Action::Start(id) => hint_run(sh, id, me),
             hint::Action::Nothing => {}
         }
         Next::Idle
@@ -864,263 +1019,213 @@ impl WorkHandler for FreePageHint {
 /// The shrinker of FREE_PAGE_HINT: under memory pressure, held hint blocks
 /// go back to the guest before the host is done with them (allowed: the
 /// host must keep whatever the guest writes to a hinted page later).
-struct HintShrink(Arc<Core>);
+struct HintShrink(Arc<BalloonCore>);
 
 impl ShrinkHandler for HintShrink {
     fn count(&self) -> u64 {
         let held = self.0.data().stats.hint_blocks_held.load(Ordering::Relaxed);
-        held.saturating_mul(hint::block_pages(hintmem::ORDER))
+        held.saturating_mul(hint::block_pages(pages::MAX_ORDER))
     }
 
     fn scan(&self, nr_to_scan: u64) -> u64 {
         let sh = self.0.data();
-        let want = hint::blocks_for(nr_to_scan, hintmem::ORDER);
-        // Reclaim never waits here: a busy list (a run adding a block, DONE
-        // giving all back) is left for the next pass.
+        let want = hint::blocks_for(nr_to_scan, pages::MAX_ORDER);
+        // Reclaim never waits here: busy locks (a run adding a block, DONE
+        // freeing all) leave the work for the next pass.
         let Some(mut held) = sh.hints.try_lock() else {
             return 0;
         };
-        let n = release_hints(sh, &mut held, usize::try_from(want).unwrap_or(usize::MAX));
-        add(&sh.stats.hint_blocks_shrunk, n as u64);
-        (n as u64).saturating_mul(hint::block_pages(hintmem::ORDER))
+        // Blocks the host returned since the queue was last looked at.
+        if let Some(mut st) = sh.state.try_lock() {
+            if let Some(q) = st.queues.as_mut().and_then(|q| q.free_page.as_mut()) {
+                reap_hints(sh, q, &mut held);
+            }
+        }
+        let want = usize::try_from(want).unwrap_or(usize::MAX);
+        let n = free_hints(sh, &mut held, want, Some(&sh.stats.hint_blocks_shrunk));
+        (n as u64).saturating_mul(hint::block_pages(pages::MAX_ORDER))
     }
 }
 
-/// Per-device driver data.
+/// Per-device driver data. Fields drop in order: the callbacks from the
+/// rest of the kernel first, then the works, then the balloon.
 pub(crate) struct Balloon {
-    /// Registered when REPORTING is negotiated; unregistered first.
+    /// Registered when REPORTING is negotiated.
     reporting: Option<Pin<KBox<PageReporting<ReportFree>>>>,
-    /// Answers the host's stats requests (STATS_VQ).
-    stats: Option<Arc<Work<StatsRefresh>>>,
-    /// Registered when DEFLATE_ON_OOM is negotiated; dropped first.
+    /// Registered when DEFLATE_ON_OOM is negotiated.
     oom: Option<Pin<KBox<OomNotifier<OomDeflate>>>>,
-    /// Free page hinting (FREE_PAGE_HINT): its shrinker and its work.
+    /// Registered when FREE_PAGE_HINT is negotiated.
     hint_shrinker: Option<Shrinker<HintShrink>>,
     hint: Option<Work<FreePageHint>>,
-    core: Arc<Core>,
+    /// Answers the host's stats requests (STATS_VQ).
+    stats: Option<Work<StatsRefresh>>,
     update: Work<UpdateSize>,
-    _debugfs: CounterDir<Counters>,
+    core: Arc<BalloonCore>,
+    _debugfs: Option<CounterFiles<Counters>>,
 }
 
-fn queue_specs(
-    on_stats: Option<Arc<dyn UsedHandler>>,
-    hinting: bool,
-    reporting: bool,
-) -> [QueueSpec; 5] {
-    [
-        QueueSpec {
-            name: c_str!("inflate"),
-            on_used: None,
-            used: true,
-            interrupts: true,
-        },
-        QueueSpec {
-            name: c_str!("deflate"),
-            on_used: None,
-            used: true,
-            interrupts: true,
-        },
-        QueueSpec {
-            name: c_str!("stats"),
-            used: on_stats.is_some(),
-            on_used: on_stats,
-            interrupts: true,
-        },
-        // Polled, as in the C driver: nothing waits on it.
-        QueueSpec {
-            name: c_str!("free_page_vq"),
-            used: hinting,
-            on_used: None,
-            interrupts: false,
-        },
-        QueueSpec {
-            name: c_str!("reporting_vq"),
-            used: reporting,
-            on_used: None,
-            interrupts: true,
-        },
-    ]
+/// Logs why registering `what` failed.
+fn registering<'a>(dev: &'a Device<Core>, what: &'a str) -> impl FnOnce(&Error) + 'a {
+    move |e| dev_err!(dev, "cannot register {}: error {}\n", what, e.to_errno())
 }
 
+#[vtable]
 impl virtio::Driver for Balloon {
     const NAME: &'static CStr = c_str!("virtio_balloon_rs");
-    const DEVICE_ID: u32 = id::BALLOON;
-    const FEATURES: &'static [u32] = &FEATURES;
+    const ID_TABLE: virtio::IdTableRef = crate::BALLOON_IDS.as_ref();
+    const FEATURES: &'static [Feature] = &FEATURES;
 
-    fn validate(dev: &Device) -> Result {
+    fn validate(dev: &Device<Validate>) -> Result {
         // PAGE_POISON only when freed pages have a known content (poisoned
         // or zeroed) to tell the host about; without it, free page
         // reporting could change what a freed page holds, so it goes too.
         if !mm::want_init_on_free() && !mm::page_poisoning_enabled() {
-            dev.clear_feature(feature::BALLOON_PAGE_POISON);
-        } else if !dev.has_feature(feature::BALLOON_PAGE_POISON) {
-            dev.clear_feature(feature::BALLOON_REPORTING);
+            dev.clear_feature(feature::PAGE_POISON);
+        } else if !dev.offers(feature::PAGE_POISON) {
+            dev.clear_feature(feature::REPORTING);
         }
         // As the C driver: no indirect descriptors (page reporting must not
         // allocate in virtqueue_add) and no IOMMU platform access.
-        dev.clear_feature(feature::RING_INDIRECT_DESC);
-        dev.clear_feature(feature::ACCESS_PLATFORM);
+        dev.clear_feature(virtio::feature::RING_INDIRECT_DESC);
+        dev.clear_feature(virtio::feature::ACCESS_PLATFORM);
         Ok(())
     }
 
-    fn probe(dev: &Device) -> Result<KBox<Self>> {
+    fn probe(dev: &Device<Core>, queues: QueueSetup<'_>) -> Result<Pin<KBox<Self>>> {
         let Some(fpp) = logic::frames_per_page(PAGE_SIZE) else {
             dev_err!(dev, "page size {} is not a multiple of 4 KiB\n", PAGE_SIZE);
             return Err(EINVAL);
         };
         // Without DEFLATE_ON_OOM the balloon's pages leave MemTotal.
-        let account = !dev.has_feature(feature::BALLOON_DEFLATE_ON_OOM);
+        let account = !dev.has_feature(feature::DEFLATE_ON_OOM);
+        // From here on, whatever fails: the layer tears the queues down
+        // (resetting the device first), and what was made drops in reverse.
+        let queues = set_up_queues(dev, queues)?;
+        let stats_queue = queues.stats.as_ref().and_then(|q| q.id());
         let round = logic::pages_per_round(fpp);
-        let msg = OutBuf::new(MSGS_PER_KICK * MSG_BYTES)?;
-        let out = Batch::with_capacity(round)?;
-        let scratch = Batch::with_capacity(round)?;
-        let hints = HintBlocks::new()?;
-        let stats = Arc::new(Counters::default(), GFP_KERNEL)?;
-        let name = CString::try_from_fmt(fmt!("virtio{}", dev.index()))?;
         let state = State {
-            vqs: None,
+            queues: Some(queues),
             held: 0,
-            msg,
-            out,
-            short: false,
-            send_error_logged: false,
-            dead: false,
+            msg: OutBuf::new(MSGS_PER_KICK * MSG_BYTES)?,
+            out: Batch::with_capacity(round)?,
         };
+        let counters = Arc::new(Counters::default(), GFP_KERNEL)?;
+        // (Inside the initialiser below, `dev` names the field.)
+        let config = dev.config()?;
+        let generic = ARef::from(dev.as_dev());
+        let stats = counters.clone();
         let core = Arc::pin_init(
             BalloonPages::new(
                 account,
                 try_pin_init!(Shared {
-                    dev: dev.get_ref(),
+                    dev: generic.clone(),
+                    config,
                     fpp,
                     stats,
+                    notes: Notes(AtomicU32::new(0)),
+                    host_gone: AtomicBool::new(false),
                     oom_pause: AtomicBool::new(false),
-                    state <- Mutex::new(state, c_str!("virtio_balloon_rs::balloon_lock"), &BALLOON_LOCK),
-                    scratch <- Mutex::new(scratch, c_str!("virtio_balloon_rs::scratch"), &SCRATCH_LOCK),
-                    hint_active: AtomicU32::new(hint::CMD_ID_STOP),
-                    hint_received: AtomicU32::new(hint::CMD_ID_STOP),
-                    // Read at once: a run may be under way as the driver binds.
-                    hint_stale: AtomicBool::new(true),
-                    hint_quit: AtomicBool::new(false),
-                    hint_error_logged: AtomicBool::new(false),
-                    hints <- Mutex::new(hints, c_str!("virtio_balloon_rs::hints"), &HINT_LOCK),
-                    wakeup <- WakeupEvents::new(dev.get_ref(), c_str!("virtio_balloon_rs::wakeup"), &WAKEUP_LOCK),
+                    state <- new_mutex!(state, "Balloon::state"),
+                    scratch <- new_mutex!(Batch::with_capacity(round)?, "Balloon::scratch"),
+                    hint_cmd: HintCmd::new(),
+                    hints_in_flight: AtomicU64::new(0),
+                    stats_queue,
+                    hints <- new_mutex!(PageBlocks::new(pages::MAX_ORDER)?, "Balloon::hints"),
+                    wakeup <- WakeupEvents::new(generic),
                 }? Error),
             ),
             GFP_KERNEL,
         )?;
-        let update = Work::new(Queue::system_freezable(), UpdateSize(core.clone()))?;
-        let stats = if dev.has_feature(feature::BALLOON_STATS_VQ) {
-            let work = Work::new(Queue::system_freezable(), StatsRefresh(core.clone()))?;
-            Some(Arc::new(work, GFP_KERNEL)?)
-        } else {
-            None
-        };
-        let hint = if dev.has_feature(feature::BALLOON_FREE_PAGE_HINT) {
-            let queue = Queue::new_freezable_cpu_intensive(c_str!("virtio_balloon_rs_hint"))?;
-            Some(Work::new(queue, FreePageHint(core.clone()))?)
-        } else {
-            None
-        };
-        // The queues last: their interrupts need the works above. The
-        // device is not live until probe returns.
-        start_queues(dev, core.data(), stats.as_ref())?;
-        if dev.has_feature(feature::BALLOON_PAGE_POISON) {
+        let sh = core.data();
+        StatsPrimer::new(dev)?.send(sh, &mut sh.state.lock());
+        if dev.has_feature(feature::PAGE_POISON) {
             let val = logic::poison_val(mm::want_init_on_free(), mm::PAGE_POISON);
-            dev.write_config_le32(logic::config::POISON_VAL, val);
+            sh.config.write(vb::POISON_VAL, val)?;
         }
-        // From here on the queues refer to the works, which refer to the
-        // core: on failure, drop the queues (resetting the device) to break
-        // that cycle, or nothing would be freed.
+        let update = Work::new(work::system_freezable(), UpdateSize(core.clone()))?;
+        let stats = if dev.has_feature(feature::STATS_VQ) {
+            Some(Work::new(
+                work::system_freezable(),
+                StatsRefresh(core.clone()),
+            )?)
+        } else {
+            None
+        };
+        let hint = if dev.has_feature(feature::FREE_PAGE_HINT) {
+            let queue = OwnedQueue::freezable_cpu_intensive(c_str!("virtio_balloon_rs_hint"))?;
+            Some(Work::new(work::On::Own(queue), FreePageHint(core.clone()))?)
+        } else {
+            None
+        };
         let oom = if account {
             None
         } else {
-            match OomNotifier::register(OomDeflate(core.clone()), logic::OOM_NOTIFY_PRIORITY) {
-                Ok(nb) => Some(nb),
-                Err(e) => {
-                    dev_err!(
-                        dev,
-                        "cannot register the OOM notifier: error {}\n",
-                        e.to_errno()
-                    );
-                    stop_queues(core.data());
-                    return Err(e);
-                }
-            }
+            let nb = OomNotifier::register(OomDeflate(core.clone()), logic::OOM_NOTIFY_PRIORITY)
+                .inspect_err(registering(dev, "the OOM notifier"))?;
+            Some(nb)
         };
-        let reporting = if dev.has_feature(feature::BALLOON_REPORTING) {
-            match PageReporting::register(ReportFree(core.clone()), None) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    dev_err!(
-                        dev,
-                        "cannot register free page reporting: error {}\n",
-                        e.to_errno()
-                    );
-                    drop(oom);
-                    stop_queues(core.data());
-                    return Err(e);
-                }
-            }
+        let reporting = if dev.has_feature(feature::REPORTING) {
+            let r = PageReporting::register(ReportFree(core.clone()), None)
+                .inspect_err(registering(dev, "free page reporting"))?;
+            Some(r)
         } else {
             None
         };
         // Hinted blocks may go back under memory pressure at any time.
         let hint_shrinker = if hint.is_some() {
-            match Shrinker::register(c_str!("virtio_balloon_rs"), HintShrink(core.clone())) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    dev_err!(
-                        dev,
-                        "cannot register the free page hint shrinker: error {}\n",
-                        e.to_errno()
-                    );
-                    drop(reporting);
-                    drop(oom);
-                    stop_queues(core.data());
-                    return Err(e);
-                }
-            }
+            let s = Shrinker::register(c_str!("virtio_balloon_rs"), HintShrink(core.clone()))
+                .inspect_err(registering(dev, "the free page hint shrinker"))?;
+            Some(s)
         } else {
             None
         };
-        let mut debugfs = CounterDir::new(&name, core.data().stats.clone());
-        if let Some(faults) = dev.host_faults() {
-            debugfs.add_knobs(faults);
-        }
-        let this = Self {
-            reporting,
-            stats,
-            oom,
-            hint_shrinker,
-            hint,
-            core: core.clone(),
-            update,
-            _debugfs: debugfs,
+        let debugfs = match dev.debugfs_dir() {
+            Some(parent) => {
+                let name = CString::try_from_fmt(fmt!("virtio{}", dev.index()))?;
+                #[allow(unused_mut)]
+                let mut files = CounterFiles::new(&name, &parent, counters);
+                #[cfg(CONFIG_FAULT_INJECTION_DEBUG_FS)]
+                files.add_knobs(dev.fault_knobs());
+                Some(files)
+            }
+            None => None,
         };
-        KBox::new(this, GFP_KERNEL).map_err(|e| {
-            stop_queues(core.data());
-            e.into()
-        })
-    }
-
-    fn ready(&self, dev: &Device) {
         dev_info!(
             dev,
-            "virtio_balloon_rs bound to virtio{}: features {} ({:#x}), {} KiB pages\n",
-            dev.index(),
+            "bound: features {} ({:#x}), {} KiB pages\n",
             FeatureList(dev.features()),
             dev.features(),
             PAGE_SIZE / 1024
         );
-        // A target set before the driver came is followed at once.
-        self.core.data().wakeup.start(WAKE_ADJUST);
+        Ok(KBox::pin(
+            Self {
+                reporting,
+                oom,
+                hint_shrinker,
+                hint,
+                stats,
+                update,
+                core,
+                _debugfs: debugfs,
+            },
+            GFP_KERNEL,
+        )?)
+    }
+
+    fn ready(&self, _dev: &Device<Core>) {
+        let sh = self.core.data();
+        // The host sees what the balloon holds (0 after probe and restore)
+        // and a target set before the driver came is followed at once.
+        sh.publish(&sh.state.lock());
+        sh.wakeup.start(WAKE_ADJUST);
         self.update.queue();
         if let Some(hint) = &self.hint {
+            sh.hint_cmd.mark_stale();
             hint.queue();
         }
     }
 
-    fn config_changed(&self, _dev: &Device) {
+    fn config_changed(&self, _dev: &Device<Bound>) {
         let sh = self.core.data();
         add(&sh.stats.config_changes, 1);
         // A new target from the host lifts a pause after OOM deflation.
@@ -1128,28 +1233,35 @@ impl virtio::Driver for Balloon {
         sh.wakeup.start(WAKE_ADJUST);
         self.update.queue();
         if let Some(hint) = &self.hint {
-            sh.hint_stale.store(true, Ordering::Release);
+            sh.hint_cmd.mark_stale();
             hint.queue();
         }
     }
 
-    fn remove(&self, dev: &Device) {
-        // No report may reach the host once the queues are going.
+    fn buffers_used(&self, _dev: &Device<Bound>, queue: QueueId) {
+        let sh = self.core.data();
+        // The host returned the stats buffer: it wants new stats.
+        if let (Some(stats), true) = (&self.stats, sh.stats_queue == Some(queue)) {
+            sh.wakeup.start(WAKE_STATS);
+            stats.queue();
+        }
+    }
+
+    fn remove(&self, dev: &Device<Core>) {
+        // No report may reach the host once the queues are going, and no
+        // OOM notification or shrinker call may see a half-torn-down
+        // balloon: off their chains first (each waits for a call running).
         if let Some(r) = &self.reporting {
             r.unregister();
         }
-        // No OOM notification may see a half-torn-down balloon: off the
-        // chain first (waits for one in progress).
         if let Some(oom) = &self.oom {
             oom.unregister();
         }
         if let Some(s) = &self.hint_shrinker {
             s.unregister();
         }
-        let sh = self.core.data();
-        // A hinting run in progress ends at its next block.
-        sh.hint_quit.store(true, Ordering::Release);
-        // No work runs after this, and config changes no longer queue any.
+        // No work runs after this (a hinting run ends at its next block),
+        // and config changes no longer queue any.
         self.update.stop();
         if let Some(stats) = &self.stats {
             stats.stop();
@@ -1157,50 +1269,45 @@ impl virtio::Driver for Balloon {
         if let Some(hint) = &self.hint {
             hint.stop();
         }
+        let sh = self.core.data();
         // With the shrinker gone, nothing else could give hinted memory
         // back while the balloon drains: do it first.
-        let blocks = return_hints(sh, usize::MAX);
+        let blocks = free_all_hints(sh);
         // No work will finish what is pending: let the system sleep.
         sh.wakeup.clear();
         let pages = logic::frames_to_pages(sh.state.lock().held, sh.fpp);
-        // Every page goes back to the guest, and the device is reset before
-        // the data goes.
-        give_back_and_stop(&self.core, dev);
+        drain_and_stop(&self.core);
         if blocks != 0 {
             dev_info!(dev, "{} free page hint blocks given back\n", blocks);
         }
-        dev_info!(
-            dev,
-            "virtio_balloon_rs unbound from virtio{}; {} pages given back\n",
-            dev.index(),
-            pages
-        );
+        dev_info!(dev, "unbound; {} pages given back\n", pages);
     }
 
-    fn freeze(&self, dev: &Device) -> Result {
-        // The freezable works are frozen already. Give every page back, then
-        // let go of the queues (restore sets them up again), then the
-        // hinted blocks: the image need not hold them.
-        give_back_and_stop(&self.core, dev);
-        return_hints(self.core.data(), usize::MAX);
+    fn freeze(&self, _dev: &Device<Core>) -> Result {
+        // The freezable works are frozen already. The hinted blocks go back
+        // (the image need not hold them), then every page, and the driver
+        // lets go of the queues (restore sets them up again).
+        free_all_hints(self.core.data());
+        drain_and_stop(&self.core);
         Ok(())
     }
 
-    fn restore(&self, dev: &Device) -> Result {
+    fn restore(&self, dev: &Device<Core>, queues: QueueSetup<'_>) -> Result {
         let sh = self.core.data();
-        start_queues(dev, sh, self.stats.as_ref())?;
+        let queues = set_up_queues(dev, queues)?;
+        let primer = StatsPrimer::new(dev)?;
+        let mut st = sh.state.lock();
+        st.queues = Some(queues);
+        // New queues, after a reset: the host can hear again, and the
+        // blocks the old ones held were dropped with them.
+        sh.host_gone.store(false, Ordering::Release);
+        sh.notes.clear(Note::SendError);
+        sh.hints_in_flight.store(0, Ordering::Relaxed);
+        note_held(sh, &sh.hints.lock());
+        primer.send(sh, &mut st);
         // Freeze gave every page back: follow the host's target again, as
-        // the C driver does, even after an OOM deflation.
+        // the C driver does, even after an OOM deflation (`ready` follows).
         sh.oom_pause.store(false, Ordering::Release);
-        dev.ready();
-        sh.state.lock().report(dev, &sh.stats);
-        sh.wakeup.start(WAKE_ADJUST);
-        self.update.queue();
-        // A hinting request may have come while the system slept.
-        if let Some(hint) = &self.hint {
-            sh.hint_stale.store(true, Ordering::Release);
-            hint.queue();
-        }
         Ok(())
     }
 }

@@ -7,7 +7,6 @@
 //! arguments, so the KUnit suite in `kunit/` compiles this file on its own and
 //! tests it directly, including page sizes other than the running kernel's.
 #![forbid(unsafe_code)]
-#![allow(dead_code)]
 
 /// The balloon protocol always speaks in 4 KiB frames, whatever the kernel's
 /// page size (`VIRTIO_BALLOON_PFN_SHIFT`).
@@ -22,18 +21,6 @@ pub(crate) const MAX_PFNS_PER_MSG: usize = 256;
 
 /// Bytes of one message at its largest (little-endian `u32` frame numbers).
 pub(crate) const MSG_BYTES: usize = MAX_PFNS_PER_MSG * 4;
-
-/// Offsets of the little-endian fields in `struct virtio_balloon_config`.
-pub(crate) mod config {
-    /// `num_pages`: the host's target, in 4 KiB frames.
-    pub(crate) const NUM_PAGES: usize = 0;
-    /// `actual`: what the guest reports to hold, in 4 KiB frames.
-    pub(crate) const ACTUAL: usize = 4;
-    /// `free_page_hint_cmd_id` (with FREE_PAGE_HINT).
-    pub(crate) const FREE_PAGE_HINT_CMD_ID: usize = 8;
-    /// `poison_val` (with PAGE_POISON).
-    pub(crate) const POISON_VAL: usize = 12;
-}
 
 /// `frames_per_page` as a divisor: never zero, so no arithmetic here can
 /// panic even if a caller passes 0 (the driver itself never does).

@@ -20,34 +20,24 @@ module! {
     author: "virtio_balloon_rs developers",
     description: "Virtio memory balloon driver (Rust)",
     license: "GPL",
-    alias: ["virtio:d00000005v*"],
 }
 
+// The devices the driver binds to; `modpost` makes the module's aliases
+// from this table.
+virtio_device_table!(BALLOON_IDS, [kapi::virtio_balloon::DEVICE_ID]);
+
 struct BalloonModule {
-    driver: Option<Registration<balloon::Balloon>>,
+    _driver: Registration<balloon::Balloon>,
 }
 
 impl kernel::Module for BalloonModule {
     fn init(module: &'static ThisModule) -> Result<Self> {
-        kapi::debugfs::init_root(kernel::c_str!("virtio_balloon_rs"));
         let driver = Registration::new(module).inspect_err(|e| {
-            kapi::debugfs::remove_root();
             pr_err!(
                 "cannot register the virtio driver: error {}\n",
                 e.to_errno()
             );
         })?;
-        Ok(Self {
-            driver: Some(driver),
-        })
-    }
-}
-
-impl Drop for BalloonModule {
-    fn drop(&mut self) {
-        // Unbind every device (their counter directories go with them)
-        // before the module's debugfs directory goes.
-        self.driver = None;
-        kapi::debugfs::remove_root();
+        Ok(Self { _driver: driver })
     }
 }

@@ -13,6 +13,7 @@
 //! - [`DeflatedPage`]: taken out of the balloon; on drop it also restores
 //!   the managed page count if the balloon had taken it out.
 
+use super::sync::RawIrqGuard;
 use core::{
     cell::Cell, marker::PhantomData, marker::PhantomPinned, mem::MaybeUninit, ptr::NonNull,
 };
@@ -121,11 +122,6 @@ impl<T> Batch<T> {
     /// Number of items.
     pub(crate) fn len(&self) -> usize {
         self.items.len()
-    }
-
-    /// Whether there are no items.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.items.is_empty()
     }
 
     /// Room left.
@@ -300,16 +296,18 @@ impl<T: Migrate> BalloonPages<T> {
     /// (A page can be on the list and still not dequeueable for a moment,
     /// while the migration code holds its page lock.)
     pub(crate) fn is_drained(&self) -> bool {
+        let _lock = self.lock_pages();
         let info = self.info.get();
         // SAFETY: `info` is initialised; both fields are read under the lock
-        // that protects them.
-        unsafe {
-            let flags = bindings::spin_lock_irqsave(&raw mut (*info).pages_lock);
-            let empty =
-                bindings::list_empty(&raw const (*info).pages) && (*info).isolated_pages == 0;
-            bindings::spin_unlock_irqrestore(&raw mut (*info).pages_lock, flags);
-            empty
-        }
+        // that protects them (held above).
+        unsafe { bindings::list_empty(&raw const (*info).pages) && (*info).isolated_pages == 0 }
+    }
+
+    /// Takes the list's lock (`pages_lock`), interrupts off.
+    fn lock_pages(&self) -> RawIrqGuard<'_> {
+        // SAFETY: `info` is initialised (type invariant), so its lock is,
+        // and it lives as long as `self`; this layer never takes it twice.
+        unsafe { RawIrqGuard::lock(&raw mut (*self.info.get()).pages_lock) }
     }
 }
 
@@ -333,7 +331,7 @@ impl<T: Migrate> PinnedDrop for BalloonPages<T> {
         }
         if left != 0 {
             pr_warn!(
-                "virtio_balloon_rs: {} pages were still in the balloon at teardown; given back\n",
+                "{} pages were still in the balloon at teardown; given back\n",
                 left
             );
         }
@@ -376,19 +374,23 @@ impl<'a, T: Migrate> Migration<'a, T> {
         // The balloon takes a reference on `new` (type invariant of
         // `BalloonPages`). Moving one page of accounting between zones keeps
         // the managed counts right when the pages' zones differ.
-        // SAFETY: both pages are live and locked by the migration code; the
-        // list and `isolated_pages` change under `pages_lock`.
+        // SAFETY: both pages are live and locked by the migration code.
         unsafe {
             bindings::get_page(new);
             if self.pages.account && bindings::page_zone(old) != bindings::page_zone(new) {
                 bindings::adjust_managed_page_count(old, 1);
                 bindings::adjust_managed_page_count(new, -1);
             }
-            let flags = bindings::spin_lock_irqsave(&raw mut (*info).pages_lock);
-            bindings::balloon_page_insert(info, new);
-            (*info).isolated_pages -= 1;
-            bindings::count_vm_event(bindings::vm_event_item_BALLOON_MIGRATE);
-            bindings::spin_unlock_irqrestore(&raw mut (*info).pages_lock, flags);
+        }
+        {
+            let _lock = self.pages.lock_pages();
+            // SAFETY: the list and `isolated_pages` change under
+            // `pages_lock`, held above; `new` is live and locked.
+            unsafe {
+                bindings::balloon_page_insert(info, new);
+                (*info).isolated_pages -= 1;
+                bindings::count_vm_event(bindings::vm_event_item_BALLOON_MIGRATE);
+            }
         }
         self.committed.set(true);
         // INVARIANT: `old` is off the list, no longer counted as isolated,

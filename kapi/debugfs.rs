@@ -1,153 +1,207 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Read-only counters in debugfs.
+//! Read-only counters (and, on fault-injection kernels, writable knobs) in
+//! debugfs.
 //!
-//! The module owns one directory, `/sys/kernel/debug/virtio_balloon_rs/`
-//! ([`init_root`]/[`remove_root`]); each device gets a [`CounterDir`] under
-//! it with one file per counter. A `CounterDir` keeps its counters alive
-//! until its files are gone, so a reader can never see freed memory.
+//! A [`Dir`] is a directory; every entry holds a reference to its parent,
+//! so a parent cannot go while something lives under it. [`CounterFiles`]
+//! is a directory with one file per counter of a set defined with
+//! [`counters!`]; it keeps the counters alive until its files are gone, so
+//! a reader never sees freed memory.
 
-use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::AtomicU64;
 use kernel::{bindings, str::CStr, sync::Arc};
 
-/// The module's directory, or null (no debugfs, or not created).
-static ROOT: AtomicPtr<bindings::dentry> = AtomicPtr::new(core::ptr::null_mut());
-
-/// A set of named counters that can be shown in debugfs.
-pub(crate) trait Counters: Send + Sync + 'static {
-    /// Calls `f` with each counter's file name and value.
-    fn each(&self, f: &mut dyn FnMut(&'static CStr, &AtomicU64));
+/// A debugfs directory, removed (with everything in it) when the last
+/// reference goes.
+///
+/// # Invariants
+///
+/// `dentry` is null (no debugfs, or creation failed) or a directory from
+/// `debugfs_create_dir` under `parent`'s directory (the debugfs root when
+/// `parent` is `None`), removed only by this value's `Drop`.
+pub(crate) struct Dir {
+    dentry: *mut bindings::dentry,
+    _parent: Option<Arc<Dir>>,
 }
 
-/// A set of named knobs, writable by root, for fault injection.
-pub(crate) trait Knobs: Send + Sync + 'static {
-    /// Calls `f` with each knob's file name and value.
-    fn each(&self, f: &mut dyn FnMut(&'static CStr, &AtomicU32));
+// SAFETY: the dentry is only passed to debugfs functions, which may be called
+// from any thread.
+unsafe impl Send for Dir {}
+// SAFETY: no method mutates through `&self`.
+unsafe impl Sync for Dir {}
+
+fn is_err_or_null(d: *mut bindings::dentry) -> bool {
+    d.is_null() || (d as usize) >= (-(bindings::MAX_ERRNO as isize)) as usize
 }
 
-/// Creates the module's directory. Without debugfs this does nothing.
-pub(crate) fn init_root(name: &'static CStr) {
+/// `debugfs_create_dir`, or null when debugfs is off or refuses.
+fn create_dir(name: &CStr, parent: *mut bindings::dentry) -> *mut bindings::dentry {
     #[cfg(CONFIG_DEBUG_FS)]
     {
-        // SAFETY: `name` is a valid C string; a null parent means the debugfs
-        // root. The result is a dentry or an error pointer.
-        let d = unsafe { bindings::debugfs_create_dir(name.as_char_ptr(), core::ptr::null_mut()) };
+        // SAFETY: `name` is a valid C string (debugfs copies it); `parent`
+        // is null (the root) or a live directory the caller keeps alive.
+        let d = unsafe { bindings::debugfs_create_dir(name.as_char_ptr(), parent) };
         if !is_err_or_null(d) {
-            ROOT.store(d, Ordering::Release);
+            return d;
         }
     }
     #[cfg(not(CONFIG_DEBUG_FS))]
-    let _ = name;
+    let _ = (name, parent);
+    core::ptr::null_mut()
 }
 
-/// Removes the module's directory and everything left under it. Call after
-/// every [`CounterDir`] is gone (after the driver is unregistered).
-pub(crate) fn remove_root() {
-    let d = ROOT.swap(core::ptr::null_mut(), Ordering::AcqRel);
+/// `debugfs_remove` of a directory made by [`create_dir`].
+fn remove(d: *mut bindings::dentry) {
     #[cfg(CONFIG_DEBUG_FS)]
     if !d.is_null() {
-        // SAFETY: `d` came from `debugfs_create_dir` and is removed once.
+        // SAFETY: `d` came from `create_dir` and is removed once (by its
+        // owner's `Drop`); removal waits for readers of its files.
         unsafe { bindings::debugfs_remove(d) };
     }
     #[cfg(not(CONFIG_DEBUG_FS))]
     let _ = d;
 }
 
-fn is_err_or_null(d: *mut bindings::dentry) -> bool {
-    d.is_null() || (d as usize) >= (-(bindings::MAX_ERRNO as isize)) as usize
+impl Dir {
+    /// Creates directory `name` under `parent` (the debugfs root with
+    /// `None`). Without debugfs, or if it fails, the directory does not
+    /// exist but everything that uses it still works, unseen.
+    pub(crate) fn new(
+        name: &CStr,
+        parent: Option<&Arc<Dir>>,
+    ) -> Result<Arc<Self>, kernel::alloc::AllocError> {
+        let parent_dentry = parent.map_or(core::ptr::null_mut(), |p| p.dentry);
+        let dentry = create_dir(name, parent_dentry);
+        // INVARIANT: created under `parent`, which we keep.
+        let this = Self {
+            dentry,
+            _parent: parent.cloned(),
+        };
+        Arc::new(this, kernel::alloc::flags::GFP_KERNEL)
+    }
 }
 
-/// A directory of read-only counter files.
+impl Drop for Dir {
+    fn drop(&mut self) {
+        // Children hold a reference to us, so none is left now.
+        remove(self.dentry);
+    }
+}
+
+/// A set of named counters that can be shown in debugfs. Implemented by
+/// [`counters!`].
+pub(crate) trait Counters: Send + Sync + 'static {
+    /// Calls `f` with each counter's file name and value.
+    fn each(&self, f: &mut dyn FnMut(&'static CStr, &AtomicU64));
+}
+
+/// A set of named knobs, writable by root, for fault injection.
+#[cfg(CONFIG_FAULT_INJECTION_DEBUG_FS)]
+pub(crate) trait Knobs: Send + Sync + 'static {
+    /// Calls `f` with each knob's file name and value.
+    fn each(&self, f: &mut dyn FnMut(&'static CStr, &core::sync::atomic::AtomicU32));
+}
+
+/// Defines a struct of `AtomicU64` counters and its [`Counters`] listing,
+/// from one list: each field becomes a file of the same name.
+macro_rules! counters {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident {
+            $( $(#[$fmeta:meta])* $field:ident, )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Default)]
+        $vis struct $name {
+            $( $(#[$fmeta])* $vis $field: ::core::sync::atomic::AtomicU64, )*
+        }
+
+        impl $crate::kapi::debugfs::Counters for $name {
+            fn each(
+                &self,
+                f: &mut dyn FnMut(&'static ::kernel::str::CStr, &::core::sync::atomic::AtomicU64),
+            ) {
+                $( f(::kernel::c_str!(stringify!($field)), &self.$field); )*
+            }
+        }
+    };
+}
+
+/// A directory with a read-only file per counter (and, on kernels built
+/// for fault injection, a writable file per knob).
 ///
 /// # Invariants
 ///
-/// `dir` is null or a debugfs directory whose files point into `counters`
-/// and `knobs`, which this value keeps alive until the directory is removed.
-pub(crate) struct CounterDir<C: Counters> {
-    dir: *mut bindings::dentry,
-    counters: Arc<C>,
-    /// Knob files point into this (see [`CounterDir::add_knobs`]).
+/// `dentry` is null or a directory made under `parent`, whose files point
+/// into `counters` and `knobs`; both are kept until the directory is
+/// removed in `Drop` (before the fields go).
+pub(crate) struct CounterFiles<C: Counters> {
+    dentry: *mut bindings::dentry,
+    _counters: Arc<C>,
+    #[cfg(CONFIG_FAULT_INJECTION_DEBUG_FS)]
     knobs: Option<Arc<dyn Knobs>>,
+    _parent: Arc<Dir>,
 }
 
 // SAFETY: the dentry is only passed to debugfs functions, which may be called
 // from any thread; `C` is `Send + Sync`.
-unsafe impl<C: Counters> Send for CounterDir<C> {}
+unsafe impl<C: Counters> Send for CounterFiles<C> {}
 // SAFETY: no method mutates through `&self`.
-unsafe impl<C: Counters> Sync for CounterDir<C> {}
+unsafe impl<C: Counters> Sync for CounterFiles<C> {}
 
-impl<C: Counters> CounterDir<C> {
-    /// Creates `name` under the module's directory, with a file per counter
-    /// of `counters`. Without debugfs (or if it fails) there is no
-    /// directory: the counters still count, only nobody can read them.
-    pub(crate) fn new(name: &CStr, counters: Arc<C>) -> Self {
-        let mut dir = core::ptr::null_mut();
+impl<C: Counters> CounterFiles<C> {
+    /// Creates directory `name` under `parent`, with a file per counter.
+    pub(crate) fn new(name: &CStr, parent: &Arc<Dir>, counters: Arc<C>) -> Self {
+        let dentry = if parent.dentry.is_null() {
+            core::ptr::null_mut()
+        } else {
+            create_dir(name, parent.dentry)
+        };
         #[cfg(CONFIG_DEBUG_FS)]
-        {
-            let root = ROOT.load(Ordering::Acquire);
-            if !root.is_null() {
-                // SAFETY: `name` is a valid C string (copied by debugfs);
-                // `root` is live until `remove_root`, which runs after every
-                // `CounterDir` is dropped.
-                let d = unsafe { bindings::debugfs_create_dir(name.as_char_ptr(), root) };
-                if !is_err_or_null(d) {
-                    dir = d;
-                }
-            }
-            if !dir.is_null() {
-                counters.each(&mut |file, value| {
-                    // debugfs reads the u64 with a plain load, which cannot
-                    // tear on the 64-bit machines this driver is built for.
-                    // SAFETY: `file` is a static C string; `value` lives in
-                    // `counters`, which outlives the file (type invariant).
-                    unsafe {
-                        bindings::debugfs_create_u64(file.as_char_ptr(), 0o444, dir, value.as_ptr())
-                    };
-                });
-            }
-        }
-        #[cfg(not(CONFIG_DEBUG_FS))]
-        let _ = name;
-        Self {
-            dir,
-            counters,
-            knobs: None,
-        }
-    }
-
-    /// Adds a writable (0600) file per knob of `knobs`, only on kernels
-    /// built for fault injection (`CONFIG_FAULT_INJECTION_DEBUG_FS`).
-    pub(crate) fn add_knobs(&mut self, knobs: Arc<dyn Knobs>) {
-        #[cfg(CONFIG_FAULT_INJECTION_DEBUG_FS)]
-        if !self.dir.is_null() && self.knobs.is_none() {
-            let dir = self.dir;
-            knobs.each(&mut |file, value| {
+        if !dentry.is_null() {
+            counters.each(&mut |file, value| {
+                // debugfs reads the u64 with a plain load, which cannot
+                // tear on the 64-bit machines this driver is built for.
                 // SAFETY: `file` is a static C string; `value` lives in
-                // `knobs`, kept below until the directory is removed (type
-                // invariant). debugfs stores and loads the u32 whole.
+                // `counters`, which outlives the file (type invariant).
                 unsafe {
-                    bindings::debugfs_create_u32(file.as_char_ptr(), 0o600, dir, value.as_ptr())
+                    bindings::debugfs_create_u64(file.as_char_ptr(), 0o444, dentry, value.as_ptr())
                 };
             });
-            self.knobs = Some(knobs);
         }
-        #[cfg(not(CONFIG_FAULT_INJECTION_DEBUG_FS))]
-        let _ = knobs;
+        // INVARIANT: the files point into `counters`, kept below.
+        Self {
+            dentry,
+            _counters: counters,
+            #[cfg(CONFIG_FAULT_INJECTION_DEBUG_FS)]
+            knobs: None,
+            _parent: parent.clone(),
+        }
     }
 
-    /// The counters.
-    pub(crate) fn counters(&self) -> &Arc<C> {
-        &self.counters
+    /// Adds a writable (0600) file per knob of `knobs`.
+    #[cfg(CONFIG_FAULT_INJECTION_DEBUG_FS)]
+    pub(crate) fn add_knobs(&mut self, knobs: Arc<dyn Knobs>) {
+        if self.dentry.is_null() || self.knobs.is_some() {
+            return;
+        }
+        let dir = self.dentry;
+        knobs.each(&mut |file, value| {
+            // SAFETY: `file` is a static C string; `value` lives in
+            // `knobs`, kept below until the directory is removed (type
+            // invariant). debugfs stores and loads the u32 whole.
+            unsafe { bindings::debugfs_create_u32(file.as_char_ptr(), 0o600, dir, value.as_ptr()) };
+        });
+        self.knobs = Some(knobs);
     }
 }
 
-impl<C: Counters> Drop for CounterDir<C> {
+impl<C: Counters> Drop for CounterFiles<C> {
     fn drop(&mut self) {
-        #[cfg(CONFIG_DEBUG_FS)]
-        if !self.dir.is_null() {
-            // SAFETY: `dir` came from `debugfs_create_dir`; removing it waits
-            // for readers of its files, after which `counters` may go.
-            unsafe { bindings::debugfs_remove(self.dir) };
-        }
+        // Removing waits for readers of the files; after it, the counters
+        // and knobs may go (they drop with the fields, after this).
+        remove(self.dentry);
     }
 }

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Memory-management state the driver reports or depends on.
+//! Memory-management figures and settings: VM event counters, the
+//! kernel's memory totals, and how freed pages are treated.
 
-use crate::logic::MemSnapshot;
 use kernel::bindings;
 
 /// The page poison byte (`PAGE_POISON`).
@@ -20,68 +20,128 @@ pub(crate) fn page_poisoning_enabled() -> bool {
     unsafe { bindings::page_poisoning_enabled_static() }
 }
 
-/// The guest's memory figures and VM events, from the same sources as the C
-/// driver's stats. May sleep.
-pub(crate) fn snapshot() -> MemSnapshot {
-    let mut s = MemSnapshot::default();
-    #[cfg(CONFIG_VM_EVENT_COUNTERS)]
-    {
-        const N: usize = bindings::vm_event_item_NR_VM_EVENT_ITEMS as usize;
-        let mut ev = [0 as kernel::ffi::c_ulong; N];
-        // SAFETY: `ev` has room for every VM event item.
-        unsafe { bindings::all_vm_events(ev.as_mut_ptr()) };
-        let get = |item: bindings::vm_event_item| ev.get(item as usize).map_or(0, |&v| v as u64);
-        s.has_events = true;
-        s.swap_in_pages = get(bindings::vm_event_item_PSWPIN);
-        s.swap_out_pages = get(bindings::vm_event_item_PSWPOUT);
-        s.major_faults = get(bindings::vm_event_item_PGMAJFAULT);
-        s.minor_faults = get(bindings::vm_event_item_PGFAULT);
-        s.oom_kills = get(bindings::vm_event_item_OOM_KILL);
-        let first_stall =
-            bindings::vm_event_item_ALLOCSTALL_NORMAL - bindings::zone_type_ZONE_NORMAL;
-        s.alloc_stalls = (0..bindings::MAX_NR_ZONES)
-            .map(|zone| get(first_stall + zone))
-            .fold(0u64, u64::wrapping_add);
-        s.async_scan_pages = get(bindings::vm_event_item_PGSCAN_KSWAPD);
-        s.direct_scan_pages = get(bindings::vm_event_item_PGSCAN_DIRECT);
-        s.async_reclaim_pages = get(bindings::vm_event_item_PGSTEAL_KSWAPD);
-        s.direct_reclaim_pages = get(bindings::vm_event_item_PGSTEAL_DIRECT);
-        #[cfg(CONFIG_HUGETLB_PAGE)]
-        {
-            s.hugetlb = Some((
-                get(bindings::vm_event_item_HTLB_BUDDY_PGALLOC),
-                get(bindings::vm_event_item_HTLB_BUDDY_PGALLOC_FAIL),
-            ));
+/// A VM event counter (`enum vm_event_item`), as /proc/vmstat names it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum VmEvent {
+    /// `pswpin`: pages swapped in.
+    SwapIn,
+    /// `pswpout`: pages swapped out.
+    SwapOut,
+    /// `pgmajfault`.
+    MajorFault,
+    /// `pgfault`.
+    Fault,
+    /// `oom_kill`.
+    OomKill,
+    /// `pgscan_kswapd`: pages scanned by kswapd.
+    ScanKswapd,
+    /// `pgscan_direct`: pages scanned by direct reclaim.
+    ScanDirect,
+    /// `pgsteal_kswapd`: pages reclaimed by kswapd.
+    StealKswapd,
+    /// `pgsteal_direct`: pages reclaimed by direct reclaim.
+    StealDirect,
+}
+
+impl VmEvent {
+    fn item(self) -> bindings::vm_event_item {
+        match self {
+            VmEvent::SwapIn => bindings::vm_event_item_PSWPIN,
+            VmEvent::SwapOut => bindings::vm_event_item_PSWPOUT,
+            VmEvent::MajorFault => bindings::vm_event_item_PGMAJFAULT,
+            VmEvent::Fault => bindings::vm_event_item_PGFAULT,
+            VmEvent::OomKill => bindings::vm_event_item_OOM_KILL,
+            VmEvent::ScanKswapd => bindings::vm_event_item_PGSCAN_KSWAPD,
+            VmEvent::ScanDirect => bindings::vm_event_item_PGSCAN_DIRECT,
+            VmEvent::StealKswapd => bindings::vm_event_item_PGSTEAL_KSWAPD,
+            VmEvent::StealDirect => bindings::vm_event_item_PGSTEAL_DIRECT,
         }
     }
-    let info = meminfo();
-    s.free_pages = info.freeram as u64;
-    s.total_pages = info.totalram as u64;
-    s.available_pages = available_pages();
-    // SAFETY: no preconditions.
-    s.cache_pages =
-        unsafe { bindings::global_node_page_state(bindings::node_stat_item_NR_FILE_PAGES) } as u64;
-    s
 }
 
-/// Total RAM the kernel manages and the memory available to it right now
-/// (`si_mem_available`), both in pages.
-pub(crate) fn total_and_available() -> (u64, u64) {
-    (meminfo().totalram as u64, available_pages())
-}
+/// A snapshot of every VM event counter, summed over CPUs (`all_vm_events`).
+#[cfg(CONFIG_VM_EVENT_COUNTERS)]
+pub(crate) struct VmEvents(
+    [kernel::ffi::c_ulong; bindings::vm_event_item_NR_VM_EVENT_ITEMS as usize],
+);
 
-/// `si_meminfo`: the kernel's memory totals, in pages.
-fn meminfo() -> bindings::sysinfo {
-    let mut info = core::mem::MaybeUninit::<bindings::sysinfo>::zeroed();
-    // SAFETY: `info` is valid for writes; `si_meminfo` fills it.
-    unsafe {
-        bindings::si_meminfo(info.as_mut_ptr());
-        info.assume_init()
+#[cfg(CONFIG_VM_EVENT_COUNTERS)]
+impl VmEvents {
+    fn raw(&self, item: bindings::vm_event_item) -> u64 {
+        self.0.get(item as usize).map_or(0, |&v| v as u64)
+    }
+
+    /// One counter.
+    pub(crate) fn get(&self, ev: VmEvent) -> u64 {
+        self.raw(ev.item())
+    }
+
+    /// Allocation stalls (`allocstall_*`), summed over all zones.
+    pub(crate) fn alloc_stalls(&self) -> u64 {
+        let first = bindings::vm_event_item_ALLOCSTALL_NORMAL - bindings::zone_type_ZONE_NORMAL;
+        (0..bindings::MAX_NR_ZONES)
+            .map(|zone| self.raw(first + zone))
+            .fold(0u64, u64::wrapping_add)
+    }
+
+    /// Huge page allocations and failures (`htlb_buddy_alloc_*`), with
+    /// `CONFIG_HUGETLB_PAGE`.
+    pub(crate) fn hugetlb(&self) -> Option<(u64, u64)> {
+        #[cfg(CONFIG_HUGETLB_PAGE)]
+        return Some((
+            self.raw(bindings::vm_event_item_HTLB_BUDDY_PGALLOC),
+            self.raw(bindings::vm_event_item_HTLB_BUDDY_PGALLOC_FAIL),
+        ));
+        #[cfg(not(CONFIG_HUGETLB_PAGE))]
+        None
     }
 }
 
-/// `si_mem_available`: pages available without swapping, never negative.
-fn available_pages() -> u64 {
+/// The VM event counters, or `None` on kernels without them. Sums over every
+/// CPU: may take a while, and sleeps (it holds the CPU hotplug lock).
+pub(crate) fn vm_events() -> Option<VmEvents> {
+    #[cfg(CONFIG_VM_EVENT_COUNTERS)]
+    {
+        let mut ev = VmEvents([0; bindings::vm_event_item_NR_VM_EVENT_ITEMS as usize]);
+        // SAFETY: the array has room for every VM event item.
+        unsafe { bindings::all_vm_events(ev.0.as_mut_ptr()) };
+        Some(ev)
+    }
+    #[cfg(not(CONFIG_VM_EVENT_COUNTERS))]
+    None
+}
+
+/// The kernel's memory totals (`si_meminfo`), in pages.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MemInfo {
+    /// Pages the kernel manages (MemTotal).
+    pub(crate) total: u64,
+    /// Free pages (MemFree).
+    pub(crate) free: u64,
+}
+
+/// `si_meminfo`.
+pub(crate) fn meminfo() -> MemInfo {
+    let mut info = core::mem::MaybeUninit::<bindings::sysinfo>::zeroed();
+    // SAFETY: `info` is valid for writes; `si_meminfo` fills it.
+    let info = unsafe {
+        bindings::si_meminfo(info.as_mut_ptr());
+        info.assume_init()
+    };
+    MemInfo {
+        total: info.totalram as u64,
+        free: info.freeram as u64,
+    }
+}
+
+/// Pages available without swapping (`si_mem_available`), never negative.
+pub(crate) fn available_pages() -> u64 {
     // SAFETY: no preconditions.
     unsafe { bindings::si_mem_available() }.max(0) as u64
+}
+
+/// Pages of file-backed memory, the page cache (`NR_FILE_PAGES`).
+pub(crate) fn file_pages() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { bindings::global_node_page_state(bindings::node_stat_item_NR_FILE_PAGES) as u64 }
 }

@@ -1,14 +1,13 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Device-prefixed kernel messages (`dev_err!`, `dev_warn!`, `dev_info!`,
-//! `dev_dbg!`), which the 6.12 `kernel` crate does not have yet.
+//! Device-prefixed kernel messages (`dev_err!`, `dev_warn!`, `dev_info!`),
+//! which the 6.12 `kernel` crate does not have yet.
 //!
 //! Messages go through the C `_dev_*` functions with the `%pA` format, so
 //! they carry the driver and device name like any C driver's messages.
 
-use super::virtio::Device;
 use core::{ffi::c_void, fmt};
-use kernel::bindings;
+use kernel::{bindings, device::Device};
 
 /// Severity of a device message.
 #[derive(Clone, Copy)]
@@ -18,13 +17,28 @@ pub(crate) enum Level {
     Info,
 }
 
+/// Something with a `struct device` to name in messages.
+pub(crate) trait AsDevice {
+    /// The device.
+    fn as_device(&self) -> &Device;
+}
+
+impl AsDevice for Device {
+    fn as_device(&self) -> &Device {
+        self
+    }
+}
+
 /// Prints `args` prefixed with the device's driver and name.
 pub(crate) fn dev_print(dev: &Device, level: Level, args: fmt::Arguments<'_>) {
-    let dev = dev.raw_dev();
+    // `Device` is `#[repr(transparent)]` over `Opaque<bindings::device>`.
+    let dev = core::ptr::from_ref(dev)
+        .cast_mut()
+        .cast::<bindings::device>();
     let fmt = c"%pA".as_ptr().cast::<kernel::ffi::c_char>();
     let arg = core::ptr::from_ref(&args).cast::<c_void>();
-    // SAFETY: `dev` is the live device the caller holds a reference to; the
-    // format is NUL-terminated and `%pA` takes the one `fmt::Arguments` pointer.
+    // SAFETY: `dev` is a live device (borrowed); the format is NUL-terminated
+    // and `%pA` takes the one `fmt::Arguments` pointer.
     unsafe {
         match level {
             Level::Err => bindings::_dev_err(dev, fmt, arg),
@@ -34,20 +48,22 @@ pub(crate) fn dev_print(dev: &Device, level: Level, args: fmt::Arguments<'_>) {
     }
 }
 
-/// Prints an error message prefixed with the device name.
+/// Prints an error message prefixed with the device name. `$dev` is
+/// anything that is [`AsDevice`].
 macro_rules! dev_err {
     ($dev:expr, $($arg:tt)*) => {
         $crate::kapi::print::dev_print(
-            &*$dev, $crate::kapi::print::Level::Err, format_args!($($arg)*))
+            $crate::kapi::print::AsDevice::as_device(&*$dev),
+            $crate::kapi::print::Level::Err, format_args!($($arg)*))
     };
 }
 
 /// Prints a warning prefixed with the device name.
-#[allow(unused_macros)]
 macro_rules! dev_warn {
     ($dev:expr, $($arg:tt)*) => {
         $crate::kapi::print::dev_print(
-            &*$dev, $crate::kapi::print::Level::Warn, format_args!($($arg)*))
+            $crate::kapi::print::AsDevice::as_device(&*$dev),
+            $crate::kapi::print::Level::Warn, format_args!($($arg)*))
     };
 }
 
@@ -55,6 +71,7 @@ macro_rules! dev_warn {
 macro_rules! dev_info {
     ($dev:expr, $($arg:tt)*) => {
         $crate::kapi::print::dev_print(
-            &*$dev, $crate::kapi::print::Level::Info, format_args!($($arg)*))
+            $crate::kapi::print::AsDevice::as_device(&*$dev),
+            $crate::kapi::print::Level::Info, format_args!($($arg)*))
     };
 }

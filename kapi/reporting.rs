@@ -8,6 +8,7 @@
 //! its whole life and unregistered on drop, which waits for a report in
 //! progress.
 
+use super::virtio::queue::LentSg;
 use core::{
     marker::{PhantomData, PhantomPinned},
     sync::atomic::{AtomicBool, Ordering},
@@ -39,9 +40,13 @@ impl ReportedRanges<'_> {
     pub(crate) fn len(&self) -> u32 {
         self.nents
     }
+}
 
-    /// The scatterlist, for [`super::virtio::Virtqueue::send_reported`].
-    pub(crate) fn raw(&self) -> (*mut bindings::scatterlist, u32) {
+// SAFETY: the entries are isolated free pages (direct map) that the page
+// allocator keeps away from everyone else for the callback's lifetime `'a`
+// (type invariant), which outlives any borrow of `self`.
+unsafe impl LentSg for ReportedRanges<'_> {
+    fn raw(&self) -> (*mut bindings::scatterlist, u32) {
         (self.sg, self.nents)
     }
 }

@@ -32,7 +32,7 @@ pub(crate) struct Shrinker<H: ShrinkHandler> {
     raw: AtomicPtr<bindings::shrinker>,
     /// Reached only through `private_data`; owned here so that it outlives
     /// the registration.
-    handler: KBox<H>,
+    _handler: KBox<H>,
 }
 
 // SAFETY: the shrinker core calls from any task; `H` is `Send + Sync`.
@@ -65,7 +65,7 @@ impl<H: ShrinkHandler> Shrinker<H> {
         // INVARIANT: registered above with this handler and these callbacks.
         Ok(Self {
             raw: AtomicPtr::new(raw.as_ptr()),
-            handler,
+            _handler: handler,
         })
     }
 

@@ -1,17 +1,36 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Synchronisation primitives the 6.12 `kernel` crate lacks.
+//! Synchronisation primitives the 6.12 `kernel` crate lacks: completions,
+//! a mutex that can be tried, an irq-saving spinlock, and a read-write
+//! semaphore.
+//!
+//! Why a second mutex: the balloon's page migration must never sleep on
+//! the balloon lock, so it needs `mutex_trylock`. The 6.12
+//! `kernel::sync::Mutex` cannot be tried (upstream added
+//! `Lock::try_lock` in 6.13), and a backport would be a change to the
+//! kernel crate itself, which an out-of-tree module cannot carry. The type
+//! here follows the kernel crate's lock rules exactly: lockdep classes are
+//! [`LockClassKey`]s, the guard is `!Send` (a mutex is released by the
+//! task that took it) and it is `Sync` only when the data is.
 
 use core::{
     cell::UnsafeCell,
+    marker::PhantomData,
     ops::{Deref, DerefMut},
 };
-use kernel::{bindings, prelude::*, str::CStr, types::Opaque};
+use kernel::{bindings, ffi::c_ulong, prelude::*, str::CStr, sync::LockClassKey, types::Opaque};
+
+/// The C pointer behind a [`LockClassKey`].
+fn class_ptr(key: &'static LockClassKey) -> *mut bindings::lock_class_key {
+    // `LockClassKey` is `#[repr(transparent)]` over
+    // `Opaque<lock_class_key>` (rust/kernel/sync.rs); its own accessor is
+    // private to the kernel crate. Lockdep only uses the address.
+    core::ptr::from_ref(key)
+        .cast_mut()
+        .cast::<bindings::lock_class_key>()
+}
 
 /// A `struct completion`: one side waits until the other signals.
-///
-/// Signals are counted: each [`Completion::complete`] lets one
-/// [`Completion::wait`] return, also when it came first.
 ///
 /// # Invariants
 ///
@@ -46,12 +65,6 @@ impl Completion {
         unsafe { bindings::complete(self.inner.get()) }
     }
 
-    /// Sleeps until signalled.
-    pub(crate) fn wait(&self) {
-        // SAFETY: `inner` is an initialised completion (type invariant).
-        unsafe { bindings::wait_for_completion(self.inner.get()) }
-    }
-
     /// Forgets the signals not yet waited for, so that a following wait
     /// returns for a new signal. Like `reinit_completion`, it does not
     /// synchronise with a concurrent [`Completion::complete`], whose count
@@ -75,30 +88,20 @@ impl Completion {
     }
 }
 
-/// A lockdep class for a [`Mutex`]. Declare one per lock role as a `static`:
-/// lockdep wants class keys in static memory.
-#[repr(transparent)]
-pub(crate) struct LockKey(Opaque<bindings::lock_class_key>);
-
-// SAFETY: lockdep uses the key only as an identity and does its own
-// synchronisation; the key is never read or written from Rust.
-unsafe impl Sync for LockKey {}
-
-impl LockKey {
-    /// A key for a `static`.
-    pub(crate) const fn new() -> Self {
-        Self(Opaque::uninit())
-    }
-
-    /// The key, for the C lock initialisers.
-    pub(crate) fn as_ptr(&self) -> *mut bindings::lock_class_key {
-        self.0.get()
-    }
+/// Creates a [`Mutex`] initialiser with a lockdep class of its own (one per
+/// call site) and an optional name.
+macro_rules! new_mutex {
+    ($inner:expr $(, $name:literal)? $(,)?) => {
+        $crate::kapi::sync::Mutex::new(
+            $inner,
+            ::kernel::optional_name!($($name)?),
+            ::kernel::static_lock_class!(),
+        )
+    };
 }
 
-/// A sleeping lock (`struct mutex`) that, unlike the 6.12 `kernel` crate's,
-/// can also be tried without blocking. The balloon needs that: page
-/// migration must never sleep on the balloon lock.
+/// A sleeping lock (`struct mutex`) that can also be tried without
+/// blocking (see the module documentation for why it exists).
 ///
 /// # Invariants
 ///
@@ -113,19 +116,26 @@ pub(crate) struct Mutex<T> {
 
 // SAFETY: the mutex hands `T` from thread to thread, so `T: Send` suffices.
 unsafe impl<T: Send> Send for Mutex<T> {}
-// SAFETY: only one thread at a time reaches `T` (type invariant).
+// SAFETY: only one thread at a time reaches `T` (type invariant), so
+// sharing the mutex shares no `&T` between threads at once; `T: Send`
+// suffices, as for the kernel crate's locks.
 unsafe impl<T: Send> Sync for Mutex<T> {}
 
 impl<T> Mutex<T> {
-    /// A mutex around `data`, named `name` for lockdep and `key`'s class.
-    pub(crate) fn new(data: T, name: &'static CStr, key: &'static LockKey) -> impl PinInit<Self> {
+    /// A mutex around `data`, named `name` for lockdep, in `key`'s class.
+    /// [`new_mutex!`] makes both.
+    pub(crate) fn new(
+        data: T,
+        name: &'static CStr,
+        key: &'static LockClassKey,
+    ) -> impl PinInit<Self> {
         pin_init!(Self {
             data: UnsafeCell::new(data),
             // SAFETY: `slot` is valid for writes and pinned; `name` and `key`
             // are static, as lockdep requires.
             // INVARIANT: the mutex is initialised and pinned.
             raw <- Opaque::ffi_init(|slot| unsafe {
-                bindings::__mutex_init(slot, name.as_char_ptr(), key.0.get())
+                bindings::__mutex_init(slot, name.as_char_ptr(), class_ptr(key))
             }),
         })
     }
@@ -135,7 +145,10 @@ impl<T> Mutex<T> {
         // SAFETY: `raw` is an initialised mutex (type invariant).
         unsafe { bindings::mutex_lock(self.raw.get()) };
         // INVARIANT: the lock is held until the guard drops.
-        MutexGuard { lock: self }
+        MutexGuard {
+            lock: self,
+            _not_send: PhantomData,
+        }
     }
 
     /// Takes the lock if it is free, without sleeping.
@@ -145,18 +158,29 @@ impl<T> Mutex<T> {
             return None;
         }
         // INVARIANT: the lock is held until the guard drops.
-        Some(MutexGuard { lock: self })
+        Some(MutexGuard {
+            lock: self,
+            _not_send: PhantomData,
+        })
     }
 }
 
 /// Proof that a [`Mutex`] is held; gives access to its data.
 ///
+/// Not `Send`: the task that took a mutex must release it. `Sync` only
+/// when `T` is, since a shared guard hands out `&T`.
+///
 /// # Invariants
 ///
 /// `lock.raw` is held by the current task for as long as the guard lives.
+#[must_use = "the lock unlocks at once when the guard is unused"]
 pub(crate) struct MutexGuard<'a, T> {
     lock: &'a Mutex<T>,
+    _not_send: PhantomData<*mut ()>,
 }
+
+// SAFETY: sharing the guard shares `&T` only (see `Deref`).
+unsafe impl<T: Sync> Sync for MutexGuard<'_, T> {}
 
 impl<T> Deref for MutexGuard<'_, T> {
     type Target = T;
@@ -180,6 +204,235 @@ impl<T> Drop for MutexGuard<'_, T> {
     fn drop(&mut self) {
         // SAFETY: the current task holds the lock (type invariant).
         unsafe { bindings::mutex_unlock(self.lock.raw.get()) };
+    }
+}
+
+/// A held `spinlock_t`, taken with local interrupts saved and disabled;
+/// released on drop. The one place that takes an irq-saving spinlock: both
+/// [`SpinLockIrq`] and locks embedded in C structures use it.
+///
+/// # Invariants
+///
+/// `lock` is held by this CPU, taken by `spin_lock_irqsave` which returned
+/// `flags`, for as long as the guard lives.
+pub(crate) struct RawIrqGuard<'a> {
+    lock: *mut bindings::spinlock_t,
+    flags: c_ulong,
+    _life: PhantomData<(&'a (), *mut ())>,
+}
+
+impl RawIrqGuard<'_> {
+    /// Takes `lock` with interrupts off.
+    ///
+    /// # Safety
+    ///
+    /// `lock` must be an initialised spinlock that stays valid for the
+    /// guard's lifetime, and it must not already be held by this CPU.
+    pub(crate) unsafe fn lock(lock: *mut bindings::spinlock_t) -> Self {
+        // SAFETY: per the function's contract.
+        let flags = unsafe { bindings::spin_lock_irqsave(lock) };
+        // INVARIANT: taken just above.
+        Self {
+            lock,
+            flags,
+            _life: PhantomData,
+        }
+    }
+}
+
+impl Drop for RawIrqGuard<'_> {
+    fn drop(&mut self) {
+        // SAFETY: held with these flags (type invariant).
+        unsafe { bindings::spin_unlock_irqrestore(self.lock, self.flags) };
+    }
+}
+
+/// Creates a [`SpinLockIrq`] initialiser with a lockdep class of its own.
+macro_rules! new_spinlock_irq {
+    ($inner:expr $(, $name:literal)? $(,)?) => {
+        $crate::kapi::sync::SpinLockIrq::new(
+            $inner,
+            ::kernel::optional_name!($($name)?),
+            ::kernel::static_lock_class!(),
+        )
+    };
+}
+
+/// A spinlock taken with interrupts off, for data that interrupt handlers
+/// share with process context (the 6.12 `kernel::sync::SpinLock` leaves
+/// interrupts on).
+///
+/// # Invariants
+///
+/// `raw` is an initialised, pinned spinlock; `data` is only reached through
+/// a [`SpinLockIrqGuard`], which exists only while `raw` is held.
+#[pin_data]
+pub(crate) struct SpinLockIrq<T> {
+    #[pin]
+    raw: Opaque<bindings::spinlock_t>,
+    data: UnsafeCell<T>,
+}
+
+// SAFETY: as for `Mutex`.
+unsafe impl<T: Send> Send for SpinLockIrq<T> {}
+// SAFETY: as for `Mutex`.
+unsafe impl<T: Send> Sync for SpinLockIrq<T> {}
+
+impl<T> SpinLockIrq<T> {
+    /// A lock around `data`, named `name` for lockdep, in `key`'s class.
+    pub(crate) fn new(
+        data: T,
+        name: &'static CStr,
+        key: &'static LockClassKey,
+    ) -> impl PinInit<Self> {
+        pin_init!(Self {
+            data: UnsafeCell::new(data),
+            // SAFETY: `slot` is valid for writes and pinned; `name` and
+            // `key` are static, as lockdep requires.
+            // INVARIANT: initialised and pinned.
+            raw <- Opaque::ffi_init(|slot| unsafe {
+                bindings::__spin_lock_init(slot, name.as_char_ptr(), class_ptr(key))
+            }),
+        })
+    }
+
+    /// Takes the lock, interrupts off until the guard drops.
+    pub(crate) fn lock(&self) -> SpinLockIrqGuard<'_, T> {
+        // SAFETY: initialised and pinned, so valid while `self` is borrowed
+        // (type invariant); a spinlock is never taken recursively here, as
+        // the guard's borrow of `self` shows.
+        let raw = unsafe { RawIrqGuard::lock(self.raw.get()) };
+        // INVARIANT: held until `raw` drops.
+        SpinLockIrqGuard {
+            lock: self,
+            _raw: raw,
+        }
+    }
+}
+
+/// Proof that a [`SpinLockIrq`] is held. `!Send` (through the raw guard).
+///
+/// # Invariants
+///
+/// `_raw` holds `lock.raw`.
+pub(crate) struct SpinLockIrqGuard<'a, T> {
+    lock: &'a SpinLockIrq<T>,
+    _raw: RawIrqGuard<'a>,
+}
+
+// SAFETY: sharing the guard shares `&T` only.
+unsafe impl<T: Sync> Sync for SpinLockIrqGuard<'_, T> {}
+
+impl<T> Deref for SpinLockIrqGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the lock is held (type invariant).
+        unsafe { &*self.lock.data.get() }
+    }
+}
+
+impl<T> DerefMut for SpinLockIrqGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: the lock is held and the guard borrowed mutably.
+        unsafe { &mut *self.lock.data.get() }
+    }
+}
+
+/// Creates a [`RwSem`] initialiser with a lockdep class of its own.
+macro_rules! new_rwsem {
+    ($($name:literal)?) => {
+        $crate::kapi::sync::RwSem::new(
+            ::kernel::optional_name!($($name)?),
+            ::kernel::static_lock_class!(),
+        )
+    };
+}
+
+/// A read-write semaphore (`struct rw_semaphore`) guarding no data of its
+/// own: readers run side by side, a writer alone. Its users say what it
+/// protects.
+///
+/// # Invariants
+///
+/// `raw` was initialised by `__init_rwsem` and is pinned.
+#[pin_data]
+pub(crate) struct RwSem {
+    #[pin]
+    raw: Opaque<bindings::rw_semaphore>,
+}
+
+// SAFETY: a rw_semaphore is made to be taken from any task.
+unsafe impl Send for RwSem {}
+// SAFETY: see `Send`; every method synchronises in C.
+unsafe impl Sync for RwSem {}
+
+impl RwSem {
+    /// A semaphore named `name` for lockdep, in `key`'s class.
+    pub(crate) fn new(name: &'static CStr, key: &'static LockClassKey) -> impl PinInit<Self> {
+        pin_init!(Self {
+            // SAFETY: `slot` is valid for writes and pinned; `name` and
+            // `key` are static.
+            // INVARIANT: initialised and pinned.
+            raw <- Opaque::ffi_init(|slot| unsafe {
+                bindings::__init_rwsem(slot, name.as_char_ptr(), class_ptr(key))
+            }),
+        })
+    }
+
+    /// Takes it for reading (shared), sleeping while a writer holds it.
+    pub(crate) fn read(&self) -> RwSemRead<'_> {
+        // SAFETY: initialised (type invariant).
+        unsafe { bindings::down_read(self.raw.get()) };
+        // INVARIANT: held for reading until the guard drops.
+        RwSemRead {
+            sem: self,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// Takes it for writing (exclusive), sleeping until nobody holds it.
+    pub(crate) fn write(&self) -> RwSemWrite<'_> {
+        // SAFETY: initialised (type invariant).
+        unsafe { bindings::down_write(self.raw.get()) };
+        // INVARIANT: held for writing until the guard drops.
+        RwSemWrite {
+            sem: self,
+            _not_send: PhantomData,
+        }
+    }
+}
+
+/// The [`RwSem`] held for reading.
+///
+/// # Invariants
+///
+/// `sem` is held for reading by the current task.
+pub(crate) struct RwSemRead<'a> {
+    sem: &'a RwSem,
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl Drop for RwSemRead<'_> {
+    fn drop(&mut self) {
+        // SAFETY: held for reading by this task (type invariant).
+        unsafe { bindings::up_read(self.sem.raw.get()) };
+    }
+}
+
+/// The [`RwSem`] held for writing.
+///
+/// # Invariants
+///
+/// `sem` is held for writing by the current task.
+pub(crate) struct RwSemWrite<'a> {
+    sem: &'a RwSem,
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl Drop for RwSemWrite<'_> {
+    fn drop(&mut self) {
+        // SAFETY: held for writing by this task (type invariant).
+        unsafe { bindings::up_write(self.sem.raw.get()) };
     }
 }
 

@@ -1,74 +1,196 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Virtio drivers: registration, the device, its config space and its
+//! Virtio drivers: registration with an ID table, the device in the states
+//! a driver sees it in, its config space, and (in [`queue`]) its
 //! virtqueues.
 //!
 //! A driver implements [`Driver`] and keeps a [`Registration`] for as long as
-//! it wants to be bound. The bus calls `probe` for each matching device; the
-//! data it returns is owned by the binding until `remove` has run.
+//! it wants to be bound. The bus calls back through [`Adapter`]; each
+//! callback is handed the device in a context that says what may be done
+//! with it:
+//!
+//! | context | where | allows |
+//! | --- | --- | --- |
+//! | [`Normal`] | any reference ([`ARef`]) | identity, messages |
+//! | [`Validate`] | [`Driver::validate`], one thread | offered features, clearing them |
+//! | [`Bound`] | [`Driver::config_changed`] (a spinlock is held) | negotiated features; nothing that sleeps |
+//! | [`Core`] | probe, ready, remove, freeze, restore (device lock held) | config-space handles, debugfs, queue set-up |
+//!
+//! The virtqueues and config space of a binding are reached through handles
+//! ([`queue::SyncQueue`], [`Config`], ...) that stay valid, but fail, once
+//! the binding has gone: the layer owns the queues, resets the device and
+//! deletes them itself after `remove` (or a failed `probe`, or `freeze`).
 
-use super::sync::Completion;
+pub(crate) mod queue;
+
+use super::{
+    debugfs::Dir,
+    sync::{RwSem, RwSemRead},
+};
 use core::{
+    cell::UnsafeCell,
     ffi::c_void,
     marker::PhantomData,
     ptr::NonNull,
-    sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering},
+    sync::atomic::{AtomicBool, AtomicPtr, Ordering},
 };
 use kernel::{
     bindings,
     error::{from_result, to_result},
     prelude::*,
     sync::{Arc, ArcBorrow},
-    types::Opaque,
+    types::{ARef, AlwaysRefCounted, ForeignOwnable, Opaque},
     ThisModule,
 };
 
-/// Device IDs (`include/uapi/linux/virtio_ids.h`).
-pub(crate) mod id {
-    use kernel::bindings;
-    /// The memory balloon.
-    pub(crate) const BALLOON: u32 = bindings::VIRTIO_ID_BALLOON;
+/// A virtio feature bit: below 64 by construction (the virtio core BUG()s
+/// on a larger one in a driver's feature table). Make them in `const`s, so
+/// that a bad bit is a build error.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(transparent)]
+pub(crate) struct Feature(u32);
+
+impl Feature {
+    /// Feature bit `bit`; fails to build (in a constant) unless `bit < 64`.
+    pub(crate) const fn new(bit: u32) -> Self {
+        assert!(bit < 64, "virtio feature bits are below 64");
+        Self(bit)
+    }
+
+    const fn mask(self) -> u64 {
+        1u64 << self.0
+    }
 }
 
-/// Feature bits (`include/uapi/linux/virtio_balloon.h`,
-/// `virtio_config.h`, `virtio_ring.h`).
+/// Transport feature bits a driver may have to refuse in `validate`.
 pub(crate) mod feature {
+    use super::Feature;
     use kernel::bindings;
-    pub(crate) const BALLOON_MUST_TELL_HOST: u32 = bindings::VIRTIO_BALLOON_F_MUST_TELL_HOST;
-    pub(crate) const BALLOON_STATS_VQ: u32 = bindings::VIRTIO_BALLOON_F_STATS_VQ;
-    pub(crate) const BALLOON_DEFLATE_ON_OOM: u32 = bindings::VIRTIO_BALLOON_F_DEFLATE_ON_OOM;
-    pub(crate) const BALLOON_FREE_PAGE_HINT: u32 = bindings::VIRTIO_BALLOON_F_FREE_PAGE_HINT;
-    pub(crate) const BALLOON_PAGE_POISON: u32 = bindings::VIRTIO_BALLOON_F_PAGE_POISON;
-    pub(crate) const BALLOON_REPORTING: u32 = bindings::VIRTIO_BALLOON_F_REPORTING;
-    /// `VIRTIO_RING_F_INDIRECT_DESC` (uapi/linux/virtio_ring.h, not in the
-    /// 6.12 bindings).
-    pub(crate) const RING_INDIRECT_DESC: u32 = 28;
-    pub(crate) const ACCESS_PLATFORM: u32 = bindings::VIRTIO_F_ACCESS_PLATFORM;
+    /// `VIRTIO_RING_F_INDIRECT_DESC` (uapi/linux/virtio_ring.h).
+    pub(crate) const RING_INDIRECT_DESC: Feature = Feature::new(28);
+    /// `VIRTIO_F_ACCESS_PLATFORM`.
+    pub(crate) const ACCESS_PLATFORM: Feature = Feature::new(bindings::VIRTIO_F_ACCESS_PLATFORM);
 }
 
-/// A virtio device (`struct virtio_device`).
+/// The ID table of a driver: the device IDs it binds to, with the terminator
+/// the bus needs. Made by [`virtio_device_table!`], which also exports it
+/// for `modpost`, so the module's aliases come from this one list.
+#[repr(C)]
+pub(crate) struct IdTable<const N: usize> {
+    ids: [bindings::virtio_device_id; N],
+    end: bindings::virtio_device_id,
+}
+
+// SAFETY: plain integers, never written after construction.
+unsafe impl<const N: usize> Sync for IdTable<N> {}
+
+impl<const N: usize> IdTable<N> {
+    /// A table of `devices` (any vendor).
+    pub(crate) const fn new(devices: [u32; N]) -> Self {
+        let mut ids = [bindings::virtio_device_id {
+            device: 0,
+            vendor: 0,
+        }; N];
+        let mut i = 0;
+        while i < N {
+            assert!(devices[i] != 0, "device ID 0 ends the table");
+            ids[i] = bindings::virtio_device_id {
+                device: devices[i],
+                vendor: bindings::VIRTIO_DEV_ANY_ID,
+            };
+            i += 1;
+        }
+        Self {
+            ids,
+            end: bindings::virtio_device_id {
+                device: 0,
+                vendor: 0,
+            },
+        }
+    }
+
+    /// The table as the bus reads it.
+    pub(crate) const fn as_ref(&'static self) -> IdTableRef {
+        IdTableRef(self.ids.as_ptr())
+    }
+}
+
+/// A terminated ID table ([`IdTable::as_ref`]).
+#[derive(Clone, Copy)]
+pub(crate) struct IdTableRef(*const bindings::virtio_device_id);
+
+/// Defines a driver's [`IdTable`] as `$table`, exported to `modpost` as a
+/// virtio device table (`__mod_virtio__<table>_device_table`), which turns
+/// it into the module's `virtio:d...v*` aliases.
+macro_rules! virtio_device_table {
+    ($table:ident, [$($id:expr),+ $(,)?]) => {
+        #[used]
+        #[export_name = concat!("__mod_virtio__", stringify!($table), "_device_table")]
+        static $table: $crate::kapi::virtio::IdTable<{ 0 $(+ { let _ = $id; 1 })+ }> =
+            $crate::kapi::virtio::IdTable::new([$($id),+]);
+    };
+}
+
+/// Device contexts: what a `&Device<C>` lets its holder do.
+mod private {
+    pub(crate) trait Sealed {}
+}
+
+/// A context of [`Device`].
+pub(crate) trait DeviceContext: private::Sealed {}
+
+/// Any reference to a registered device: identity and messages only.
+pub(crate) struct Normal;
+/// Inside [`Driver::validate`], before negotiation completes: offered
+/// features may be cleared. Not `Send` or `Sync`.
+pub(crate) struct Validate(PhantomData<*mut ()>);
+/// A bound device, possibly in atomic context: negotiated features only.
+pub(crate) struct Bound;
+/// Inside probe, ready, remove, freeze and restore: the device lock is held
+/// and the driver is bound (or binding).
+pub(crate) struct Core;
+
+impl private::Sealed for Normal {}
+impl private::Sealed for Validate {}
+impl private::Sealed for Bound {}
+impl private::Sealed for Core {}
+impl DeviceContext for Normal {}
+impl DeviceContext for Validate {}
+impl DeviceContext for Bound {}
+impl DeviceContext for Core {}
+
+/// A virtio device (`struct virtio_device`) seen in context `C`.
 ///
 /// # Invariants
 ///
-/// A `&Device` is only created for a device that is registered with the
-/// virtio bus and stays valid for the reference's lifetime: the bus holds it
-/// while a driver callback runs, and [`DeviceRef`] holds a reference count.
+/// A `&Device<C>` is only created for a registered device that stays valid
+/// for the reference's lifetime, in a situation that matches `C` (see the
+/// module documentation). Only the virtio core writes `features` outside
+/// [`Validate`], and only while no driver is bound.
 #[repr(transparent)]
-pub(crate) struct Device(Opaque<bindings::virtio_device>);
+pub(crate) struct Device<C: DeviceContext = Normal>(
+    Opaque<bindings::virtio_device>,
+    PhantomData<C>,
+);
 
-// SAFETY: the C side synchronises access to a virtio device; the methods
-// here are the kind the C drivers call from any thread.
-unsafe impl Send for Device {}
+// SAFETY: a reference to a registered device may be used and dropped on any
+// thread; `Normal` offers nothing that needs more (as `kernel::device`).
+unsafe impl Send for Device<Normal> {}
 // SAFETY: see `Send`.
-unsafe impl Sync for Device {}
+unsafe impl Sync for Device<Normal> {}
+// SAFETY: `Bound` only reads fields that do not change while bound.
+unsafe impl Sync for Device<Bound> {}
+// SAFETY: `Core` callbacks run under the device lock; what is shared with
+// other threads through `&Device<Core>` is what `Bound` offers.
+unsafe impl Sync for Device<Core> {}
 
-impl Device {
+impl<C: DeviceContext> Device<C> {
     /// # Safety
     ///
-    /// `ptr` must point to a registered virtio device that stays valid for `'a`.
+    /// `ptr` must be a registered device that stays valid for `'a`, in a
+    /// situation matching `C`.
     unsafe fn from_raw<'a>(ptr: *mut bindings::virtio_device) -> &'a Self {
-        // SAFETY: `Device` is a transparent wrapper of `virtio_device`; the
-        // caller guarantees validity for `'a`.
+        // SAFETY: transparent wrapper; validity per the contract.
         unsafe { &*ptr.cast::<Self>() }
     }
 
@@ -76,182 +198,499 @@ impl Device {
         self.0.get()
     }
 
-    /// The embedded `struct device`, for messages.
-    pub(crate) fn raw_dev(&self) -> *mut bindings::device {
-        // SAFETY: `as_raw` is valid (type invariant); this only computes the
-        // address of a field.
-        unsafe { core::ptr::addr_of_mut!((*self.as_raw()).dev) }
+    /// The embedded generic device, for messages and keep-alive references
+    /// (`ARef<kernel::device::Device>`).
+    pub(crate) fn as_dev(&self) -> &kernel::device::Device {
+        // SAFETY: `dev` is embedded in the valid virtio device (type
+        // invariant), so it lives as long as `self`.
+        unsafe { kernel::device::Device::as_ref(&raw mut (*self.as_raw()).dev) }
     }
 
     /// The bus index `N` of `virtioN`.
     pub(crate) fn index(&self) -> i32 {
-        // SAFETY: valid device (type invariant); `index` is set before the
-        // device is registered and never changes.
+        // SAFETY: valid device; `index` is set before the device is
+        // registered and never changes.
         unsafe { (*self.as_raw()).index }
     }
+}
 
-    /// Whether feature `bit` was negotiated (or, during `validate`, offered).
-    ///
-    /// Reads the feature word directly: C's `virtio_has_feature` BUG()s on
-    /// a device bit the driver does not list, and asking must never crash.
-    pub(crate) fn has_feature(&self, bit: u32) -> bool {
-        bit < 64 && self.features() & (1u64 << bit) != 0
+impl<C: DeviceContext> super::print::AsDevice for Device<C> {
+    fn as_device(&self) -> &kernel::device::Device {
+        self.as_dev()
+    }
+}
+
+// SAFETY: the refcount of a virtio device is that of its embedded `struct
+// device`, whose release frees the virtio device.
+unsafe impl AlwaysRefCounted for Device<Normal> {
+    fn inc_ref(&self) {
+        // SAFETY: a shared reference means the count is not zero.
+        unsafe { bindings::get_device(&raw mut (*self.as_raw()).dev) };
     }
 
+    unsafe fn dec_ref(obj: NonNull<Self>) {
+        // SAFETY: the caller gives up a reference it holds.
+        unsafe {
+            bindings::put_device(&raw mut (*obj.as_ptr().cast::<bindings::virtio_device>()).dev)
+        };
+    }
+}
+
+impl Device<Validate> {
+    /// Whether the device offers feature `f` (among those the driver lists).
+    pub(crate) fn offers(&self, f: Feature) -> bool {
+        // SAFETY: valid device; during validate only this thread (the bus,
+        // then us) touches `features`.
+        unsafe { (*self.as_raw()).features & f.mask() != 0 }
+    }
+
+    /// Refuses feature `f`: it will not be negotiated.
+    pub(crate) fn clear_feature(&self, f: Feature) {
+        // `Device<Validate>` is neither `Send` nor `Sync`, and the bus is
+        // waiting for validate to return: nobody else reads or writes the
+        // word meanwhile.
+        // SAFETY: valid device; see above.
+        unsafe { (*self.as_raw()).features &= !f.mask() };
+    }
+}
+
+impl Device<Bound> {
     /// The negotiated feature bits.
     pub(crate) fn features(&self) -> u64 {
-        // SAFETY: valid device (type invariant); the bus writes `features`
-        // only before `probe`.
+        // SAFETY: valid device; the word does not change while the driver is
+        // bound (type invariant).
         unsafe { (*self.as_raw()).features }
     }
 
-    /// Reads a little-endian `u32` field of the device's config space, with
-    /// one 32-bit access (as the spec asks for 32-bit fields), retried until
-    /// the config generation is stable.
-    pub(crate) fn read_config_le32(&self, offset: usize) -> u32 {
-        let vdev = self.as_raw();
-        let mut bytes = [0u8; 4];
-        // SAFETY: valid device (type invariant) whose `config` ops are set by
-        // the transport; `get` exists (checked in `probe_callback` before the
-        // driver sees the device). `bytes` is valid for 4 bytes of writes.
+    /// Whether feature `f` was negotiated.
+    pub(crate) fn has_feature(&self, f: Feature) -> bool {
+        self.features() & f.mask() != 0
+    }
+}
+
+impl Device<Core> {
+    fn binding(&self) -> &Binding {
+        // SAFETY: in a `Core` callback `priv` is the binding (set before the
+        // driver sees the device, cleared after its last callback).
+        unsafe { &*(*self.as_raw()).priv_.cast::<Binding>() }
+    }
+
+    /// A handle on the device's config space with layout `L`, valid while
+    /// the driver stays bound (reads and writes fail with `ENODEV` after).
+    pub(crate) fn config<L: ConfigLayout>(&self) -> Result<Config<L>> {
+        // SAFETY: valid device with config ops (checked before probe).
+        let id = unsafe { (*self.as_raw()).id.device };
+        if id != L::DEVICE_ID {
+            return Err(EINVAL);
+        }
+        Ok(Config {
+            bind: self.binding().arc(),
+            _l: PhantomData,
+        })
+    }
+
+    /// The driver's debugfs directory (`/sys/kernel/debug/<driver>/`), for
+    /// per-device entries under it; `None` without debugfs.
+    pub(crate) fn debugfs_dir(&self) -> Option<Arc<Dir>> {
+        self.binding().debugfs.clone()
+    }
+
+    /// The fault-injection knobs of this binding's queues (see
+    /// [`queue::HostFaults`]), for tests of hostile-host handling.
+    #[cfg(CONFIG_FAULT_INJECTION_DEBUG_FS)]
+    pub(crate) fn fault_knobs(&self) -> Arc<queue::HostFaults> {
+        self.binding().faults.clone()
+    }
+}
+
+impl core::ops::Deref for Device<Core> {
+    type Target = Device<Bound>;
+    fn deref(&self) -> &Device<Bound> {
+        // SAFETY: `Core` allows everything `Bound` does; same layout.
+        unsafe { Device::from_raw(self.as_raw()) }
+    }
+}
+
+impl core::ops::Deref for Device<Bound> {
+    type Target = Device<Normal>;
+    fn deref(&self) -> &Device<Normal> {
+        // SAFETY: any context allows what `Normal` does; same layout.
+        unsafe { Device::from_raw(self.as_raw()) }
+    }
+}
+
+impl core::ops::Deref for Device<Validate> {
+    type Target = Device<Normal>;
+    fn deref(&self) -> &Device<Normal> {
+        // SAFETY: as above.
+        unsafe { Device::from_raw(self.as_raw()) }
+    }
+}
+
+/// The layout of a device type's config space.
+///
+/// # Safety
+///
+/// `Self` is a plain-data `repr(C)` struct that describes the config space
+/// of devices with ID `DEVICE_ID`, and every
+/// [`Field`] made for it with [`config_field!`] states truthfully when the
+/// field exists in a device's config space.
+pub(crate) unsafe trait ConfigLayout: Sized + 'static {
+    /// The virtio device ID whose config space this is.
+    const DEVICE_ID: u32;
+}
+
+/// A scalar config-space field type, stored little-endian.
+pub(crate) trait ConfigScalar: Copy + private::Sealed {
+    #[doc(hidden)]
+    fn from_le(b: [u8; 8]) -> Self;
+    #[doc(hidden)]
+    fn to_le(self) -> [u8; 8];
+}
+
+impl private::Sealed for u8 {}
+impl private::Sealed for u16 {}
+impl private::Sealed for u32 {}
+
+macro_rules! scalar {
+    ($t:ty) => {
+        impl ConfigScalar for $t {
+            fn from_le(b: [u8; 8]) -> Self {
+                let mut v = [0u8; core::mem::size_of::<$t>()];
+                v.copy_from_slice(&b[..core::mem::size_of::<$t>()]);
+                <$t>::from_le_bytes(v)
+            }
+            fn to_le(self) -> [u8; 8] {
+                let mut b = [0u8; 8];
+                b[..core::mem::size_of::<$t>()].copy_from_slice(&self.to_le_bytes());
+                b
+            }
+        }
+    };
+}
+scalar!(u8);
+scalar!(u16);
+scalar!(u32);
+
+/// A field of config layout `L`, of type `T`: its offset and width come
+/// from the struct, and it knows which feature (if any) it needs. Made by
+/// [`config_field!`].
+pub(crate) struct Field<L: ConfigLayout, T: ConfigScalar> {
+    offset: u32,
+    feature: Option<Feature>,
+    _t: PhantomData<fn(&L) -> T>,
+}
+
+impl<L: ConfigLayout, T: ConfigScalar> Clone for Field<L, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<L: ConfigLayout, T: ConfigScalar> Copy for Field<L, T> {}
+
+impl<L: ConfigLayout, T: ConfigScalar> Field<L, T> {
+    /// # Safety
+    ///
+    /// `offset` is the offset of a field of `L` that is `size_of::<T>()`
+    /// bytes wide and exists in the config space of every device that has
+    /// negotiated `feature` (or of every device, for `None`).
+    pub(crate) const unsafe fn new_unchecked(offset: usize, feature: Option<Feature>) -> Self {
+        Self {
+            offset: offset as u32,
+            feature,
+            _t: PhantomData,
+        }
+    }
+}
+
+/// A [`Field`] of layout `$layout`: field `$field` read as `$t` (which must
+/// be exactly as wide), present always or only `if` a feature is
+/// negotiated. Expands to an `unsafe` constructor: the caller states that
+/// the feature condition is what the device type's specification says.
+macro_rules! config_field {
+    ($layout:ty, $field:ident : $t:ty $(, if $feature:expr)?) => {{
+        const fn width<F>(_: *const F) -> usize {
+            ::core::mem::size_of::<F>()
+        }
+        const _: () = ::core::assert!(
+            width({
+                let l = ::core::mem::MaybeUninit::<$layout>::uninit();
+                // SAFETY: only the field's address is computed; nothing is
+                // read.
+                unsafe { ::core::ptr::addr_of!((*l.as_ptr()).$field) }
+            }) == ::core::mem::size_of::<$t>(),
+            "config field read with a type of another width"
+        );
+        $crate::kapi::virtio::Field::<$layout, $t>::new_unchecked(
+            ::core::mem::offset_of!($layout, $field),
+            $crate::kapi::virtio::config_field!(@feature $($feature)?),
+        )
+    }};
+    (@feature) => { None };
+    (@feature $f:expr) => { Some($f) };
+}
+pub(crate) use config_field;
+
+/// The config space of a bound device, with layout `L`.
+pub(crate) struct Config<L: ConfigLayout> {
+    bind: Arc<Binding>,
+    _l: PhantomData<fn() -> L>,
+}
+
+impl<L: ConfigLayout> Config<L> {
+    /// Checks that the binding is alive and `f` exists on this device.
+    fn access<T: ConfigScalar>(
+        &self,
+        f: &Field<L, T>,
+    ) -> Result<(RwSemRead<'_>, *mut bindings::virtio_device)> {
+        let life = self.bind.life.read();
+        // SAFETY: `state` is only written with `life` held for writing.
+        if !unsafe { (*self.bind.state.get()).bound } {
+            return Err(ENODEV);
+        }
+        let vdev = self.bind.vdev.as_ptr();
+        if let Some(feat) = f.feature {
+            // SAFETY: bound (checked under `life`), so `features` is stable.
+            if unsafe { (*vdev).features } & feat.mask() == 0 {
+                return Err(ENOTSUPP);
+            }
+        }
+        Ok((life, vdev))
+    }
+
+    /// Reads field `f`, with one access of its width, retried until the
+    /// device's config generation is stable. May sleep.
+    pub(crate) fn read<T: ConfigScalar>(&self, f: Field<L, T>) -> Result<T> {
+        let (_life, vdev) = self.access(&f)?;
+        let mut bytes = [0u8; 8];
+        let len = core::mem::size_of::<T>() as u32;
+        // The field lies within the device's config space (`Field`'s
+        // contract, feature checked above); the transport's `get` exists
+        // (checked before probe) and writes `len` <= 8 bytes.
+        // SAFETY: see above; the device is bound (held by `_life`).
         unsafe {
             let ops = (*vdev).config;
-            let Some(get) = (*ops).get else {
-                return 0;
-            };
+            let get = (*ops).get.ok_or(ENODEV)?;
             let generation = (*ops).generation;
             loop {
                 let before = generation.map_or(0, |g| g(vdev));
-                get(vdev, offset as u32, bytes.as_mut_ptr().cast(), 4);
+                get(vdev, f.offset, bytes.as_mut_ptr().cast(), len);
                 if generation.map_or(0, |g| g(vdev)) == before {
                     break;
                 }
             }
         }
-        u32::from_le_bytes(bytes)
+        Ok(T::from_le(bytes))
     }
 
-    /// Writes a little-endian `u32` field of the device's config space, with
-    /// one 32-bit access.
-    pub(crate) fn write_config_le32(&self, offset: usize, value: u32) {
-        let vdev = self.as_raw();
-        let bytes = value.to_le_bytes();
-        // SAFETY: valid device with config ops (see `read_config_le32`);
-        // `bytes` is valid for 4 bytes of reads. Transports without `set`
-        // have a read-only config space: nothing to write then.
+    /// Writes field `f` with one access of its width. May sleep.
+    pub(crate) fn write<T: ConfigScalar>(&self, f: Field<L, T>, value: T) -> Result {
+        let (_life, vdev) = self.access(&f)?;
+        let bytes = value.to_le();
+        let len = core::mem::size_of::<T>() as u32;
+        // SAFETY: as in `read`; `bytes` holds `len` bytes to read. A
+        // transport without `set` has a read-only config space.
         unsafe {
-            if let Some(set) = (*(*vdev).config).set {
-                set(vdev, offset as u32, bytes.as_ptr().cast(), 4);
+            let set = (*(*vdev).config).set.ok_or(ENOTSUPP)?;
+            set(vdev, f.offset, bytes.as_ptr().cast(), len);
+        }
+        Ok(())
+    }
+}
+
+/// A virtio driver. Optional callbacks are installed only when implemented
+/// (`#[vtable]`).
+#[vtable]
+pub(crate) trait Driver: Sized + Send + Sync + 'static {
+    /// Driver name, as in `/sys/bus/virtio/drivers/<NAME>` and debugfs.
+    const NAME: &'static CStr;
+    /// The device IDs this driver binds to ([`virtio_device_table!`]).
+    const ID_TABLE: IdTableRef;
+    /// Feature bits the driver understands.
+    const FEATURES: &'static [Feature];
+
+    /// Before feature negotiation completes: may refuse offered features.
+    fn validate(_dev: &Device<Validate>) -> Result {
+        kernel::build_error(kernel::error::VTABLE_DEFAULT_ERROR)
+    }
+
+    /// Binds to `dev`: features are negotiated, the device is not live yet
+    /// (`DRIVER_OK` follows when this returns). `queues` sets up the
+    /// virtqueues, once. On error, whatever queues were set up are torn
+    /// down (the device reset first).
+    fn probe(dev: &Device<Core>, queues: queue::QueueSetup<'_>) -> Result<Pin<KBox<Self>>>;
+
+    /// The device is live (`DRIVER_OK`), after probe and after restore.
+    fn ready(&self, _dev: &Device<Core>) {
+        kernel::build_error(kernel::error::VTABLE_DEFAULT_ERROR)
+    }
+
+    /// The device's config space changed. Atomic context.
+    fn config_changed(&self, _dev: &Device<Bound>) {
+        kernel::build_error(kernel::error::VTABLE_DEFAULT_ERROR)
+    }
+
+    /// The device returned buffers on posted queue `queue`. Atomic context.
+    fn buffers_used(&self, _dev: &Device<Bound>, _queue: queue::QueueId) {
+        kernel::build_error(kernel::error::VTABLE_DEFAULT_ERROR)
+    }
+
+    /// Unbinds from `dev`; the queues still work. Afterwards the layer
+    /// resets the device, deletes the queues, and drops the data.
+    fn remove(&self, dev: &Device<Core>);
+
+    /// The system is going to sleep (freezable work is frozen already).
+    /// The queues still work; on success the layer resets the device and
+    /// deletes them. On error the system does not sleep and they stay.
+    fn freeze(&self, _dev: &Device<Core>) -> Result {
+        kernel::build_error(kernel::error::VTABLE_DEFAULT_ERROR)
+    }
+
+    /// The system woke up: set the virtqueues up again with `queues`.
+    /// [`Driver::ready`] follows once the device is live.
+    fn restore(&self, _dev: &Device<Core>, _queues: queue::QueueSetup<'_>) -> Result {
+        kernel::build_error(kernel::error::VTABLE_DEFAULT_ERROR)
+    }
+}
+
+/// Lifecycle state of a binding, guarded by [`Binding::life`].
+struct Life {
+    /// Whether the driver is bound: config handles work.
+    bound: bool,
+}
+
+/// What `vdev->priv` points to while a driver is bound (`vq->priv` is the
+/// transport's).
+///
+/// # Invariants
+///
+/// `vdev` is the bound device, kept allocated by `_dev`. `state` is read
+/// with `life` held (either way) and written with it held for writing.
+/// `data` is null or the driver's data (`Pin<KBox<T>>` as a foreign
+/// pointer), published after probe and taken before it is dropped.
+/// `queues[i]` is null or an `Arc<QueueCore>` (as a raw pointer) of the
+/// live queue with transport index `i`.
+#[pin_data]
+struct Binding {
+    vdev: NonNull<bindings::virtio_device>,
+    _dev: ARef<kernel::device::Device>,
+    #[pin]
+    life: RwSem,
+    state: UnsafeCell<Life>,
+    data: AtomicPtr<c_void>,
+    /// `Adapter::<T>::used_trampoline` for the bound driver's `T`.
+    notify: unsafe fn(*const c_void, &Device<Bound>, queue::QueueId),
+    queues: [AtomicPtr<queue::QueueCore>; queue::MAX_VQS],
+    /// Set once a device that asked to be reset was given up on.
+    gave_up: AtomicBool,
+    debugfs: Option<Arc<Dir>>,
+    faults: queue::Faults,
+}
+
+// SAFETY: the raw device pointer is kept valid by `_dev` and used under the
+// rules of the virtio core; `state` is guarded by `life`; the rest is
+// atomics and `Arc`s.
+unsafe impl Send for Binding {}
+// SAFETY: see `Send`.
+unsafe impl Sync for Binding {}
+
+impl Binding {
+    /// A new `Arc` on this binding, which lives in an `Arc` (`priv`).
+    fn arc(&self) -> Arc<Binding> {
+        // SAFETY: every `Binding` is created by `Arc::pin_init` in
+        // `probe_callback` and only reached through that `Arc` or `priv`,
+        // which holds a reference while the driver is bound.
+        unsafe { ArcBorrow::from_raw(core::ptr::from_ref(self)) }.into()
+    }
+
+    /// Whether the device set `DEVICE_NEEDS_RESET`: it hit an error and, by
+    /// the virtio spec, uses no buffer any more. The device is then broken
+    /// on the guest side too, so every sender fails at once instead of
+    /// waiting for an answer that cannot come. Said once per binding.
+    fn needs_reset(&self) -> bool {
+        let vdev = self.vdev.as_ptr();
+        // SAFETY: valid device with config ops; `get_status` reads the
+        // status register.
+        let status = unsafe { (*(*vdev).config).get_status.map_or(0, |get| get(vdev)) };
+        if u32::from(status) & bindings::VIRTIO_CONFIG_S_NEEDS_RESET == 0 {
+            return false;
+        }
+        if !self.gave_up.swap(true, Ordering::AcqRel) {
+            // SAFETY: valid device; reading its generic part for a message.
+            let dev = unsafe { Device::<Normal>::from_raw(vdev) };
+            dev_err!(
+                dev,
+                "the device reports an error and needs a reset; giving up on it until it is bound again\n"
+            );
+            // SAFETY: valid device, process context.
+            unsafe { bindings::virtio_break_device(vdev) };
+        }
+        true
+    }
+
+    /// Tears the queues down: breaks the device (every waiter gives up, no
+    /// buffer can be added), waits for operations in progress, resets the
+    /// device (it touches nothing from now on), drops the buffers it still
+    /// held and deletes the queues. With `unbind`, config handles stop
+    /// working too. Idempotent.
+    fn teardown(&self, unbind: bool) {
+        let vdev = self.vdev.as_ptr();
+        // SAFETY: valid device, process context.
+        unsafe { bindings::virtio_break_device(vdev) };
+        for slot in &self.queues {
+            let q = slot.load(Ordering::Acquire);
+            if !q.is_null() {
+                // SAFETY: entries are live `QueueCore`s until cleared below.
+                unsafe { (*q).wake() };
+            }
+        }
+        let _w = self.life.write();
+        if unbind {
+            // SAFETY: `life` is held for writing.
+            unsafe { (*self.state.get()).bound = false };
+        }
+        // Every queue operation holds `life` for reading, so none is in
+        // progress: the reset may go ahead, and it synchronises with the
+        // queues' interrupt callbacks. The core wants the device reset after
+        // remove even if it had no queues.
+        // SAFETY: valid device, process context, no kick in progress.
+        unsafe { bindings::virtio_reset_device(vdev) };
+        let mut any = false;
+        for slot in &self.queues {
+            let q = slot.swap(core::ptr::null_mut(), Ordering::AcqRel);
+            if q.is_null() {
+                continue;
+            }
+            any = true;
+            // SAFETY: the entry held one reference (type invariant), taken
+            // back here; the device is reset, so it owns no buffer now.
+            let q = unsafe { Arc::from_raw(q) };
+            q.retire();
+        }
+        if any {
+            // SAFETY: valid device with config ops; reset above, and every
+            // queue is retired, so nothing uses them any more.
+            if let Some(del) = unsafe { (*(*vdev).config).del_vqs } {
+                // SAFETY: see above.
+                unsafe { del(vdev) };
             }
         }
     }
 
-    /// Makes the device live (`DRIVER_OK`): its virtqueues may be used and
-    /// it may raise config interrupts from now on.
-    pub(crate) fn ready(&self) {
-        // SAFETY: valid device; callers set the virtqueues up first.
-        unsafe { bindings::virtio_device_ready(self.as_raw()) };
+    /// After an operation failed with buffers the device might still hold:
+    /// resets the device (if `q` is still live), so that the memory may be
+    /// reused. The device is useless until it is bound again.
+    fn reset_after_error(&self, q: &queue::QueueCore) {
+        let _w = self.life.write();
+        if q.is_live() {
+            // SAFETY: valid device, process context; `life` held for writing,
+            // so no other queue operation (or kick) is in progress.
+            unsafe {
+                bindings::virtio_break_device(self.vdev.as_ptr());
+                bindings::virtio_reset_device(self.vdev.as_ptr());
+            }
+        }
     }
-
-    /// Clears feature `bit` from the features offered to the driver. Only
-    /// meaningful in [`Driver::validate`], before negotiation completes.
-    pub(crate) fn clear_feature(&self, bit: u32) {
-        // SAFETY: valid device (type invariant); during `validate` the bus
-        // expects drivers to clear bits they cannot accept.
-        unsafe { bindings::__virtio_clear_bit(self.as_raw(), bit) }
-    }
-
-    /// A counted reference to this device.
-    pub(crate) fn get_ref(&self) -> DeviceRef {
-        // SAFETY: the device is valid (type invariant); `get_device` takes a
-        // reference that `DeviceRef::drop` releases.
-        unsafe { bindings::get_device(self.raw_dev()) };
-        // INVARIANT: a reference was just taken.
-        DeviceRef(NonNull::from(self))
-    }
-}
-
-/// A reference-counted handle on a virtio device: the `struct virtio_device`
-/// stays in memory for as long as the handle exists.
-///
-/// # Invariants
-///
-/// Holds one reference on the device's `struct device` (`get_device`).
-pub(crate) struct DeviceRef(NonNull<Device>);
-
-// SAFETY: device references may be taken and dropped on any thread.
-unsafe impl Send for DeviceRef {}
-// SAFETY: `Device` is `Sync`.
-unsafe impl Sync for DeviceRef {}
-
-impl core::ops::Deref for DeviceRef {
-    type Target = Device;
-    fn deref(&self) -> &Device {
-        // SAFETY: the held reference keeps the device valid (type invariant).
-        unsafe { self.0.as_ref() }
-    }
-}
-
-impl Drop for DeviceRef {
-    fn drop(&mut self) {
-        // SAFETY: releases the reference taken in `Device::get_ref`.
-        unsafe { bindings::put_device(self.raw_dev()) };
-    }
-}
-
-/// A virtio driver.
-pub(crate) trait Driver: Sized + Send + Sync + 'static {
-    /// Driver name, as in `/sys/bus/virtio/drivers/<NAME>`.
-    const NAME: &'static CStr;
-    /// Device ID this driver binds to (`VIRTIO_ID_*`).
-    const DEVICE_ID: u32;
-    /// Feature bits the driver understands.
-    const FEATURES: &'static [u32];
-
-    /// Called before feature negotiation completes: may clear offered bits.
-    fn validate(_dev: &Device) -> Result {
-        Ok(())
-    }
-
-    /// Binds to `dev`: negotiated features are known, the device is not yet
-    /// live (`DRIVER_OK` is set right after `probe` returns).
-    fn probe(dev: &Device) -> Result<KBox<Self>>;
-
-    /// Called once the device is live, right after `probe`.
-    fn ready(&self, _dev: &Device) {}
-
-    /// The device's config space changed. Runs in interrupt context.
-    fn config_changed(&self, dev: &Device);
-
-    /// Unbinds from `dev`. The data is dropped when this returns.
-    fn remove(&self, dev: &Device);
-
-    /// The system is going to sleep: the driver's freezable work is already
-    /// frozen. Give resources back and let go of the virtqueues; the device
-    /// is reset afterwards.
-    fn freeze(&self, _dev: &Device) -> Result {
-        Ok(())
-    }
-
-    /// The system woke up: set the virtqueues up again. The device is made
-    /// live after this returns (unless the driver did it), so a driver that
-    /// needs the device live right away calls [`Device::ready`].
-    fn restore(&self, _dev: &Device) -> Result {
-        Ok(())
-    }
-}
-
-/// Storage the bus points into while the driver is registered.
-///
-/// # Invariants
-///
-/// `drv` points into `ids` and `T::FEATURES` (static); the whole struct is
-/// pinned, so these pointers stay valid while it is registered.
-#[pin_data]
-struct DriverStorage {
-    #[pin]
-    drv: Opaque<bindings::virtio_driver>,
-    ids: [bindings::virtio_device_id; 2],
 }
 
 /// Registration of driver `T` with the virtio bus; unregisters on drop.
@@ -264,6 +703,22 @@ pub(crate) struct Registration<T: Driver> {
     _t: PhantomData<T>,
 }
 
+/// What the bus points into while the driver is registered.
+///
+/// # Invariants
+///
+/// `drv` is the first field of this `repr(C)` struct, so a pointer to the
+/// `struct virtio_driver` (or its first field, the `struct device_driver`)
+/// is a pointer to the whole.
+#[repr(C)]
+#[pin_data]
+struct DriverStorage {
+    #[pin]
+    drv: Opaque<bindings::virtio_driver>,
+    /// `/sys/kernel/debug/<NAME>/`.
+    debugfs: Option<Arc<Dir>>,
+}
+
 // SAFETY: the registration is only touched at creation and drop; the bus
 // serialises its own accesses to the driver struct.
 unsafe impl<T: Driver> Send for Registration<T> {}
@@ -273,47 +728,24 @@ unsafe impl<T: Driver> Sync for Registration<T> {}
 impl<T: Driver> Registration<T> {
     /// Registers `T` with the virtio bus on behalf of `module`.
     pub(crate) fn new(module: &'static ThisModule) -> Result<Self> {
-        let storage = KBox::pin(
-            DriverStorage {
-                drv: Opaque::uninit(),
-                ids: [
-                    bindings::virtio_device_id {
-                        device: T::DEVICE_ID,
-                        vendor: bindings::VIRTIO_DEV_ANY_ID,
-                    },
-                    bindings::virtio_device_id {
-                        device: 0,
-                        vendor: 0,
-                    },
-                ],
-            },
+        let debugfs = Dir::new(T::NAME, None).ok();
+        let storage = KBox::pin_init(
+            pin_init!(DriverStorage {
+                // SAFETY: all-zero is a valid `virtio_driver` (null pointers
+                // and `None`s); the fields set are the ones the bus reads.
+                drv <- Opaque::ffi_init(|drv: *mut bindings::virtio_driver| unsafe {
+                    drv.write(core::mem::zeroed());
+                    Adapter::<T>::fill(drv);
+                }),
+                debugfs,
+            }),
             GFP_KERNEL,
         )?;
-        // The struct is pinned; only plain data is written through this
-        // reference, nothing is moved out.
-        let ids = storage.ids.as_ptr();
-        let drv = storage.drv.get();
-        // SAFETY: `drv` is valid for writes and not yet shared with C; an
-        // all-zero `virtio_driver` is valid (null pointers and `None`s).
-        unsafe {
-            drv.write(core::mem::zeroed());
-            (*drv).driver.name = T::NAME.as_char_ptr();
-            (*drv).id_table = ids;
-            (*drv).feature_table = T::FEATURES.as_ptr();
-            (*drv).feature_table_size = T::FEATURES.len() as u32;
-            (*drv).validate = Some(validate_callback::<T>);
-            (*drv).probe = Some(probe_callback::<T>);
-            (*drv).remove = Some(remove_callback::<T>);
-            (*drv).config_changed = Some(config_changed_callback::<T>);
-            #[cfg(CONFIG_PM_SLEEP)]
-            {
-                (*drv).freeze = Some(freeze_callback::<T>);
-                (*drv).restore = Some(restore_callback::<T>);
-            }
-        }
-        // SAFETY: `drv` is fully initialised and pinned; `module` is this
-        // module. On success the bus may call the callbacks at once.
-        to_result(unsafe { bindings::__register_virtio_driver(drv, module.as_ptr()) })?;
+        // SAFETY: `drv` is initialised and pinned; `module` is this module.
+        // On success the bus may call the callbacks at once.
+        to_result(unsafe {
+            bindings::__register_virtio_driver(storage.drv.get(), module.as_ptr())
+        })?;
         // INVARIANT: registered just above.
         Ok(Self {
             storage,
@@ -330,823 +762,251 @@ impl<T: Driver> Drop for Registration<T> {
     }
 }
 
-/// # Safety
-///
-/// Called by the virtio bus with a valid device.
-unsafe extern "C" fn validate_callback<T: Driver>(
-    vdev: *mut bindings::virtio_device,
-) -> core::ffi::c_int {
-    // SAFETY: the bus passes a registered device valid for the call.
-    let dev = unsafe { Device::from_raw(vdev) };
-    from_result(|| {
-        T::validate(dev)?;
-        Ok(0)
-    })
-}
+/// The C callbacks of a [`Driver`] `T`.
+pub(crate) struct Adapter<T: Driver>(PhantomData<T>);
 
-/// Most virtqueues a device may have with this layer.
-const MAX_VQS: usize = 8;
-
-/// What `vdev->priv` points to while a driver is bound: the driver data and
-/// the per-queue state the interrupt callbacks reach. (`vq->priv` is not
-/// ours: the transport keeps its notification address there.)
-///
-/// # Invariants
-///
-/// `data` is null or a `KBox<T>` of the bound driver, turned into a raw
-/// pointer; `queues[i]` is null or the pinned `QueueShared` of the live
-/// virtqueue with index `i`.
-struct DevPriv {
-    data: AtomicPtr<c_void>,
-    queues: [AtomicPtr<QueueShared>; MAX_VQS],
-    /// Set once the driver gave up on a device that asked to be reset.
-    gave_up: AtomicBool,
-    faults: Arc<HostFaults>,
-}
-
-impl DevPriv {
-    fn new() -> Result<Self> {
-        Ok(Self {
-            data: AtomicPtr::new(core::ptr::null_mut()),
-            queues: Default::default(),
-            gave_up: AtomicBool::new(false),
-            faults: Arc::new(HostFaults::default(), GFP_KERNEL)?,
-        })
-    }
-}
-
-/// Knobs that make the host side misbehave on purpose, for the tests of
-/// how the driver copes with a hostile or broken host
-/// (`tests/test_e2e_hostile.py`). The driver shows them in debugfs only on
-/// kernels with `CONFIG_FAULT_INJECTION_DEBUG_FS`; elsewhere they stay 0.
-#[derive(Default)]
-pub(crate) struct HostFaults {
-    /// While non-zero: each buffer the device returns is seen with a used
-    /// length of 4096 instead of the real one (one per count).
-    pub(crate) odd_used_len: AtomicU32,
-    /// While non-zero: right after the next kick the device is broken the
-    /// way a transport breaks a device that vanished (`virtio_break_device`),
-    /// so the sender is already waiting for it (one per count).
-    pub(crate) break_device: AtomicU32,
-    /// While non-zero: the next free page hint command id goes out 2 bytes
-    /// long instead of 4. QEMU answers that by marking its device broken
-    /// (`DEVICE_NEEDS_RESET`) and answering nothing any more.
-    pub(crate) short_hint_cmd: AtomicU32,
-}
-
-impl HostFaults {
-    /// Whether to inject the fault counted by `knob` now (and count it).
-    fn take(knob: &AtomicU32) -> bool {
-        knob.load(Ordering::Relaxed) != 0
-            && knob
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| v.checked_sub(1))
-                .is_ok()
-    }
-}
-
-impl super::debugfs::Knobs for HostFaults {
-    fn each(&self, f: &mut dyn FnMut(&'static CStr, &AtomicU32)) {
-        f(kernel::c_str!("inject_odd_used_len"), &self.odd_used_len);
-        f(kernel::c_str!("inject_break_device"), &self.break_device);
-        f(
-            kernel::c_str!("inject_short_hint_cmd"),
-            &self.short_hint_cmd,
-        );
-    }
-}
-
-impl Device {
-    /// The device's fault-injection knobs (see [`HostFaults`]), while bound.
-    pub(crate) fn host_faults(&self) -> Option<Arc<HostFaults>> {
-        self.dev_priv().map(|dp| dp.faults.clone())
-    }
-
-    /// The bound driver's [`DevPriv`], with a new reference.
-    fn dev_priv(&self) -> Option<Arc<DevPriv>> {
-        // SAFETY: valid device; `priv` is null or an `Arc<DevPriv>` turned
-        // into a raw pointer by `probe_callback`, alive while bound.
-        let ptr = unsafe { (*self.as_raw()).priv_ }.cast::<DevPriv>();
-        if ptr.is_null() {
-            return None;
-        }
-        // SAFETY: `ptr` came from `Arc::into_raw` and the reference that
-        // `priv` holds is still counted: borrow it and take a new one.
-        let borrowed = unsafe { ArcBorrow::from_raw(ptr) };
-        Some(borrowed.into())
-    }
-}
-
-/// The driver data of a bound device, if `probe` has returned.
-///
-/// # Safety
-///
-/// `vdev` must be valid; the result may only be used while the device
-/// stays bound and `remove` has not started.
-unsafe fn driver_data<'a, T: Driver>(vdev: *mut bindings::virtio_device) -> Option<&'a T> {
-    // SAFETY: per the function's contract `priv` is null or our `DevPriv`.
-    let dp = unsafe { (*vdev).priv_ }.cast::<DevPriv>();
-    if dp.is_null() {
-        return None;
-    }
-    // SAFETY: `dp` is live while bound; `data` is null or a `KBox<T>`.
-    let data = unsafe { (*dp).data.load(Ordering::Acquire) }.cast::<T>();
-    // SAFETY: freed only after `remove`, per the function's contract.
-    (!data.is_null()).then(|| unsafe { &*data })
-}
-
-/// # Safety
-///
-/// Called by the virtio bus with a valid device that has no driver data yet.
-unsafe extern "C" fn probe_callback<T: Driver>(
-    vdev: *mut bindings::virtio_device,
-) -> core::ffi::c_int {
-    // SAFETY: the bus passes a registered device valid for the call.
-    let dev = unsafe { Device::from_raw(vdev) };
-    from_result(|| {
-        // SAFETY: valid device; reading a field.
-        if !unsafe { bindings::virtio_config_has_get(vdev) } {
-            dev_err!(dev, "config space access is not available\n");
-            return Err(EINVAL);
-        }
-        let dp = Arc::new(DevPriv::new()?, GFP_KERNEL)?;
-        let dp_raw = Arc::into_raw(dp.clone());
-        // SAFETY: `priv` belongs to the driver; from here to `remove` it
-        // holds one reference to `dp` (see `Device::dev_priv`).
-        unsafe { (*vdev).priv_ = dp_raw.cast_mut().cast::<c_void>() };
-        let data = match T::probe(dev) {
-            Ok(data) => data,
-            Err(e) => {
-                // SAFETY: undo the above; `probe` failed, so nothing else
-                // (no queue, no callback) uses `priv` any more.
-                unsafe {
-                    (*vdev).priv_ = core::ptr::null_mut();
-                    drop(Arc::from_raw(dp_raw));
-                }
-                return Err(e);
-            }
-        };
-        let ptr = KBox::into_raw(data);
-        dp.data.store(ptr.cast::<c_void>(), Ordering::Release);
-        // SAFETY: valid device with its virtqueues set up by `probe`.
-        unsafe { bindings::virtio_device_ready(vdev) };
-        // SAFETY: `ptr` came from `KBox::into_raw` just above and is freed
-        // only in `remove_callback`, which the bus cannot run concurrently
-        // with `probe`.
-        let data = unsafe { &*ptr };
-        data.ready(dev);
-        Ok(0)
-    })
-}
-
-/// # Safety
-///
-/// Called by the virtio bus for a device whose `probe` succeeded.
-unsafe extern "C" fn remove_callback<T: Driver>(vdev: *mut bindings::virtio_device) {
-    // SAFETY: the bus passes a bound device valid for the call.
-    let dev = unsafe { Device::from_raw(vdev) };
-    let Some(dp) = dev.dev_priv() else {
-        return;
-    };
-    // Config callbacks are disabled by the core before `remove`; nothing
-    // else reads `data` once it is null.
-    let ptr = dp
-        .data
-        .swap(core::ptr::null_mut(), Ordering::AcqRel)
-        .cast::<T>();
-    if !ptr.is_null() {
-        // SAFETY: `ptr` came from `KBox::into_raw` in `probe_callback` and
-        // is live until the `from_raw` below.
-        T::remove(unsafe { &*ptr }, dev);
-        // SAFETY: as above; dropping the data deletes its virtqueues.
-        drop(unsafe { KBox::from_raw(ptr) });
-    }
-    // SAFETY: drop the reference `priv` held (see `probe_callback`).
-    unsafe {
-        let raw = (*vdev).priv_.cast::<DevPriv>();
-        (*vdev).priv_ = core::ptr::null_mut();
-        drop(Arc::from_raw(raw));
-    }
-}
-
-/// # Safety
-///
-/// Called by the virtio core, in interrupt context, for a bound device.
-unsafe extern "C" fn config_changed_callback<T: Driver>(vdev: *mut bindings::virtio_device) {
-    // SAFETY: the core passes a bound device valid for the call.
-    let dev = unsafe { Device::from_raw(vdev) };
-    // SAFETY: config callbacks are disabled by the core before `remove`
-    // frees the data. Before `probe` returned there is no data yet: the
-    // driver reads the config in `ready` anyway.
-    if let Some(data) = unsafe { driver_data::<T>(vdev) } {
-        T::config_changed(data, dev);
-    }
-}
-
-/// # Safety
-///
-/// Called by the virtio core for a bound device while the system suspends.
-#[cfg(CONFIG_PM_SLEEP)]
-unsafe extern "C" fn freeze_callback<T: Driver>(
-    vdev: *mut bindings::virtio_device,
-) -> core::ffi::c_int {
-    // SAFETY: per this function's contract.
-    unsafe { pm_callback::<T>(vdev, T::freeze) }
-}
-
-/// # Safety
-///
-/// Called by the virtio core for a bound device while the system resumes.
-#[cfg(CONFIG_PM_SLEEP)]
-unsafe extern "C" fn restore_callback<T: Driver>(
-    vdev: *mut bindings::virtio_device,
-) -> core::ffi::c_int {
-    // SAFETY: per this function's contract.
-    unsafe { pm_callback::<T>(vdev, T::restore) }
-}
-
-/// Runs a system-sleep step `step` of the driver bound to `vdev`.
-///
-/// # Safety
-///
-/// `vdev` must be a bound device, and the call must come from the virtio
-/// core's freeze or restore, which the device lock serialises with remove.
-#[cfg(CONFIG_PM_SLEEP)]
-unsafe fn pm_callback<T: Driver>(
-    vdev: *mut bindings::virtio_device,
-    step: fn(&T, &Device) -> Result,
-) -> core::ffi::c_int {
-    // SAFETY: the core passes a bound device valid for the call.
-    let dev = unsafe { Device::from_raw(vdev) };
-    // SAFETY: the data is not freed while the device lock is held.
-    match unsafe { driver_data::<T>(vdev) } {
-        Some(data) => from_result(|| step(data, dev).map(|()| 0)),
-        None => 0,
-    }
-}
-
-/// Called, in interrupt context, when the device returns buffers on a
-/// queue; for queues the host drives (like the balloon's stats queue).
-pub(crate) trait UsedHandler: Send + Sync {
-    /// Must not sleep.
-    fn used(&self);
-}
-
-/// How the driver wants a virtqueue set up.
-pub(crate) struct QueueSpec {
-    /// Queue name, for `/proc/interrupts` and debugging.
-    pub(crate) name: &'static CStr,
-    /// Called when the device returns buffers (besides waking a sender).
-    pub(crate) on_used: Option<Arc<dyn UsedHandler>>,
-    /// Whether the driver uses this queue at all. An unused queue is not
-    /// allocated; the driver still finds the others at their spec position
-    /// in [`Virtqueues::get`], although the transport numbers them densely.
-    pub(crate) used: bool,
-    /// Whether the device interrupts when it returns buffers. Without, the
-    /// driver polls ([`Virtqueue::reap`]) and never sleeps on the queue.
-    pub(crate) interrupts: bool,
-}
-
-/// Per-queue state the interrupt callback reaches through `vq->priv`.
-#[pin_data]
-struct QueueShared {
-    #[pin]
-    used: Completion,
-    on_used: Option<Arc<dyn UsedHandler>>,
-}
-
-/// A virtqueue of a device, for synchronous host round trips: buffers go
-/// out, the caller sleeps until the device has used them all.
-///
-/// # Invariants
-///
-/// `vq` is a live virtqueue of a device whose driver holds the owning
-/// [`Virtqueues`], and `(*vq).priv` points to `shared`.
-pub(crate) struct Virtqueue {
-    vq: NonNull<bindings::virtqueue>,
-    shared: Pin<KBox<QueueShared>>,
-    /// A buffer handed to the device with [`Virtqueue::post`], kept here
-    /// (so alive and unchanged) until the device returns it.
-    posted: Option<OutBuf>,
-    /// The command ids of free page hinting ([`Virtqueue::hint_cmd`]), in
-    /// heap memory that lives as long as the queue.
-    ids: KBox<[u32; 2]>,
-    /// The device's shared state (fault knobs, whether it was given up on).
-    dp: Arc<DevPriv>,
-}
-
-/// Which command of a free page hinting run [`Virtqueue::hint_cmd`] sends.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum HintCmd {
-    /// The id that opens a run.
-    Start = 0,
-    /// The stop id that closes it.
-    Stop = 1,
-}
-
-// SAFETY: a virtqueue may be driven from any thread as long as accesses are
-// serialised, which `&mut self` on every operation guarantees.
-unsafe impl Send for Virtqueue {}
-
-/// A buffer the device reads: heap memory (never the stack, which may not be
-/// DMA-able), filled by the driver.
-pub(crate) struct OutBuf {
-    bytes: KVec<u8>,
-}
-
-impl OutBuf {
-    /// A zeroed buffer of `len` bytes.
-    pub(crate) fn new(len: usize) -> Result<Self> {
-        Ok(Self {
-            bytes: KVec::from_elem(0u8, len, GFP_KERNEL)?,
-        })
-    }
-
-    /// The contents, to fill.
-    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
-        &mut self.bytes
-    }
-}
-
-impl Virtqueue {
-    /// Number of descriptors in the ring.
-    pub(crate) fn ring_size(&self) -> u32 {
-        // SAFETY: live virtqueue (type invariant).
-        unsafe { bindings::virtqueue_get_vring_size(self.vq.as_ptr()) }
-    }
-
-    /// Sends the parts `(offset, len)` of `buf` listed in `msgs`, one
-    /// descriptor each, kicks the device once and sleeps until it has used
-    /// every one.
-    ///
-    /// At most the ring's size go out at once; [`Sent::count`] says how
-    /// many did, and the caller sends the rest in another call. The device
-    /// only reads these buffers, so it must report a used length of 0;
-    /// other lengths are counted in [`Sent::odd_lengths`] and otherwise
-    /// ignored. Fails with `EIO`, without waiting further, if the ring is
-    /// broken (the device misbehaved or is gone).
-    pub(crate) fn send(&mut self, buf: &OutBuf, msgs: &[(usize, usize)]) -> Result<Sent> {
-        let mut added = 0usize;
-        for &(offset, len) in msgs {
-            let Some(part) = buf.bytes.get(offset..offset.saturating_add(len)) else {
-                return Err(EINVAL);
-            };
-            if part.is_empty() {
-                continue;
-            }
-            // If the wait below fails (broken ring, a device that gave up), a
-            // late read by the device cannot corrupt guest memory (the host
-            // may read all of it anyway); callers stop writing to the buffer
-            // after a failure.
-            // SAFETY: `part` is heap memory the device only reads; we wait
-            // below until it returned it (or failed, see above).
-            if let Err(e) = unsafe { self.add_out(part) } {
-                if added == 0 {
-                    return Err(e);
-                }
-                break;
-            }
-            added += 1;
-        }
-        self.quiet();
-        self.kick();
-        let mut sent = Sent {
-            count: added,
-            odd_lengths: 0,
-        };
-        for _ in 0..added {
-            if self.wait_used()? != 0 {
-                sent.odd_lengths += 1;
-            }
-        }
-        Ok(sent)
-    }
-
-    /// Hands `buf` (its first `len` bytes) to the device and kicks it,
-    /// without waiting: for a queue the host answers when it likes (the
-    /// stats queue). The buffer stays with the queue until
-    /// [`Virtqueue::take_used`] gives it back. One buffer at a time.
-    pub(crate) fn post(&mut self, buf: OutBuf, len: usize) -> Result {
-        if self.posted.is_some() {
-            return Err(EBUSY);
-        }
-        let len = len.min(buf.bytes.len());
-        // SAFETY: `buf` is heap memory that stays alive and untouched in
-        // `self.posted` until the device returns it (`take_used`) or the
-        // queue is deleted (after a reset).
-        unsafe { self.add_out(&buf.bytes[..len]) }?;
-        self.posted = Some(buf);
-        self.kick();
-        Ok(())
-    }
-
-    /// The posted buffer, if the device has returned it.
-    pub(crate) fn take_used(&mut self) -> Option<OutBuf> {
-        self.get_used()?;
-        self.posted.take()
-    }
-
-    /// Hands the reported free page ranges to the device (as device-writable
-    /// buffers, one descriptor each, without allocating), kicks it and
-    /// sleeps until the device has them. The queue must have room for
-    /// [`super::reporting::CAPACITY`] descriptors.
-    pub(crate) fn send_reported(
-        &mut self,
-        ranges: &super::reporting::ReportedRanges<'_>,
-    ) -> Result {
-        let (sg, nents) = ranges.raw();
-        let token = self.vq.as_ptr().cast::<c_void>();
-        // `sg` holds `nents` entries of isolated free pages for the duration
-        // of this call (invariant of `ReportedRanges`).
-        // SAFETY: see above; we wait below until the device has returned them.
-        // Live virtqueue, serialised by `&mut self`.
-        let ret = unsafe {
-            bindings::virtqueue_add_inbuf(
-                self.vq.as_ptr(),
-                sg,
-                nents,
-                token,
-                bindings::GFP_NOWAIT | bindings::__GFP_NOWARN,
-            )
-        };
-        if ret != 0 {
-            return Err(Error::from_errno(ret));
-        }
-        self.quiet();
-        self.kick();
-        self.wait_used().map(|_| ())
-    }
-
-    /// Free page hinting: hands the device command id `id` (as a
-    /// little-endian `u32`) and kicks it, without waiting. Each kind of
-    /// command has its own slot, as one of each may be on the ring.
-    pub(crate) fn hint_cmd(&mut self, cmd: HintCmd, id: u32) -> Result {
-        let slot = &mut self.ids[cmd as usize];
-        *slot = u32::to_le(id);
-        let bytes = core::ptr::from_mut::<u32>(slot).cast::<u8>();
-        let len = if HostFaults::take(&self.dp.faults.short_hint_cmd) {
-            2
-        } else {
-            4
-        };
-        // The slot is heap memory owned by this queue, which is deleted
-        // (after a device reset) before the memory goes; the device only
-        // reads it. It is rewritten only by the next command of the same
-        // kind, after the device returned this one or moved on to a newer
-        // run, when a stale value is harmless.
-        // SAFETY: `bytes` points to the slot, of which `len` <= 4 bytes are
-        // read; it outlives the device's use of it (see above).
-        let data = unsafe { core::slice::from_raw_parts(bytes, len) };
-        // SAFETY: see above: `data` outlives the device's use of it.
-        unsafe { self.add_out(data) }?;
-        self.kick();
-        Ok(())
-    }
-
-    /// Free page hinting: hands the device `block` and kicks it, without
-    /// waiting. Returns `Ok(false)`, adding nothing, when only one free
-    /// descriptor is left: it is kept for the stop id that ends the run.
-    pub(crate) fn hint_block(&mut self, block: &super::hint::HintBlock) -> Result<bool> {
-        // SAFETY: live virtqueue (type invariant); reading a plain field,
-        // serialised by `&mut self`.
-        if unsafe { (*self.vq.as_ptr()).num_free } <= 1 {
-            return Ok(false);
-        }
-        let addr = block.addr();
-        let mut sg = core::mem::MaybeUninit::<bindings::scatterlist>::uninit();
-        // The device only learns the range: under the virtio free page
-        // hinting rules it may drop the contents it saw, but must keep
-        // whatever the guest writes there later, so the block may be freed
-        // and reused while still on the ring (as the C driver does). The
-        // token is the address, which nobody dereferences. No indirect
-        // descriptors are negotiated, so adding does not allocate.
-        // SAFETY: `sg` is valid for writes; `addr` is a block of
-        // `hint::BYTES` in the direct map (invariant of `HintBlock`), which
-        // the device may not rely on (see above).
-        let ret = unsafe {
-            bindings::sg_init_one(sg.as_mut_ptr(), addr, super::hint::BYTES as u32);
-            bindings::virtqueue_add_inbuf(
-                self.vq.as_ptr(),
-                sg.as_mut_ptr(),
-                1,
-                addr,
-                bindings::GFP_KERNEL,
-            )
-        };
-        to_result(ret)?;
-        self.kick();
-        Ok(true)
-    }
-
-    /// Detaches every buffer the device has returned (for a queue the
-    /// driver polls); returns how many there were.
-    pub(crate) fn reap(&mut self) -> u32 {
-        let mut n = 0;
-        while self.get_used().is_some() {
-            n += 1;
-        }
-        n
-    }
-
-    /// Adds `data` to the ring as one device-readable descriptor.
+impl<T: Driver> Adapter<T> {
+    /// Fills in the callbacks and tables of a zeroed `virtio_driver`.
     ///
     /// # Safety
     ///
-    /// `data` must stay alive and unchanged until the device has returned
-    /// it (or the queue is reset and deleted).
-    unsafe fn add_out(&mut self, data: &[u8]) -> Result {
-        let mut sg = core::mem::MaybeUninit::<bindings::scatterlist>::uninit();
-        let ptr = data.as_ptr().cast_mut().cast::<c_void>();
-        // SAFETY: `sg` is valid for writes; `data` is valid for its length
-        // for as long as the device may read it (the function's contract).
-        // Live virtqueue, serialised by `&mut self`.
-        let ret = unsafe {
-            bindings::sg_init_one(sg.as_mut_ptr(), ptr, data.len() as u32);
-            bindings::virtqueue_add_outbuf(
-                self.vq.as_ptr(),
-                sg.as_mut_ptr(),
-                1,
-                ptr,
-                bindings::GFP_KERNEL,
-            )
-        };
-        to_result(ret)
-    }
-
-    /// Tells the device there are new buffers.
-    fn kick(&mut self) {
-        // SAFETY: live virtqueue; accesses are serialised by `&mut self`.
-        unsafe { bindings::virtqueue_kick(self.vq.as_ptr()) };
-        if HostFaults::take(&self.dp.faults.break_device) {
-            // Breaking the device is what a transport does when it
-            // disappears: the core then ignores the queues' interrupts and
-            // refuses new buffers. A callback already running finishes on
-            // state that lives until the queues are deleted.
-            // SAFETY: the queue's device is live, and this is process
-            // context, as `virtio_break_device` requires.
-            unsafe { bindings::virtio_break_device((*self.vq.as_ptr()).vdev) };
+    /// `drv` is valid for writes and not yet registered.
+    unsafe fn fill(drv: *mut bindings::virtio_driver) {
+        // SAFETY: per the function's contract. `Feature` is a transparent
+        // `u32`; the tables are static.
+        unsafe {
+            (*drv).driver.name = T::NAME.as_char_ptr();
+            (*drv).id_table = T::ID_TABLE.0;
+            (*drv).feature_table = T::FEATURES.as_ptr().cast::<u32>();
+            (*drv).feature_table_size = T::FEATURES.len() as u32;
+            if T::HAS_VALIDATE {
+                (*drv).validate = Some(Self::validate_callback);
+            }
+            (*drv).probe = Some(Self::probe_callback);
+            (*drv).remove = Some(Self::remove_callback);
+            if T::HAS_CONFIG_CHANGED {
+                (*drv).config_changed = Some(Self::config_changed_callback);
+            }
+            #[cfg(CONFIG_PM_SLEEP)]
+            {
+                if T::HAS_FREEZE {
+                    (*drv).freeze = Some(Self::freeze_callback);
+                }
+                if T::HAS_RESTORE {
+                    (*drv).restore = Some(Self::restore_callback);
+                }
+            }
         }
     }
 
-    /// A buffer the device has returned, by its used length; `None` if
-    /// there is none right now.
-    fn get_used(&mut self) -> Option<u32> {
-        let mut len = 0u32;
-        // SAFETY: live virtqueue, serialised by `&mut self`.
-        let token = unsafe { bindings::virtqueue_get_buf(self.vq.as_ptr(), &mut len) };
-        if token.is_null() {
+    /// The driver data, once probe has published it.
+    ///
+    /// # Safety
+    ///
+    /// The caller is in a callback the virtio core orders before the
+    /// remove callback takes the data (config change, queue interrupt,
+    /// freeze, restore), for a device bound to `T`.
+    unsafe fn data<'a>(bind: &'a Binding) -> Option<Pin<&'a T>> {
+        let ptr = bind.data.load(Ordering::Acquire);
+        if ptr.is_null() {
             return None;
         }
-        if HostFaults::take(&self.dp.faults.odd_used_len) {
-            len = 4096;
+        // SAFETY: `ptr` came from `Pin<KBox<T>>::into_foreign` and stays
+        // until `remove_callback` takes it back (after the callers' window).
+        Some(unsafe { <Pin<KBox<T>> as ForeignOwnable>::borrow(ptr) })
+    }
+
+    /// The binding of a device the driver is bound to.
+    ///
+    /// # Safety
+    ///
+    /// `vdev` is bound to `T` (between probe's start and remove's end).
+    unsafe fn binding<'a>(vdev: *mut bindings::virtio_device) -> &'a Binding {
+        // SAFETY: `priv` is our binding while bound.
+        unsafe { &*(*vdev).priv_.cast::<Binding>() }
+    }
+
+    /// Tells the driver that posted queue `q` returned buffers.
+    ///
+    /// # Safety
+    ///
+    /// `data` is the published data of a driver `T` (see [`Self::data`]).
+    unsafe fn used_trampoline(data: *const c_void, dev: &Device<Bound>, q: queue::QueueId) {
+        if T::HAS_BUFFERS_USED {
+            // SAFETY: `data` is the published driver data of `T` (see
+            // `queue::used_callback`).
+            let data = unsafe { <Pin<KBox<T>> as ForeignOwnable>::borrow(data) };
+            data.buffers_used(dev, q);
         }
-        Some(len)
     }
 
-    /// Asks the device not to interrupt when it returns buffers: a sender
-    /// about to wait ([`Virtqueue::wait_used`]) asks for the interrupt only
-    /// if it has to sleep. A device that answers while the kick is handled
-    /// (QEMU without ioeventfd) then costs no interrupt at all.
-    fn quiet(&mut self) {
-        // SAFETY: live virtqueue, serialised by `&mut self`. Only a hint to
-        // the device; an interrupt that comes anyway is harmless.
-        unsafe { bindings::virtqueue_disable_cb(self.vq.as_ptr()) };
+    /// # Safety
+    ///
+    /// Called by the virtio bus with a registered device, before
+    /// negotiation completes.
+    unsafe extern "C" fn validate_callback(vdev: *mut bindings::virtio_device) -> core::ffi::c_int {
+        // SAFETY: the bus passes a registered device, on one thread, before
+        // negotiation completes.
+        let dev = unsafe { Device::<Validate>::from_raw(vdev) };
+        from_result(|| T::validate(dev).map(|()| 0))
     }
 
-    /// Waits for the device to return a buffer; returns its used length.
-    /// Sleeps (with the queue's interrupt asked for) only when none is
-    /// there yet, and leaves the queue [`quiet`](Virtqueue::quiet). Wakes
-    /// up every second to notice a ring the core marked broken (its
-    /// interrupts are ignored from then on) or a device that asked to be
-    /// reset (it will answer nothing more), and fails with `EIO` then.
-    fn wait_used(&mut self) -> Result<u32> {
-        loop {
-            if let Some(len) = self.get_used() {
-                return Ok(len);
+    /// # Safety
+    ///
+    /// Called by the virtio bus with a registered device matching our
+    /// table, under its device lock.
+    unsafe extern "C" fn probe_callback(vdev: *mut bindings::virtio_device) -> core::ffi::c_int {
+        // SAFETY: the bus passes a registered device and holds its lock.
+        let dev = unsafe { Device::<Core>::from_raw(vdev) };
+        from_result(|| {
+            // SAFETY: valid device; reading a field.
+            if !unsafe { bindings::virtio_config_has_get(vdev) } {
+                dev_err!(dev, "config space access is not available\n");
+                return Err(EINVAL);
             }
-            // Signals from earlier rounds should not cut this sleep short
-            // (if one slips through, the loop just checks again).
-            self.shared.used.reinit();
-            // SAFETY: live virtqueue, serialised by `&mut self`.
-            if !unsafe { bindings::virtqueue_enable_cb(self.vq.as_ptr()) } {
-                // A buffer came back meanwhile: take it without sleeping.
-                self.quiet();
-                continue;
-            }
-            let signalled = self.shared.used.wait_timeout(1000);
-            self.quiet();
-            if !signalled && (self.is_broken() || self.needs_reset()) {
-                return Err(EIO);
-            }
-        }
-    }
-
-    /// Whether the device set `DEVICE_NEEDS_RESET`: it hit an error and,
-    /// by the virtio spec, no longer uses any buffer. The driver then gives
-    /// up on it until it is bound again (the bind resets it): the device is
-    /// broken on the guest side too, so every sender fails at once instead
-    /// of waiting for an answer that cannot come. Said once per binding.
-    fn needs_reset(&self) -> bool {
-        // SAFETY: live virtqueue of a live device with config ops.
-        let vdev = unsafe { (*self.vq.as_ptr()).vdev };
-        // SAFETY: as above; `get_status` reads the status register.
-        let status = unsafe { (*(*vdev).config).get_status.map_or(0, |get| get(vdev)) };
-        if u32::from(status) & bindings::VIRTIO_CONFIG_S_NEEDS_RESET == 0 {
-            return false;
-        }
-        if !self.dp.gave_up.swap(true, Ordering::AcqRel) {
-            // SAFETY: the device outlives its queues.
-            let dev = unsafe { Device::from_raw(vdev) };
-            dev_err!(
-                dev,
-                "the device reports an error and needs a reset; giving up on it until it is bound again\n"
-            );
-            // SAFETY: live device, process context (see `kick`).
-            unsafe { bindings::virtio_break_device(vdev) };
-        }
-        true
-    }
-
-    /// Whether the virtio core gave up on this ring.
-    pub(crate) fn is_broken(&self) -> bool {
-        // SAFETY: live virtqueue (type invariant).
-        unsafe { bindings::virtqueue_is_broken(self.vq.as_ptr()) }
-    }
-}
-
-/// What [`Virtqueue::send`] did.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Sent {
-    /// Buffers sent (and returned by the device).
-    pub(crate) count: usize,
-    /// Buffers the device returned with a used length other than 0.
-    pub(crate) odd_lengths: u32,
-}
-
-/// The virtqueues of a device, from `find_vqs`. Dropping it (or calling
-/// [`Virtqueues::shutdown`]) resets the device and deletes the queues.
-///
-/// # Invariants
-///
-/// While `live`, the device's virtqueues exist and `queues[i]` wraps the one
-/// at index `i` (or is `None` for an unused index).
-pub(crate) struct Virtqueues {
-    dev: DeviceRef,
-    dp: Arc<DevPriv>,
-    queues: KVec<Option<Virtqueue>>,
-    live: bool,
-}
-
-impl Virtqueues {
-    /// Sets up the virtqueues of `dev` as `specs` asks (at most 8).
-    /// Only while the driver is bound (in `probe` or `restore`).
-    pub(crate) fn find(dev: &Device, specs: &[QueueSpec]) -> Result<Self> {
-        const MAX: usize = MAX_VQS;
-        if specs.len() > MAX {
-            return Err(EINVAL);
-        }
-        let dp = dev.dev_priv().ok_or(EINVAL)?;
-        // New queues (probe, restore) on a device the bind or restore reset.
-        dp.gave_up.store(false, Ordering::Release);
-        // Allocate everything first, so nothing can fail once queues exist.
-        let mut shared = KVec::with_capacity(specs.len(), GFP_KERNEL)?;
-        for spec in specs {
-            let sh = KBox::pin_init(
-                pin_init!(QueueShared {
-                    used <- Completion::new(),
-                    on_used: spec.on_used.clone(),
-                }),
+            // SAFETY: the bound driver's `device_driver` is the first field
+            // of our `DriverStorage` (type invariant), registered while any
+            // device is bound to it.
+            let storage = unsafe { &*(*vdev).dev.driver.cast::<DriverStorage>() };
+            let bind = Arc::pin_init(
+                try_pin_init!(Binding {
+                    // SAFETY: `vdev` is non-null (the bus passed it).
+                    vdev: unsafe { NonNull::new_unchecked(vdev) },
+                    _dev: ARef::from(dev.as_dev()),
+                    life <- new_rwsem!("virtio_binding_life"),
+                    state: UnsafeCell::new(Life { bound: true }),
+                    data: AtomicPtr::new(core::ptr::null_mut()),
+                    notify: Self::used_trampoline,
+                    queues: Default::default(),
+                    gave_up: AtomicBool::new(false),
+                    debugfs: storage.debugfs.clone(),
+                    faults: queue::new_faults()?,
+                }? Error),
                 GFP_KERNEL,
             )?;
-            shared.push(sh, GFP_KERNEL)?;
-        }
-        let mut ids = KVec::with_capacity(specs.len(), GFP_KERNEL)?;
-        for _ in specs {
-            ids.push(KBox::new([0u32; 2], GFP_KERNEL)?, GFP_KERNEL)?;
-        }
-        let queues = KVec::with_capacity(specs.len(), GFP_KERNEL)?;
-        // SAFETY: all-zero `virtqueue_info` is valid (no name, no callback).
-        let mut info: [bindings::virtqueue_info; MAX] = unsafe { core::mem::zeroed() };
-        let mut vqs = [core::ptr::null_mut::<bindings::virtqueue>(); MAX];
-        for (i, spec) in specs.iter().enumerate() {
-            if spec.used {
-                info[i].name = spec.name.as_char_ptr();
-                if spec.interrupts {
-                    info[i].callback = Some(used_callback);
+            let raw = Arc::into_raw(bind.clone());
+            // SAFETY: `priv` belongs to the driver; from here until
+            // `remove_callback` (or the failure below) it holds a reference.
+            unsafe { (*vdev).priv_ = raw.cast_mut().cast() };
+            let setup = queue::QueueSetup::new(&bind);
+            match T::probe(dev, setup) {
+                Ok(data) => {
+                    bind.data
+                        .store(data.into_foreign().cast_mut(), Ordering::Release);
+                }
+                Err(e) => {
+                    // The device may hold buffers the driver handed it:
+                    // reset it before anything the driver owned can go.
+                    bind.teardown(true);
+                    // SAFETY: undo the above; no callback can use `priv`.
+                    unsafe {
+                        (*vdev).priv_ = core::ptr::null_mut();
+                        drop(Arc::from_raw(raw));
+                    }
+                    return Err(e);
                 }
             }
+            Self::go_live(dev, &bind);
+            Ok(0)
+        })
+    }
+
+    /// Makes the device live and tells the driver.
+    fn go_live(dev: &Device<Core>, bind: &Binding) {
+        // SAFETY: valid device whose driver set its queues up; `DRIVER_OK`
+        // is not set yet (probe and restore are the only callers, and the
+        // core sets it only after they return).
+        unsafe { bindings::virtio_device_ready(dev.as_raw()) };
+        if T::HAS_READY {
+            // SAFETY: in a `Core` callback, before remove.
+            if let Some(data) = unsafe { Self::data(bind) } {
+                data.ready(dev);
+            }
         }
-        // SAFETY: valid device; `vqs` and `info` have at least `specs.len()`
-        // entries; names are static strings. Callbacks can only fire once the
-        // device is live, after `priv` is set below.
-        to_result(unsafe {
-            bindings::virtio_find_vqs(
-                dev.as_raw(),
-                specs.len() as u32,
-                vqs.as_mut_ptr(),
-                info.as_mut_ptr(),
-                core::ptr::null_mut(),
-            )
-        })?;
-        // INVARIANT: the queues exist from here on; dropping `out` deletes them.
-        let mut out = Self {
-            dev: dev.get_ref(),
-            dp,
-            queues,
-            live: true,
+    }
+
+    /// # Safety
+    ///
+    /// Called by the virtio bus for a device whose probe succeeded, under
+    /// its device lock.
+    unsafe extern "C" fn remove_callback(vdev: *mut bindings::virtio_device) {
+        // SAFETY: the bus passes a bound device and holds its lock.
+        let dev = unsafe { Device::<Core>::from_raw(vdev) };
+        // SAFETY: bound to `T`.
+        let bind = unsafe { Self::binding(vdev) };
+        let ptr = bind.data.swap(core::ptr::null_mut(), Ordering::AcqRel);
+        let data = if ptr.is_null() {
+            None
+        } else {
+            // SAFETY: `ptr` came from `into_foreign` in probe; taken once.
+            Some(unsafe { <Pin<KBox<T>> as ForeignOwnable>::from_foreign(ptr) })
         };
-        // The transports number only the queues that exist (a queue that is
-        // not used takes no index, so later ones shift down): the callback
-        // finds a queue's state by the index the transport gave it.
-        for (i, (sh, ids)) in shared.into_iter().zip(ids).enumerate() {
-            let item = match NonNull::new(vqs[i]) {
-                Some(vq) if specs[i].used => {
-                    let ptr = core::ptr::from_ref::<QueueShared>(&sh).cast_mut();
-                    // SAFETY: `vq` was just created by `find_vqs`.
-                    let index = unsafe { (*vq.as_ptr()).index } as usize;
-                    if let Some(slot) = out.dp.queues.get(index) {
-                        // INVARIANT: `sh` is pinned and lives as long as the
-                        // `Virtqueue` that owns it; `shutdown` clears the
-                        // entry before the queues (and `sh`) go.
-                        slot.store(ptr, Ordering::Release);
-                    }
-                    Some(Virtqueue {
-                        vq,
-                        shared: sh,
-                        posted: None,
-                        ids,
-                        dp: out.dp.clone(),
-                    })
+        if let Some(data) = &data {
+            data.remove(dev);
+        }
+        // The device may hold buffers until it is reset; the driver's data
+        // (which may own them) goes only after that.
+        bind.teardown(true);
+        drop(data);
+        // SAFETY: drop the reference `priv` held (see `probe_callback`); no
+        // callback runs any more.
+        unsafe {
+            let raw = (*vdev).priv_.cast::<Binding>();
+            (*vdev).priv_ = core::ptr::null_mut();
+            drop(Arc::from_raw(raw));
+        }
+    }
+
+    /// # Safety
+    ///
+    /// Called by the virtio core, under a spinlock, for a bound device.
+    unsafe extern "C" fn config_changed_callback(vdev: *mut bindings::virtio_device) {
+        // SAFETY: the core calls this only for a bound device, and disables
+        // it before remove; it holds a spinlock, so the context is `Bound`.
+        let (bind, dev) = unsafe { (Self::binding(vdev), Device::<Bound>::from_raw(vdev)) };
+        // SAFETY: before remove (see above).
+        if let Some(data) = unsafe { Self::data(bind) } {
+            data.config_changed(dev);
+        }
+    }
+
+    #[cfg(CONFIG_PM_SLEEP)]
+    /// # Safety
+    ///
+    /// Called by the virtio core for a bound device while the system
+    /// suspends, under its device lock.
+    unsafe extern "C" fn freeze_callback(vdev: *mut bindings::virtio_device) -> core::ffi::c_int {
+        // SAFETY: bound device, device lock held (freeze and remove are
+        // serialised by it).
+        let (bind, dev) = unsafe { (Self::binding(vdev), Device::<Core>::from_raw(vdev)) };
+        from_result(|| {
+            // SAFETY: see above.
+            if let Some(data) = unsafe { Self::data(bind) } {
+                data.freeze(dev)?;
+            }
+            bind.teardown(false);
+            Ok(0)
+        })
+    }
+
+    #[cfg(CONFIG_PM_SLEEP)]
+    /// # Safety
+    ///
+    /// Called by the virtio core for a bound device while the system
+    /// resumes, under its device lock.
+    unsafe extern "C" fn restore_callback(vdev: *mut bindings::virtio_device) -> core::ffi::c_int {
+        // SAFETY: as in `freeze_callback`.
+        let (bind, dev) = unsafe { (Self::binding(vdev), Device::<Core>::from_raw(vdev)) };
+        from_result(|| {
+            // SAFETY: see above.
+            if let Some(data) = unsafe { Self::data(bind) } {
+                if let Err(e) = data.restore(dev, queue::QueueSetup::new(&bind.arc())) {
+                    bind.teardown(false);
+                    return Err(e);
                 }
-                _ => None,
-            };
-            // Capacity was reserved above: this does not allocate.
-            out.queues.push(item, GFP_KERNEL)?;
-        }
-        Ok(out)
-    }
-
-    /// The queue at `index`, if it was set up.
-    pub(crate) fn get(&mut self, index: usize) -> Option<&mut Virtqueue> {
-        if !self.live {
-            return None;
-        }
-        self.queues.get_mut(index).and_then(|q| q.as_mut())
-    }
-
-    /// Resets the device (so it stops using the queues and raising their
-    /// interrupts) and deletes the queues. Idempotent.
-    pub(crate) fn shutdown(&mut self) {
-        if !self.live {
-            return;
-        }
-        self.live = false;
-        // SAFETY: valid device (held by `self.dev`). After the reset the
-        // device no longer touches the rings and pending callbacks are
-        // synchronised, so deleting the queues is allowed.
-        unsafe { bindings::virtio_reset_device(self.dev.as_raw()) };
-        for q in &self.dp.queues {
-            q.store(core::ptr::null_mut(), Ordering::Release);
-        }
-        // SAFETY: as above.
-        unsafe { bindings::virtio_del_vqs(self.dev.as_raw()) };
-        // The queues are gone; drop the handles (and their shared state).
-        self.queues = KVec::new();
-    }
-}
-
-impl Drop for Virtqueues {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
-
-/// Interrupt callback of every queue: wakes the sleeper in
-/// [`Virtqueue::send`].
-///
-/// # Safety
-///
-/// Called by the virtio core with a live virtqueue created by
-/// [`Virtqueues::find`].
-unsafe extern "C" fn used_callback(vq: *mut bindings::virtqueue) {
-    // SAFETY: `vq` is live for the call, and so is its device.
-    let (vdev, index) = unsafe { ((*vq).vdev, (*vq).index as usize) };
-    // SAFETY: while the device has queues a driver is bound and `priv` is
-    // its `DevPriv` (see `probe_callback`).
-    let dp = unsafe { (*vdev).priv_ }.cast::<DevPriv>();
-    if dp.is_null() || index >= MAX_VQS {
-        return;
-    }
-    // A `QueueShared` is freed only after its entry is cleared and the
-    // device reset (which waits for running callbacks).
-    // SAFETY: `dp` is live (the `Virtqueues` holds a reference); the entry
-    // is null or the pinned `QueueShared` of this queue (see above).
-    let shared = unsafe { (*dp).queues[index].load(Ordering::Acquire) };
-    if !shared.is_null() {
-        // SAFETY: see above.
-        let shared = unsafe { &*shared };
-        shared.used.complete();
-        if let Some(h) = &shared.on_used {
-            h.used();
-        }
+            }
+            Self::go_live(dev, bind);
+            Ok(0)
+        })
     }
 }

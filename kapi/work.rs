@@ -1,19 +1,23 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Work items on a workqueue: the glue between interrupt-time events (a
-//! config change, a returned buffer) and the process-context balloon work.
+//! Work items that re-arm themselves (delayed work) and stop cleanly.
+//!
+//! The 6.12 kernel crate has workqueues (`kernel::workqueue::Queue`, the
+//! system queues) and plain work items, but no delayed work and no way to
+//! create a workqueue; both are here. A [`Work`] runs its handler on a
+//! queue and queues itself again when the handler asks (now or after a
+//! delay). Stopping (explicitly or by dropping it) cancels it, waits for a
+//! running handler, and keeps it from being queued again.
 
-use core::{
-    ptr::NonNull,
-    sync::atomic::{AtomicBool, Ordering},
-};
+use core::sync::atomic::{AtomicBool, Ordering};
 use kernel::{
     bindings, c_str,
     prelude::*,
     str::CStr,
-    sync::Arc,
-    time::{msecs_to_jiffies, Jiffies},
+    sync::{Arc, ArcBorrow},
+    time::msecs_to_jiffies,
     types::Opaque,
+    workqueue::{self, Queue},
 };
 
 /// What a work item asks for after one run.
@@ -27,91 +31,111 @@ pub(crate) enum Next {
     After(u32),
 }
 
+/// What a handler can learn about its own item while it runs.
+pub(crate) struct Running<'a> {
+    stopped: &'a AtomicBool,
+}
+
+impl Running<'_> {
+    /// Whether the item is being stopped: a long handler should end soon
+    /// (whoever stops it is waiting), and will not run again.
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+}
+
 /// The body of a work item.
 pub(crate) trait WorkHandler: Send + Sync + 'static {
     /// Runs in process context on the item's workqueue; may sleep.
-    fn run(&self) -> Next;
+    fn run(&self, me: &Running<'_>) -> Next;
 }
 
-/// A workqueue the driver created; destroyed when the last [`Queue`]
-/// referring to it goes.
+/// A workqueue created by the driver (`alloc_workqueue`), destroyed when
+/// the last reference goes.
 ///
 /// # Invariants
 ///
-/// `0` is a live workqueue from `alloc_workqueue`, owned by this value.
-struct OwnedQueue(NonNull<bindings::workqueue_struct>);
+/// `0` is a live workqueue owned by this value.
+pub(crate) struct OwnedQueue(core::ptr::NonNull<bindings::workqueue_struct>);
 
 // SAFETY: workqueues are designed to be used from any thread.
 unsafe impl Send for OwnedQueue {}
 // SAFETY: see `Send`.
 unsafe impl Sync for OwnedQueue {}
 
-impl Drop for OwnedQueue {
-    fn drop(&mut self) {
-        // Every `Work` on the queue holds a `Queue` that keeps this value
-        // alive and stops its item before letting go.
-        // SAFETY: owned, live workqueue (type invariant) on which nothing is
-        // queued any more (see above); destroying drains what is left.
-        unsafe { bindings::destroy_workqueue(self.0.as_ptr()) };
-    }
-}
-
-/// A workqueue a [`Work`] can run on.
-///
-/// # Invariants
-///
-/// `raw` is a live workqueue: a system one, or the one `owner` keeps alive.
-#[derive(Clone)]
-pub(crate) struct Queue {
-    raw: *mut bindings::workqueue_struct,
-    owner: Option<Arc<OwnedQueue>>,
-}
-
-// SAFETY: workqueues are designed to be used from any thread.
-unsafe impl Send for Queue {}
-// SAFETY: see `Send`.
-unsafe impl Sync for Queue {}
-
-impl Queue {
-    /// The system's freezable workqueue (`system_freezable_wq`): its work
-    /// does not run while the system is frozen for suspend or hibernation.
-    pub(crate) fn system_freezable() -> Self {
-        // SAFETY: `system_freezable_wq` is set up at boot, before any module
-        // loads, and never changes or goes away afterwards.
-        let raw = unsafe { bindings::system_freezable_wq };
-        // INVARIANT: a system workqueue lives for ever.
-        Self { raw, owner: None }
-    }
-
+impl OwnedQueue {
     /// A new freezable workqueue for long, CPU-bound work (`WQ_FREEZABLE |
-    /// WQ_CPU_INTENSIVE`), named `name`, so that such work neither holds up
-    /// the system's queues nor runs while the system is frozen.
-    pub(crate) fn new_freezable_cpu_intensive(name: &'static CStr) -> Result<Self> {
+    /// WQ_CPU_INTENSIVE`), named `name`: such work neither holds up the
+    /// system's queues nor runs while the system is frozen.
+    pub(crate) fn freezable_cpu_intensive(name: &'static CStr) -> Result<Arc<Self>> {
         let flags = bindings::wq_flags_WQ_FREEZABLE | bindings::wq_flags_WQ_CPU_INTENSIVE;
         // SAFETY: `"%s"` takes exactly the one string argument passed, a
         // static NUL-terminated string; `max_active` 0 is the default.
         let raw = unsafe {
             bindings::alloc_workqueue(c_str!("%s").as_char_ptr(), flags, 0, name.as_char_ptr())
         };
-        let raw = NonNull::new(raw).ok_or(ENOMEM)?;
+        let raw = core::ptr::NonNull::new(raw).ok_or(ENOMEM)?;
         // INVARIANT: a fresh workqueue, now owned.
-        let owner = Arc::new(OwnedQueue(raw), GFP_KERNEL)?;
-        Ok(Self {
-            raw: raw.as_ptr(),
-            owner: Some(owner),
-        })
+        Ok(Arc::new(Self(raw), GFP_KERNEL)?)
     }
+}
+
+impl core::ops::Deref for OwnedQueue {
+    type Target = Queue;
+
+    fn deref(&self) -> &Queue {
+        // SAFETY: live workqueue (type invariant), valid while `self` is.
+        unsafe { Queue::from_raw(self.0.as_ptr()) }
+    }
+}
+
+impl Drop for OwnedQueue {
+    fn drop(&mut self) {
+        // Every `Work` on the queue holds a reference to it and stops its
+        // item before letting go, so nothing is queued any more.
+        // SAFETY: owned, live workqueue (type invariant); destroying it
+        // drains what is left.
+        unsafe { bindings::destroy_workqueue(self.0.as_ptr()) };
+    }
+}
+
+/// The queue a [`Work`] runs on: a system queue or one of the driver's.
+pub(crate) enum On {
+    /// A system queue (`kernel::workqueue::system_freezable()` etc.).
+    System(&'static Queue),
+    /// A queue the driver created.
+    Own(Arc<OwnedQueue>),
+}
+
+impl On {
+    fn raw(&self) -> *mut bindings::workqueue_struct {
+        let q: &Queue = match self {
+            On::System(q) => q,
+            On::Own(q) => q,
+        };
+        // `Queue` is `#[repr(transparent)]` over `Opaque<workqueue_struct>`
+        // (rust/kernel/workqueue.rs); the crate's own accessor is private.
+        core::ptr::from_ref(q)
+            .cast_mut()
+            .cast::<bindings::workqueue_struct>()
+    }
+}
+
+/// The system's freezable workqueue, whose work does not run while the
+/// system is frozen for suspend or hibernation.
+pub(crate) fn system_freezable() -> On {
+    On::System(workqueue::system_freezable())
 }
 
 /// # Invariants
 ///
 /// `dwork` was initialised by `init_delayed_work` with [`run_trampoline::<H>`]
-/// as its function and is pinned. `queue` is a live workqueue.
+/// as its function; the struct lives in an [`Arc`], so it is pinned.
 #[pin_data]
 struct Inner<H: WorkHandler> {
     #[pin]
     dwork: Opaque<bindings::delayed_work>,
-    queue: Queue,
+    queue: On,
     stopped: AtomicBool,
     handler: H,
 }
@@ -127,18 +151,21 @@ unsafe impl<H: WorkHandler> Sync for Inner<H> {}
 /// handler asks. Queueing an item that is already pending does nothing.
 ///
 /// Once [`Work::stop`] has returned (and in any case once the `Work` is
-/// dropped) the handler is not running and never runs again.
+/// dropped) the handler is not running and never runs again. The one
+/// exception is a handler that stops or drops its own item: it cannot wait
+/// for itself, so the call returns at once and the current run is the last
+/// (the item's memory lives until it has returned).
 pub(crate) struct Work<H: WorkHandler> {
-    inner: Pin<KBox<Inner<H>>>,
+    inner: Arc<Inner<H>>,
 }
 
 impl<H: WorkHandler> Work<H> {
     /// Creates a work item, not yet queued, that will run `handler` on `queue`.
-    pub(crate) fn new(queue: Queue, handler: H) -> Result<Self> {
+    pub(crate) fn new(queue: On, handler: H) -> Result<Self> {
         let init = pin_init!(Inner::<H> {
             // SAFETY: `init_delayed_work` fully initialises the pinned slot;
             // the trampoline matches the handler type stored alongside.
-            // INVARIANT: initialised with `run_trampoline::<H>`, and pinned.
+            // INVARIANT: initialised with `run_trampoline::<H>`, in an Arc.
             dwork <- Opaque::ffi_init(|slot| unsafe {
                 bindings::init_delayed_work(slot, Some(run_trampoline::<H>))
             }),
@@ -147,47 +174,43 @@ impl<H: WorkHandler> Work<H> {
             handler,
         });
         Ok(Self {
-            inner: KBox::pin_init(init, GFP_KERNEL)?,
+            inner: Arc::pin_init(init, GFP_KERNEL)?,
         })
-    }
-
-    /// The handler this item runs.
-    pub(crate) fn handler(&self) -> &H {
-        &self.inner.handler
     }
 
     /// Queues the item to run now, also when a delayed run is pending (that
     /// one is brought forward). Safe from any context, interrupts included.
     pub(crate) fn queue(&self) {
-        self.inner.queue_after_jiffies(0, true);
-    }
-
-    /// Queues the item to run after `ms` milliseconds; if it is already
-    /// pending, moves its start to `ms` from now.
-    pub(crate) fn queue_after(&self, ms: u32) {
-        self.inner.queue_after_jiffies(msecs_to_jiffies(ms), true);
+        self.inner.queue_after(0, true);
     }
 
     /// Stops the item: cancels it if pending, waits for a running handler to
-    /// return, and keeps it from ever being queued again.
+    /// return (unless called from that handler), and keeps it from ever
+    /// being queued again.
     pub(crate) fn stop(&self) {
         self.inner.stop();
     }
 }
 
 impl<H: WorkHandler> Inner<H> {
-    fn queue_after_jiffies(&self, delay: Jiffies, modify: bool) {
+    fn work_ptr(&self) -> *mut bindings::work_struct {
+        // SAFETY: `dwork` is valid; this only computes a field address.
+        unsafe { &raw mut (*self.dwork.get()).work }
+    }
+
+    fn queue_after(&self, ms: u32, modify: bool) {
         if self.stopped.load(Ordering::Acquire) {
             return;
         }
+        let delay = msecs_to_jiffies(ms);
         // SAFETY: `dwork` is an initialised delayed work and `queue` a live
-        // workqueue (type invariants); the item stays valid until it is
-        // cancelled in `stop`, which `Drop` calls before freeing it.
+        // workqueue (type invariants); the item stays valid until `stop`
+        // disabled it, which `Drop` does before the memory can go.
         unsafe {
             if modify {
-                bindings::mod_delayed_work(self.queue.raw, self.dwork.get(), delay);
+                bindings::mod_delayed_work(self.queue.raw(), self.dwork.get(), delay);
             } else {
-                bindings::queue_delayed_work(self.queue.raw, self.dwork.get(), delay);
+                bindings::queue_delayed_work(self.queue.raw(), self.dwork.get(), delay);
             }
         }
     }
@@ -196,14 +219,25 @@ impl<H: WorkHandler> Inner<H> {
         self.stopped.store(true, Ordering::Release);
         // Disabling (unlike cancelling) also makes every later queueing
         // attempt a no-op, so a `queue` racing with `stop` cannot slip the
-        // item back in; it also waits for a running handler.
-        // SAFETY: `dwork` is an initialised delayed work (type invariant).
-        unsafe { bindings::disable_delayed_work_sync(self.dwork.get()) };
+        // item back in.
+        // SAFETY: `current_work` only reads the current task's state.
+        if unsafe { bindings::current_work() } == self.work_ptr() {
+            // Called from our own handler: waiting for it would wait for
+            // ever. The trampoline holds a reference until the handler
+            // returns, and it does not re-queue a stopped item.
+            // SAFETY: `dwork` is an initialised delayed work.
+            unsafe { bindings::disable_delayed_work(self.dwork.get()) };
+        } else {
+            // SAFETY: as above; this also waits for a running handler.
+            unsafe { bindings::disable_delayed_work_sync(self.dwork.get()) };
+        }
     }
 }
 
 impl<H: WorkHandler> Drop for Work<H> {
     fn drop(&mut self) {
+        // After this nothing can queue or run the item again (see `stop`),
+        // so the `Arc` may go; a handler still running holds its own.
         self.inner.stop();
     }
 }
@@ -212,21 +246,30 @@ impl<H: WorkHandler> Drop for Work<H> {
 ///
 /// # Safety
 ///
-/// `work` must be the `work` field of the `delayed_work` inside a live
-/// `Inner<H>`; this holds because only `Work::new` installs this function.
+/// `work` must be the `work` field of the `delayed_work` inside an
+/// `Inner<H>` held by an [`Arc`] whose count does not drop to zero before
+/// this function takes its own reference. Only `Work::new` installs this
+/// function, and the owning `Work` waits for a running trampoline before it
+/// lets go (or, from inside the handler, lets go only after this reference
+/// was taken).
 unsafe extern "C" fn run_trampoline<H: WorkHandler>(work: *mut bindings::work_struct) {
     let offset = core::mem::offset_of!(Inner<H>, dwork)
         + core::mem::offset_of!(bindings::delayed_work, work);
-    // SAFETY: per the function's safety contract `work` lies `offset` bytes
-    // into a live `Inner<H>`; it stays alive while the handler runs because
-    // `stop` waits for a running handler before the item can be freed.
-    let inner = unsafe { &*work.cast::<u8>().sub(offset).cast::<Inner<H>>() };
+    let inner = work.cast::<u8>().wrapping_sub(offset).cast::<Inner<H>>();
+    // The pointer is the one `Arc` hands out for its data (the work item
+    // was queued through it), so it may be borrowed as an `Arc`.
+    // SAFETY: per the function's contract the `Arc` is alive now.
+    let inner: Arc<Inner<H>> = unsafe { ArcBorrow::from_raw(inner) }.into();
     if inner.stopped.load(Ordering::Acquire) {
         return;
     }
-    match inner.handler.run() {
+    let me = Running {
+        stopped: &inner.stopped,
+    };
+    match inner.handler.run(&me) {
         Next::Idle => {}
-        Next::Again => inner.queue_after_jiffies(0, false),
-        Next::After(ms) => inner.queue_after_jiffies(msecs_to_jiffies(ms), false),
+        Next::Again => inner.queue_after(0, false),
+        Next::After(ms) => inner.queue_after(ms, false),
     }
+    // Dropping `inner` may free the item (its `Work` went during the run).
 }

@@ -88,7 +88,7 @@ def test_rmmod_and_unbind_with_a_full_balloon_give_everything_back(boot):
     assert vm2["balloon_inflate"] - vm0["balloon_inflate"] == 600 * PAGES_PER_MIB
     assert vm2["balloon_deflate"] - vm0["balloon_deflate"] == 600 * PAGES_PER_MIB
     assert "300 MiB" not in g.console_text()  # no noise; the count is in pages
-    assert f"unbound from {dev}; {300 * PAGES_PER_MIB} pages given back" in g.console_text()
+    assert f"{dev}: unbound; {300 * PAGES_PER_MIB} pages given back" in g.console_text()
 
 
 def test_repeated_inflate_unload_cycles_leak_nothing(boot):

@@ -1,0 +1,27 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Safe abstractions over the kernel C interfaces the driver uses.
+//!
+//! Every `unsafe` block and every use of `kernel::bindings` in this crate
+//! lives below this point; the balloon logic in `balloon.rs` is written
+//! against these safe types only and forbids `unsafe`. Each module is a
+//! generic abstraction; nothing here knows the balloon driver.
+
+// Macros first: later modules use them.
+#[macro_use]
+pub(crate) mod print;
+#[macro_use]
+pub(crate) mod sync;
+#[macro_use]
+pub(crate) mod debugfs;
+#[macro_use]
+pub(crate) mod virtio;
+pub(crate) mod balloon;
+pub(crate) mod mm;
+pub(crate) mod oom;
+pub(crate) mod pages;
+pub(crate) mod reporting;
+pub(crate) mod shrinker;
+pub(crate) mod virtio_balloon;
+pub(crate) mod wakeup;
+pub(crate) mod work;

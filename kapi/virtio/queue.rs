@@ -1,0 +1,746 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Virtqueues, in three disciplines, each its own type so that they cannot
+//! be mixed on one queue:
+//!
+//! - [`SyncQueue`]: the driver lends buffers and sleeps until the device
+//!   has returned every one. When the call returns, the device holds
+//!   nothing of what was lent: it gave it back, or (after a failure) the
+//!   device was reset.
+//! - [`PostedQueue`]: the driver hands over an owned buffer and the device
+//!   returns it when it likes; the driver hears of it through
+//!   [`super::Driver::buffers_used`] and takes it back.
+//! - [`PolledQueue`]: as posted, without interrupts; the driver reaps.
+//!
+//! A buffer handed over is owned by the queue (the ring's token) until the
+//! device returns it or the layer resets the device and drops it. Handles
+//! are made with the [`QueueSetup`] the layer passes to probe and restore,
+//! and fail with `ENODEV` once their queues are torn down.
+
+use super::{Binding, Bound, Device};
+use crate::kapi::sync::Completion;
+use core::{
+    cell::UnsafeCell, ffi::c_void, marker::PhantomData, mem::MaybeUninit, ptr::NonNull,
+    sync::atomic::Ordering,
+};
+use kernel::{bindings, error::to_result, prelude::*, str::CStr, sync::Arc};
+
+/// Most virtqueues a device may have with this layer.
+pub(crate) const MAX_VQS: usize = 8;
+
+/// Identifies a queue in [`super::Driver::buffers_used`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct QueueId(u16);
+
+/// Knobs that make the host side misbehave on purpose, for tests of how a
+/// driver copes with a hostile or broken host. Compiled in only on kernels
+/// built for fault injection (`CONFIG_FAULT_INJECTION_DEBUG_FS`).
+#[cfg(CONFIG_FAULT_INJECTION_DEBUG_FS)]
+#[derive(Default)]
+pub(crate) struct HostFaults {
+    /// While non-zero: each buffer the device returns is seen with a used
+    /// length of 4096 instead of the real one (one per count).
+    pub(crate) odd_used_len: core::sync::atomic::AtomicU32,
+    /// While non-zero: right after the next kick the device is broken the
+    /// way a transport breaks a device that vanished (`virtio_break_device`),
+    /// so the sender is already waiting for it (one per count).
+    pub(crate) break_device: core::sync::atomic::AtomicU32,
+}
+
+/// The fault knobs of a binding: nothing on kernels without fault injection.
+#[cfg(CONFIG_FAULT_INJECTION_DEBUG_FS)]
+pub(crate) type Faults = Arc<HostFaults>;
+/// The fault knobs of a binding: nothing on kernels without fault injection.
+#[cfg(not(CONFIG_FAULT_INJECTION_DEBUG_FS))]
+pub(crate) type Faults = ();
+
+/// New knobs, all 0.
+pub(super) fn new_faults() -> Result<Faults> {
+    #[cfg(CONFIG_FAULT_INJECTION_DEBUG_FS)]
+    return Ok(Arc::new(HostFaults::default(), GFP_KERNEL)?);
+    #[cfg(not(CONFIG_FAULT_INJECTION_DEBUG_FS))]
+    Ok(())
+}
+
+#[cfg(CONFIG_FAULT_INJECTION_DEBUG_FS)]
+impl HostFaults {
+    /// Whether to inject the fault counted by `knob` now (and count it).
+    fn take(knob: &core::sync::atomic::AtomicU32) -> bool {
+        knob.load(Ordering::Relaxed) != 0
+            && knob
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| v.checked_sub(1))
+                .is_ok()
+    }
+}
+
+#[cfg(CONFIG_FAULT_INJECTION_DEBUG_FS)]
+impl crate::kapi::debugfs::Knobs for HostFaults {
+    fn each(&self, f: &mut dyn FnMut(&'static CStr, &core::sync::atomic::AtomicU32)) {
+        f(kernel::c_str!("inject_odd_used_len"), &self.odd_used_len);
+        f(kernel::c_str!("inject_break_device"), &self.break_device);
+    }
+}
+
+/// Memory a device can be handed, owned by the value.
+///
+/// # Safety
+///
+/// [`Buffer::region`] describes memory in the kernel's direct map that
+/// `self` owns, valid for the length given, at an address that does not
+/// change when `self` is moved, and that nothing but the device reads or
+/// writes while the value sits on a queue. With `device_writes`, the device
+/// may write all of it.
+pub(crate) unsafe trait Buffer: Send + 'static {
+    /// The memory and whether the device may write it.
+    fn region(&self) -> Region;
+}
+
+/// What [`Buffer::region`] returns.
+pub(crate) struct Region {
+    pub(crate) addr: *mut c_void,
+    pub(crate) len: u32,
+    pub(crate) device_writes: bool,
+}
+
+/// A buffer the device reads: kmalloc'd memory (never the stack, which may
+/// not be in the direct map), filled by the driver.
+///
+/// A buffer has a capacity, fixed at creation, and a length (at first the
+/// whole capacity): what the device is handed when it is posted.
+pub(crate) struct OutBuf {
+    bytes: KVec<u8>,
+    len: usize,
+}
+
+impl OutBuf {
+    /// A zeroed buffer of `len` bytes.
+    pub(crate) fn new(len: usize) -> Result<Self> {
+        Ok(Self {
+            bytes: KVec::from_elem(0u8, len, GFP_KERNEL)?,
+            len,
+        })
+    }
+
+    /// The whole capacity, to fill.
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.bytes
+    }
+
+    /// Sets how much of the buffer the device is handed (at most all).
+    pub(crate) fn set_len(&mut self, len: usize) {
+        self.len = len.min(self.bytes.len());
+    }
+}
+
+// SAFETY: `KVec` memory is kmalloc'd (direct map), owned, and does not move
+// with the `KVec`; `len` never exceeds it; the device only reads it.
+unsafe impl Buffer for OutBuf {
+    fn region(&self) -> Region {
+        Region {
+            addr: self.bytes.as_ptr().cast_mut().cast(),
+            len: self.len as u32,
+            device_writes: false,
+        }
+    }
+}
+
+/// One of two kinds of buffer, for a queue that carries both.
+pub(crate) enum Either<A, B> {
+    /// The first kind.
+    Left(A),
+    /// The second kind.
+    Right(B),
+}
+
+// SAFETY: delegates to the held buffer, which meets the contract itself.
+unsafe impl<A: Buffer, B: Buffer> Buffer for Either<A, B> {
+    fn region(&self) -> Region {
+        match self {
+            Either::Left(a) => a.region(),
+            Either::Right(b) => b.region(),
+        }
+    }
+}
+
+/// A scatterlist of memory a device may write, lent for one
+/// [`SyncQueue::lend`] call.
+///
+/// # Safety
+///
+/// [`LentSg::raw`] returns `nents` valid scatterlist entries of direct-map
+/// memory that nothing else reads or writes while the value is borrowed.
+pub(crate) unsafe trait LentSg {
+    /// The entries.
+    fn raw(&self) -> (*mut bindings::scatterlist, u32);
+}
+
+/// What a queue is set up for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Sync,
+    Posted,
+    Polled,
+}
+
+/// The state of one queue, shared by its handle and the binding.
+///
+/// # Invariants
+///
+/// `vq` is `None` before the queues are found and after they are torn
+/// down; otherwise it is this queue's live virtqueue. It is written only
+/// with `bind.life` held for writing and read with it held. `drop_token`
+/// frees a token this queue's handle put on the ring.
+#[pin_data]
+pub(crate) struct QueueCore {
+    bind: Arc<Binding>,
+    vq: UnsafeCell<Option<NonNull<bindings::virtqueue>>>,
+    kind: Kind,
+    #[pin]
+    used: Completion,
+    drop_token: unsafe fn(*mut c_void),
+}
+
+// SAFETY: `vq` is guarded by the binding's `life` semaphore (type
+// invariant); the completion synchronises itself.
+unsafe impl Send for QueueCore {}
+// SAFETY: see `Send`.
+unsafe impl Sync for QueueCore {}
+
+/// `drop_token` of queues whose tokens own nothing (sync queues lend).
+///
+/// # Safety
+///
+/// None: the token is not used.
+unsafe fn no_drop(_: *mut c_void) {}
+
+/// `drop_token` of queues whose tokens are `KBox<B>`s.
+///
+/// # Safety
+///
+/// `token` came from `KBox::<B>::into_raw` and is not used again.
+unsafe fn drop_boxed<B>(token: *mut c_void) {
+    // SAFETY: per the function's contract.
+    drop(unsafe { KBox::from_raw(token.cast::<B>()) });
+}
+
+impl QueueCore {
+    /// Whether the queue is live (set up and not torn down).
+    pub(super) fn is_live(&self) -> bool {
+        // SAFETY: callers hold `bind.life` (read or write).
+        unsafe { (*self.vq.get()).is_some() }
+    }
+
+    /// The live virtqueue, under `life`.
+    fn vq(&self) -> Result<NonNull<bindings::virtqueue>> {
+        // SAFETY: callers hold `bind.life` (type invariant).
+        unsafe { *self.vq.get() }.ok_or(ENODEV)
+    }
+
+    /// Wakes a sender sleeping on the queue (teardown).
+    pub(super) fn wake(&self) {
+        self.used.complete();
+    }
+
+    /// Teardown, after the reset: drops every buffer the ring still has
+    /// (the device owns none after the reset) and marks the queue dead.
+    pub(super) fn retire(&self) {
+        // `life` is held for writing by `Binding::teardown`.
+        // SAFETY: see above.
+        let Some(vq) = (unsafe { (*self.vq.get()).take() }) else {
+            return;
+        };
+        loop {
+            // SAFETY: a live, reset virtqueue: detaching is what it is for.
+            let token = unsafe { bindings::virtqueue_detach_unused_buf(vq.as_ptr()) };
+            if token.is_null() {
+                break;
+            }
+            // SAFETY: a token this queue's handle put on the ring.
+            unsafe { (self.drop_token)(token) };
+        }
+    }
+
+    /// Tells the device there are new buffers.
+    fn kick(&self, vq: NonNull<bindings::virtqueue>) {
+        // SAFETY: live virtqueue under `life`; the handle's `&mut self`
+        // serialises operations on it.
+        unsafe { bindings::virtqueue_kick(vq.as_ptr()) };
+        #[cfg(CONFIG_FAULT_INJECTION_DEBUG_FS)]
+        if HostFaults::take(&self.bind.faults.break_device) {
+            // What a transport does when its device disappears.
+            // SAFETY: valid device, process context.
+            unsafe { bindings::virtio_break_device(self.bind.vdev.as_ptr()) };
+        }
+    }
+
+    /// A buffer the device returned: its token and used length.
+    fn get_used(&self, vq: NonNull<bindings::virtqueue>) -> Option<(NonNull<c_void>, u32)> {
+        let mut len = 0u32;
+        // SAFETY: live virtqueue under `life`, serialised by the handle.
+        let token = NonNull::new(unsafe { bindings::virtqueue_get_buf(vq.as_ptr(), &mut len) })?;
+        #[cfg(CONFIG_FAULT_INJECTION_DEBUG_FS)]
+        if HostFaults::take(&self.bind.faults.odd_used_len) {
+            len = 4096;
+        }
+        Some((token, len))
+    }
+
+    /// Adds one buffer of `region` with `token`.
+    ///
+    /// # Safety
+    ///
+    /// The memory must stay valid and untouched by the driver until the
+    /// device returns `token` or the device is reset.
+    unsafe fn add(
+        &self,
+        vq: NonNull<bindings::virtqueue>,
+        region: &Region,
+        token: *mut c_void,
+    ) -> Result {
+        // Indirect tables are the only thing adding can allocate; without
+        // one (or if it cannot be had at once) the ring's own descriptors
+        // are used. Never sleeping here lets callers hold any lock.
+        let gfp = bindings::GFP_NOWAIT | bindings::__GFP_NOWARN;
+        let mut sg = MaybeUninit::<bindings::scatterlist>::uninit();
+        // SAFETY: `sg` is valid for writes; the region is direct-map memory
+        // valid for `len` (caller's contract).
+        to_result(unsafe {
+            bindings::sg_init_one(sg.as_mut_ptr(), region.addr, region.len);
+            if region.device_writes {
+                bindings::virtqueue_add_inbuf(vq.as_ptr(), sg.as_mut_ptr(), 1, token, gfp)
+            } else {
+                bindings::virtqueue_add_outbuf(vq.as_ptr(), sg.as_mut_ptr(), 1, token, gfp)
+            }
+        })
+    }
+
+    /// Waits for the device to return a buffer; returns its used length.
+    /// Asks for the interrupt only if it has to sleep, and wakes up every
+    /// second to notice a ring the core marked broken (its interrupts are
+    /// ignored from then on) or a device that asked to be reset; fails
+    /// with `EIO` then.
+    fn wait_used(&self, vq: NonNull<bindings::virtqueue>) -> Result<u32> {
+        loop {
+            if let Some((_, len)) = self.get_used(vq) {
+                return Ok(len);
+            }
+            // Signals from earlier rounds should not cut this sleep short
+            // (if one slips through, the loop just checks again).
+            self.used.reinit();
+            // SAFETY: live virtqueue under `life`, serialised by the handle.
+            if !unsafe { bindings::virtqueue_enable_cb(vq.as_ptr()) } {
+                // A buffer came back meanwhile: take it without sleeping.
+                self.quiet(vq);
+                continue;
+            }
+            let signalled = self.used.wait_timeout(1000);
+            self.quiet(vq);
+            // SAFETY: live virtqueue under `life`.
+            let broken = unsafe { bindings::virtqueue_is_broken(vq.as_ptr()) };
+            if broken || (!signalled && self.bind.needs_reset()) {
+                return Err(EIO);
+            }
+        }
+    }
+
+    /// Asks the device not to interrupt when it returns buffers: a sender
+    /// asks for the interrupt only when it has to sleep.
+    fn quiet(&self, vq: NonNull<bindings::virtqueue>) {
+        // SAFETY: live virtqueue under `life`; only a hint to the device.
+        unsafe { bindings::virtqueue_disable_cb(vq.as_ptr()) };
+    }
+
+    fn ring_size(&self) -> u32 {
+        let _life = self.bind.life.read();
+        match self.vq() {
+            // SAFETY: live virtqueue under `life`.
+            Ok(vq) => unsafe { bindings::virtqueue_get_vring_size(vq.as_ptr()) },
+            Err(_) => 0,
+        }
+    }
+}
+
+/// Sets up the virtqueues of a device, once, in probe or restore: declare
+/// each queue in the device's order (its handle comes back at once, not
+/// yet live), then [`QueueSetup::find`] creates them all.
+pub(crate) struct QueueSetup<'a> {
+    bind: &'a Arc<Binding>,
+    names: [Option<&'static CStr>; MAX_VQS],
+    cores: [Option<Arc<QueueCore>>; MAX_VQS],
+    n: usize,
+}
+
+impl<'a> QueueSetup<'a> {
+    pub(super) fn new(bind: &'a Arc<Binding>) -> Self {
+        Self {
+            bind,
+            names: Default::default(),
+            cores: Default::default(),
+            n: 0,
+        }
+    }
+
+    fn declare(
+        &mut self,
+        name: Option<&'static CStr>,
+        kind: Kind,
+        drop_token: unsafe fn(*mut c_void),
+    ) -> Result<Option<Arc<QueueCore>>> {
+        if self.n >= MAX_VQS {
+            return Err(EINVAL);
+        }
+        let bind = self.bind.clone();
+        let core = match name {
+            Some(_) => Some(Arc::pin_init(
+                pin_init!(QueueCore {
+                    bind,
+                    vq: UnsafeCell::new(None),
+                    kind,
+                    used <- Completion::new(),
+                    drop_token,
+                }),
+                GFP_KERNEL,
+            )?),
+            None => None,
+        };
+        self.names[self.n] = name;
+        self.cores[self.n] = core.clone();
+        self.n += 1;
+        Ok(core)
+    }
+
+    /// Declares a queue for synchronous round trips.
+    pub(crate) fn sync(&mut self, name: &'static CStr) -> Result<SyncQueue> {
+        let core = self
+            .declare(Some(name), Kind::Sync, no_drop)?
+            .ok_or(EINVAL)?;
+        Ok(SyncQueue { core })
+    }
+
+    /// Declares a queue the device answers when it likes, with interrupts
+    /// ([`super::Driver::buffers_used`]).
+    pub(crate) fn posted<B: Buffer>(&mut self, name: &'static CStr) -> Result<PostedQueue<B>> {
+        let core = self
+            .declare(Some(name), Kind::Posted, drop_boxed::<B>)?
+            .ok_or(EINVAL)?;
+        Ok(BufQueue {
+            core,
+            _b: PhantomData,
+        })
+    }
+
+    /// Declares a queue the driver polls (no interrupts).
+    pub(crate) fn polled<B: Buffer>(&mut self, name: &'static CStr) -> Result<PolledQueue<B>> {
+        let core = self
+            .declare(Some(name), Kind::Polled, drop_boxed::<B>)?
+            .ok_or(EINVAL)?;
+        Ok(BufQueue {
+            core,
+            _b: PhantomData,
+        })
+    }
+
+    /// Declares a queue position the driver does not use (the device does
+    /// not have it, or the driver did not negotiate its feature).
+    pub(crate) fn skip(&mut self) -> Result {
+        self.declare(None, Kind::Sync, no_drop).map(|_| ())
+    }
+
+    /// Creates every declared queue; their handles work from now on.
+    pub(crate) fn find(self) -> Result {
+        let bind = self.bind;
+        let _w = bind.life.write();
+        // SAFETY: all-zero `virtqueue_info` is valid (no name, no callback).
+        let mut info: [bindings::virtqueue_info; MAX_VQS] = unsafe { core::mem::zeroed() };
+        let mut vqs = [core::ptr::null_mut::<bindings::virtqueue>(); MAX_VQS];
+        for ((info, name), core) in info.iter_mut().zip(self.names).zip(&self.cores) {
+            if let (Some(name), Some(core)) = (name, core) {
+                info.name = name.as_char_ptr();
+                if core.kind != Kind::Polled {
+                    info.callback = Some(used_callback);
+                }
+            }
+        }
+        // The binding has no live queue (probe, or restore after teardown),
+        // so creating them cannot duplicate any.
+        if bind
+            .queues
+            .iter()
+            .any(|q| !q.load(Ordering::Acquire).is_null())
+        {
+            return Err(EBUSY);
+        }
+        // SAFETY: valid device; `vqs` and `info` have `MAX_VQS >= n`
+        // entries; names are static strings. Callbacks can only fire once
+        // the device is live, after the entries are set below.
+        to_result(unsafe {
+            bindings::virtio_find_vqs(
+                bind.vdev.as_ptr(),
+                self.n as u32,
+                vqs.as_mut_ptr(),
+                info.as_mut_ptr(),
+                core::ptr::null_mut(),
+            )
+        })?;
+        // The transports number only the queues that exist (a position
+        // without a name takes no index): the callback finds a queue by the
+        // index the transport gave it.
+        for (vq, core) in vqs.iter().zip(&self.cores) {
+            let (Some(vq), Some(core)) = (NonNull::new(*vq), core) else {
+                continue;
+            };
+            // SAFETY: `vq` was just created by `find_vqs`.
+            let index = unsafe { (*vq.as_ptr()).index } as usize;
+            // SAFETY: `life` is held for writing (type invariant of
+            // `QueueCore`); the queue is live from here.
+            unsafe { *core.vq.get() = Some(vq) };
+            if let Some(slot) = bind.queues.get(index) {
+                // INVARIANT: one reference for the binding's table, given
+                // back by `Binding::teardown`.
+                slot.store(Arc::into_raw(core.clone()).cast_mut(), Ordering::Release);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Interrupt callback of every queue with interrupts.
+///
+/// # Safety
+///
+/// Called by the virtio core with a live virtqueue created by
+/// [`QueueSetup::find`].
+unsafe extern "C" fn used_callback(vq: *mut bindings::virtqueue) {
+    // SAFETY: `vq` is live for the call, and so is its device.
+    let (vdev, index) = unsafe { ((*vq).vdev, (*vq).index as usize) };
+    // SAFETY: while the device has queues the driver is bound and `priv` is
+    // its binding; the reset in `teardown` waits for running callbacks
+    // before the entries and the binding can go.
+    let bind = unsafe { &*(*vdev).priv_.cast::<Binding>() };
+    let Some(q) = bind.queues.get(index).map(|s| s.load(Ordering::Acquire)) else {
+        return;
+    };
+    if q.is_null() {
+        return;
+    }
+    // SAFETY: a live entry (see above).
+    let q = unsafe { &*q };
+    q.used.complete();
+    if q.kind == Kind::Posted {
+        let data = bind.data.load(Ordering::Acquire);
+        if !data.is_null() {
+            // SAFETY: interrupt context on a bound device: `Bound`.
+            let dev = unsafe { Device::<Bound>::from_raw(vdev) };
+            // SAFETY: `data` is the published driver data; remove takes it
+            // only before the reset that this callback finishes ahead of.
+            unsafe { (bind.notify)(data, dev, QueueId(index as u16)) };
+        }
+    }
+}
+
+/// What [`SyncQueue::send`] did.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Sent {
+    /// Buffers sent (and returned by the device): at least one.
+    pub(crate) count: usize,
+    /// Buffers the device returned with a used length other than 0.
+    pub(crate) odd_lengths: u32,
+}
+
+/// A queue for synchronous round trips.
+pub(crate) struct SyncQueue {
+    core: Arc<QueueCore>,
+}
+
+impl SyncQueue {
+    /// Number of descriptors in the ring (0 when not live).
+    pub(crate) fn ring_size(&self) -> u32 {
+        self.core.ring_size()
+    }
+
+    /// Sends the parts `(offset, len)` of `buf` listed in `parts`, one
+    /// descriptor each, kicks the device once and sleeps until it has used
+    /// every one. Fills the ring at most: [`Sent::count`] says how many
+    /// went (at least one), and the caller sends the rest in another call.
+    ///
+    /// The device only reads these buffers, so it must report a used length
+    /// of 0; other lengths are counted in [`Sent::odd_lengths`]. Fails with
+    /// `EIO` if the ring broke, after resetting the device: when this
+    /// returns, the device holds nothing of `buf`.
+    pub(crate) fn send(&mut self, buf: &OutBuf, parts: &[(usize, usize)]) -> Result<Sent> {
+        let mut regions = [const { None::<Region> }; MAX_PARTS];
+        let mut n = 0usize;
+        for &(offset, len) in parts.iter().take(MAX_PARTS) {
+            let part = buf
+                .bytes
+                .get(offset..offset.saturating_add(len))
+                .ok_or(EINVAL)?;
+            if !part.is_empty() {
+                regions[n] = Some(Region {
+                    addr: part.as_ptr().cast_mut().cast(),
+                    len: part.len() as u32,
+                    device_writes: false,
+                });
+                n += 1;
+            }
+        }
+        if n == 0 {
+            return Err(EINVAL);
+        }
+        let life = self.core.bind.life.read();
+        let vq = self.core.vq()?;
+        let mut added = 0usize;
+        for r in regions.iter().flatten() {
+            // The token is the part's address; nobody dereferences it.
+            // SAFETY: `buf` is borrowed until we return, and we return only
+            // once the device gave it back or was reset (below).
+            if let Err(e) = unsafe { self.core.add(vq, r, r.addr) } {
+                if added == 0 {
+                    return Err(e);
+                }
+                break;
+            }
+            added += 1;
+        }
+        let mut sent = Sent {
+            count: added,
+            odd_lengths: 0,
+        };
+        let waited = self.finish(vq, added, |len| {
+            if len != 0 {
+                sent.odd_lengths += 1;
+            }
+        });
+        drop(life);
+        self.settle(waited).map(|()| sent)
+    }
+
+    /// Lends the device-writable scatterlist `sg` as one buffer, kicks the
+    /// device and sleeps until it has used it. Adds without allocating
+    /// (`GFP_NOWAIT`). As for [`SyncQueue::send`], when this returns the
+    /// device holds nothing of `sg`.
+    pub(crate) fn lend(&mut self, sg: &dyn LentSg) -> Result {
+        let (raw, nents) = sg.raw();
+        let life = self.core.bind.life.read();
+        let vq = self.core.vq()?;
+        let token = vq.as_ptr().cast::<c_void>();
+        // SAFETY: `sg` is valid and nobody else touches its memory while it
+        // is borrowed (`LentSg`), and we return only once the device gave
+        // it back or was reset. Live virtqueue under `life`.
+        to_result(unsafe {
+            bindings::virtqueue_add_inbuf(
+                vq.as_ptr(),
+                raw,
+                nents,
+                token,
+                bindings::GFP_NOWAIT | bindings::__GFP_NOWARN,
+            )
+        })?;
+        let waited = self.finish(vq, 1, |_| {});
+        drop(life);
+        self.settle(waited)
+    }
+
+    /// Kicks and waits for `n` buffers, calling `each` with their lengths.
+    fn finish(
+        &self,
+        vq: NonNull<bindings::virtqueue>,
+        n: usize,
+        mut each: impl FnMut(u32),
+    ) -> Result {
+        self.core.quiet(vq);
+        self.core.kick(vq);
+        for _ in 0..n {
+            each(self.core.wait_used(vq)?);
+        }
+        Ok(())
+    }
+
+    /// After a wait, with `life` released: on failure the device may still
+    /// hold what was lent, so it is reset before the caller gets the error.
+    fn settle(&self, waited: Result) -> Result {
+        if waited.is_err() {
+            self.core.bind.reset_after_error(&self.core);
+        }
+        waited
+    }
+}
+
+/// Most parts one [`SyncQueue::send`] takes.
+pub(crate) const MAX_PARTS: usize = 16;
+
+/// A queue of owned buffers of type `B`; see [`PostedQueue`] and
+/// [`PolledQueue`].
+pub(crate) struct BufQueue<B: Buffer, K> {
+    core: Arc<QueueCore>,
+    _b: PhantomData<fn(B) -> (B, K)>,
+}
+
+/// Marker of [`PostedQueue`].
+pub(crate) struct Posted;
+/// Marker of [`PolledQueue`].
+pub(crate) struct Polled;
+
+/// A queue the device answers when it likes, with interrupts.
+pub(crate) type PostedQueue<B> = BufQueue<B, Posted>;
+/// A queue the driver polls.
+pub(crate) type PolledQueue<B> = BufQueue<B, Polled>;
+
+impl<B: Buffer, K> BufQueue<B, K> {
+    /// Which queue this is (as [`super::Driver::buffers_used`] names it),
+    /// once live.
+    pub(crate) fn id(&self) -> Option<QueueId> {
+        let _life = self.core.bind.life.read();
+        let vq = self.core.vq().ok()?;
+        // SAFETY: live virtqueue under `life`.
+        Some(QueueId(unsafe { (*vq.as_ptr()).index } as u16))
+    }
+
+    /// Number of descriptors in the ring (0 when not live).
+    pub(crate) fn ring_size(&self) -> u32 {
+        self.core.ring_size()
+    }
+
+    /// Free descriptors in the ring right now (0 when not live).
+    pub(crate) fn free_descriptors(&self) -> u32 {
+        let _life = self.core.bind.life.read();
+        match self.core.vq() {
+            // SAFETY: live virtqueue under `life`; a plain field, serialised
+            // by the handle.
+            Ok(vq) => unsafe { (*vq.as_ptr()).num_free },
+            Err(_) => 0,
+        }
+    }
+
+    /// Hands `buf` to the device and kicks it. The queue owns the buffer
+    /// until [`BufQueue::take`] returns it (or the device is reset, when it
+    /// is dropped). On failure the buffer comes back with the error. The
+    /// buffer comes boxed, so that posting never allocates.
+    pub(crate) fn post(&mut self, buf: KBox<B>) -> core::result::Result<(), (KBox<B>, Error)> {
+        let _life = self.core.bind.life.read();
+        let vq = match self.core.vq() {
+            Ok(vq) => vq,
+            Err(e) => return Err((buf, e)),
+        };
+        let region = buf.region();
+        let token = KBox::into_raw(buf).cast::<c_void>();
+        // SAFETY: the buffer is owned by the ring from here (its token)
+        // until `take` or `retire` turns the token back into the box.
+        if let Err(e) = unsafe { self.core.add(vq, &region, token) } {
+            // SAFETY: not added, so the box is still ours.
+            return Err((unsafe { KBox::from_raw(token.cast::<B>()) }, e));
+        }
+        self.core.kick(vq);
+        Ok(())
+    }
+
+    /// A buffer the device has returned, with its used length.
+    pub(crate) fn take(&mut self) -> Option<(KBox<B>, u32)> {
+        let _life = self.core.bind.life.read();
+        let vq = self.core.vq().ok()?;
+        let (token, len) = self.core.get_used(vq)?;
+        // SAFETY: every token on this ring is a `KBox<B>` from `post`, and
+        // the core hands each back once.
+        Some((unsafe { KBox::from_raw(token.as_ptr().cast::<B>()) }, len))
+    }
+}
