@@ -6,7 +6,7 @@
 #   make                 build virtio_balloon_rs.ko against the project's guest kernel
 #   make KDIR=<dir>      build against another Rust-enabled 6.12 tree (patched)
 #   make run             boot a guest with a balloon device and watch the driver
-#   make check           rustfmt, clippy, KUnit, virtme-ng, end-to-end
+#   make check           rustfmt, clippy, compile-fail, KUnit, virtme-ng, end-to-end
 #   make bench           Rust vs the in-tree C driver, side by side (REPS=5)
 #
 # Everything heavy lives in ~/.cache/virtio-balloon-rs (override: VBRS_CACHE).
@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 SHELL := /bin/bash
 VENV_PY = $(shell bash -c '. $(ROOT)/scripts/lib.sh && echo $$VBRS_VENV')/bin/python
 
-.PHONY: all module deps kernel debug-kernel run check check-debug kunit vng e2e bench fmt fmtcheck clippy clean
+.PHONY: all module deps kernel debug-kernel run check check-debug compile-fail kunit vng e2e bench fmt fmtcheck clippy clean
 
 all: module
 
@@ -37,6 +37,7 @@ run: module
 check: module
 	@$(MAKE) --no-print-directory fmtcheck
 	@$(MAKE) --no-print-directory clippy
+	@$(MAKE) --no-print-directory compile-fail
 	@$(MAKE) --no-print-directory kunit
 	@$(MAKE) --no-print-directory vng
 	@$(MAKE) --no-print-directory e2e
@@ -62,13 +63,18 @@ check-debug: debug-kernel
 bench: module
 	@REPS=$(or $(REPS),5) $(VENV_PY) $(ROOT)/scripts/bench.py
 
+# Misuses of the safe layer that must not build (tests/compile_fail/).
+compile-fail: module
+	@echo "==> compile-fail cases (kapi misuse must not build)"
+	@$(VENV_PY) $(ROOT)/tests/compile_fail/run.py
+
 kunit: module
 	@echo "==> KUnit (in a guest, parsed by kunit.py)"
 	@$(VENV_PY) $(ROOT)/tests/run_kunit.py
 
 vng: module
 	@echo "==> virtme-ng boot test"
-	@$(ROOT)/tests/vng/boot_test.sh
+	@$(VENV_PY) $(ROOT)/tests/vng/boot_test.py
 
 e2e: module
 	@echo "==> end-to-end tests (QEMU + QMP)"
