@@ -16,6 +16,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -129,6 +130,19 @@ def build_initramfs(kdir, dest):
     return Path(dest)
 
 
+def _kvm_probe_cache():
+    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    return CACHE / f"kvm-probe-{boot_id}"
+
+
+def kvm_usable_cached():
+    """What an earlier probe of this host boot found (no probe: False)."""
+    if os.environ.get("VBRS_ACCEL") in ("tcg", "kvm"):
+        return os.environ["VBRS_ACCEL"] == "kvm"
+    cache = _kvm_probe_cache()
+    return cache.exists() and cache.read_text().strip() == "yes"
+
+
 def kvm_usable(kdir, initrd):
     """Whether KVM both exists and boots a guest here; probed once per boot
     of the host (cached), with a short timeout: on some machines KVM guests
@@ -137,8 +151,7 @@ def kvm_usable(kdir, initrd):
         return os.environ["VBRS_ACCEL"] == "kvm"
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False
-    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    cache = CACHE / f"kvm-probe-{boot_id}"
+    cache = _kvm_probe_cache()
     if cache.exists():
         return cache.read_text().strip() == "yes"
     ok = False
@@ -241,6 +254,8 @@ class Guest:
         self.qmp = None
         self.ctl = None
         self.seq = 0
+        # Boots that had to be retried (their reasons), for the test report.
+        self.retries = []
 
     # -- lifecycle --------------------------------------------------------
     def qemu_cmd(self):
@@ -269,14 +284,20 @@ class Guest:
 
     def start(self, attempts=3):
         """Boots the guest and waits for its command shell. A boot whose
-        serial shell does not answer is retried (up to `attempts` boots)."""
+        serial shell does not answer is retried (up to `attempts` boots);
+        each retry is reported on stderr and kept in `self.retries`, which
+        the test fixture turns into a warning naming the test."""
         for attempt in range(attempts):
             try:
                 return self._start_once()
-            except GuestError:
+            except GuestError as e:
                 self.stop()
                 if attempt == attempts - 1 or self.proc_died_for_real():
                     raise
+                reason = str(e).splitlines()[0]
+                self.retries.append(reason)
+                print(f"vbrs: guest in {self.dir} did not come up ({reason}); booting it again",
+                      file=sys.stderr)
                 time.sleep(0.5)
 
     def proc_died_for_real(self):
@@ -420,15 +441,18 @@ class Guest:
     def kmemleak_reports(self):
         """On a kernel with kmemleak: scans (twice, as kmemleak needs to see
         an object unreferenced in two scans) and returns the reports that
-        involve this project's module, or "" (also when the guest no longer
-        answers or has no kmemleak)."""
+        involve this project's module, or "" when there are none (or the
+        kernel has no kmemleak). A guest that cannot be asked (hung, dead)
+        is a failure too: it says so instead of passing."""
+        if self.proc is None or self.proc.poll() is not None:
+            return f"guest {self.dir} is not running: kmemleak could not be asked"
         try:
             rc, out = self.run_rc("k=/sys/kernel/debug/kmemleak; [ -e $k ] || exit 0; "
                                   "echo scan > $k; sleep 1; echo scan > $k; cat $k", timeout=120)
-        except GuestError:
-            return ""
+        except GuestError as e:
+            return f"guest {self.dir} did not answer the kmemleak scan: {e}"
         if rc != 0:
-            return ""
+            return f"kmemleak scan failed ({rc}) in {self.dir}:\n{out}"
         reports = re.split(r"(?=unreferenced object)", out)
         return "".join(r for r in reports if "virtio_balloon_rs" in r)
 
