@@ -66,8 +66,9 @@ impl Feature {
 pub(crate) mod feature {
     use super::Feature;
     use kernel::bindings;
-    /// `VIRTIO_RING_F_INDIRECT_DESC` (uapi/linux/virtio_ring.h).
-    pub(crate) const RING_INDIRECT_DESC: Feature = Feature::new(28);
+    /// `VIRTIO_RING_F_INDIRECT_DESC`.
+    pub(crate) const RING_INDIRECT_DESC: Feature =
+        Feature::new(bindings::VIRTIO_RING_F_INDIRECT_DESC);
     /// `VIRTIO_F_ACCESS_PLATFORM`.
     pub(crate) const ACCESS_PLATFORM: Feature = Feature::new(bindings::VIRTIO_F_ACCESS_PLATFORM);
 }
@@ -859,8 +860,8 @@ impl<T: Driver> Adapter<T> {
         // SAFETY: the bus passes a registered device and holds its lock.
         let dev = unsafe { Device::<Core>::from_raw(vdev) };
         from_result(|| {
-            // SAFETY: valid device; reading a field.
-            if !unsafe { bindings::virtio_config_has_get(vdev) } {
+            // SAFETY: valid device, whose transport set its config ops.
+            if unsafe { (*(*vdev).config).get.is_none() } {
                 dev_err!(dev, "config space access is not available\n");
                 return Err(EINVAL);
             }

@@ -31,7 +31,7 @@ case "$version" in
 6.12*) ;;
 *) vbrs_die "KDIR=$kdir: kernel version '${version:-unknown}', this driver targets 6.12" ;;
 esac
-[ -f "$kdir/rust/helpers/virtio.c" ] && grep -q rust_helper_virtio_cread_bytes "$kdir/rust/helpers/virtio.c" \
+[ -f "$kdir/rust/helpers/virtio.c" ] && grep -q rust_helper_virtio_find_vqs "$kdir/rust/helpers/virtio.c" \
 	|| vbrs_die "KDIR=$kdir: the tree lacks this project's Rust bindings; apply scripts/kernel/patches/*.patch (patch -p1, in name order) and rebuild it"
 [ -f "$kdir/rust/libkernel.rmeta" ] || [ -f "$kdir/rust/kernel.o" ] \
 	|| vbrs_die "KDIR=$kdir: the Rust support of the tree is not built; run make there first"
