@@ -117,10 +117,23 @@ counters! {
         hint_blocks_shrunk,
         /// Runs ended early because the host left the hint ring full.
         hint_stalls,
-        /// Fault injection (debug kernels only): while non-zero, the next
-        /// free page hint command id goes out 2 bytes long instead of 4 (one
-        /// per count), which QEMU answers by declaring its device broken.
-        inject_short_hint_cmd,
+    }
+}
+
+/// The driver's fault knobs, in its debugfs directory on kernels built for
+/// fault injection (the debug kernel), beside the virtio layer's own.
+#[derive(Default)]
+struct Knobs {
+    /// While non-zero, the next free page hint command id goes out 2 bytes
+    /// long instead of 4 (one per count), which QEMU answers by declaring
+    /// its device broken.
+    short_hint_cmd: AtomicU32,
+}
+
+#[cfg(CONFIG_FAULT_INJECTION_DEBUG_FS)]
+impl crate::kapi::debugfs::Knobs for Knobs {
+    fn each(&self, f: &mut dyn FnMut(&'static CStr, &AtomicU32)) {
+        f(c_str!("inject_short_hint_cmd"), &self.short_hint_cmd);
     }
 }
 
@@ -241,6 +254,7 @@ struct Shared {
     /// 4 KiB frames per kernel page.
     fpp: u32,
     stats: Arc<Counters>,
+    knobs: Arc<Knobs>,
     notes: Notes,
     /// Set when the host could not be told something: the device is broken
     /// or gone. No memory is taken for it until the queues are set up again.
@@ -895,7 +909,7 @@ fn with_free_page_queue<T>(
 fn hint_cmd_buf(sh: &Shared, id: u32) -> Result<KBox<FreePageBuf>> {
     let mut buf = OutBuf::new(4)?;
     buf.as_mut_slice().copy_from_slice(&id.to_le_bytes());
-    if take_knob(&sh.stats.inject_short_hint_cmd) {
+    if take_knob(&sh.knobs.short_hint_cmd) {
         buf.set_len(2);
     }
     Ok(KBox::new(Either::Left(buf), GFP_KERNEL)?)
@@ -903,7 +917,7 @@ fn hint_cmd_buf(sh: &Shared, id: u32) -> Result<KBox<FreePageBuf>> {
 
 /// Whether to inject the fault counted by `knob` now (and count it).
 /// Knobs are only writable (in debugfs) on fault-injection kernels.
-fn take_knob(knob: &AtomicU64) -> bool {
+fn take_knob(knob: &AtomicU32) -> bool {
     cfg!(CONFIG_FAULT_INJECTION_DEBUG_FS)
         && knob.load(Ordering::Relaxed) != 0
         && knob
@@ -1114,6 +1128,7 @@ impl virtio::Driver for Balloon {
         let config = dev.config()?;
         let generic = ARef::from(dev.as_dev());
         let stats = counters.clone();
+        let knobs = Arc::new(Knobs::default(), GFP_KERNEL)?;
         let core = Arc::pin_init(
             BalloonPages::new(
                 account,
@@ -1122,6 +1137,7 @@ impl virtio::Driver for Balloon {
                     config,
                     fpp,
                     stats,
+                    knobs: knobs.clone(),
                     notes: Notes(AtomicU32::new(0)),
                     host_gone: AtomicBool::new(false),
                     oom_pause: AtomicBool::new(false),
@@ -1185,7 +1201,12 @@ impl virtio::Driver for Balloon {
                 #[allow(unused_mut)]
                 let mut files = CounterFiles::new(&name, &parent, counters);
                 #[cfg(CONFIG_FAULT_INJECTION_DEBUG_FS)]
-                files.add_knobs(dev.fault_knobs());
+                {
+                    files.add_knobs(dev.fault_knobs())?;
+                    files.add_knobs(knobs)?;
+                }
+                #[cfg(not(CONFIG_FAULT_INJECTION_DEBUG_FS))]
+                let _ = knobs;
                 Some(files)
             }
             None => None,

@@ -141,7 +141,7 @@ pub(crate) struct CounterFiles<C: Counters> {
     dentry: *mut bindings::dentry,
     _counters: Arc<C>,
     #[cfg(CONFIG_FAULT_INJECTION_DEBUG_FS)]
-    knobs: Option<Arc<dyn Knobs>>,
+    knobs: kernel::alloc::KVec<Arc<dyn Knobs>>,
     _parent: Arc<Dir>,
 }
 
@@ -176,17 +176,20 @@ impl<C: Counters> CounterFiles<C> {
             dentry,
             _counters: counters,
             #[cfg(CONFIG_FAULT_INJECTION_DEBUG_FS)]
-            knobs: None,
+            knobs: kernel::alloc::KVec::new(),
             _parent: parent.clone(),
         }
     }
 
     /// Adds a writable (0600) file per knob of `knobs`.
     #[cfg(CONFIG_FAULT_INJECTION_DEBUG_FS)]
-    pub(crate) fn add_knobs(&mut self, knobs: Arc<dyn Knobs>) {
-        if self.dentry.is_null() || self.knobs.is_some() {
-            return;
+    pub(crate) fn add_knobs(&mut self, knobs: Arc<dyn Knobs>) -> kernel::error::Result {
+        if self.dentry.is_null() {
+            return Ok(());
         }
+        // Kept (below) before any file points into it.
+        self.knobs
+            .push(knobs.clone(), kernel::alloc::flags::GFP_KERNEL)?;
         let dir = self.dentry;
         knobs.each(&mut |file, value| {
             // SAFETY: `file` is a static C string; `value` lives in
@@ -194,7 +197,7 @@ impl<C: Counters> CounterFiles<C> {
             // invariant). debugfs stores and loads the u32 whole.
             unsafe { bindings::debugfs_create_u32(file.as_char_ptr(), 0o600, dir, value.as_ptr()) };
         });
-        self.knobs = Some(knobs);
+        Ok(())
     }
 }
 

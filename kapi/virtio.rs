@@ -584,6 +584,8 @@ struct Binding {
     queues: [AtomicPtr<queue::QueueCore>; queue::MAX_VQS],
     /// Set once a device that asked to be reset was given up on.
     gave_up: AtomicBool,
+    /// Set once the device was reset after a failed transfer.
+    reset_after_error: AtomicBool,
     debugfs: Option<Arc<Dir>>,
     faults: queue::Faults,
 }
@@ -683,13 +685,23 @@ impl Binding {
     /// reused. The device is useless until it is bound again.
     fn reset_after_error(&self, q: &queue::QueueCore) {
         let _w = self.life.write();
-        if q.is_live() {
-            // SAFETY: valid device, process context; `life` held for writing,
-            // so no other queue operation (or kick) is in progress.
-            unsafe {
-                bindings::virtio_break_device(self.vdev.as_ptr());
-                bindings::virtio_reset_device(self.vdev.as_ptr());
-            }
+        if !q.is_live() {
+            // Torn down already: the teardown reset the device.
+            return;
+        }
+        if !self.reset_after_error.swap(true, Ordering::AcqRel) {
+            // SAFETY: valid device; its generic part, for a message.
+            let dev = unsafe { Device::<Normal>::from_raw(self.vdev.as_ptr()) };
+            dev_err!(
+                dev,
+                "a transfer failed with buffers on the ring: device reset before their memory is reused; it is unusable until bound again\n"
+            );
+        }
+        // SAFETY: valid device, process context; `life` held for writing,
+        // so no other queue operation (or kick) is in progress.
+        unsafe {
+            bindings::virtio_break_device(self.vdev.as_ptr());
+            bindings::virtio_reset_device(self.vdev.as_ptr());
         }
     }
 }
@@ -880,6 +892,7 @@ impl<T: Driver> Adapter<T> {
                     notify: Self::used_trampoline,
                     queues: Default::default(),
                     gave_up: AtomicBool::new(false),
+                    reset_after_error: AtomicBool::new(false),
                     debugfs: storage.debugfs.clone(),
                     faults: queue::new_faults()?,
                 }? Error),
