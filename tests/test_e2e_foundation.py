@@ -135,3 +135,33 @@ def test_no_device_no_binding(boot):
     load(g)
     assert bound_devices(g) == []
     g.run("rmmod virtio_balloon_rs")
+
+
+def readme_counters():
+    """The file names in the README's counter table."""
+    text = (vm.ROOT / "README.md").read_text()
+    table = text.split("### Counters", 1)[1].split("\n###", 1)[0]
+    names = set()
+    for row in table.splitlines():
+        cells = row.split("|")
+        if len(cells) > 2 and "`" in cells[1]:
+            names.update(re.findall(r"`([a-z_0-9]+)`", cells[1]))
+    return names
+
+
+def test_readme_lists_exactly_the_counters_in_debugfs(boot):
+    # The driver's counter list (one counters! definition) against the
+    # README's table, through what a user actually finds in debugfs.
+    # Fault knobs (inject_*, debug kernels only) are documented with the
+    # hostile-host tests instead.
+    g = boot()
+    load(g)
+    dev = g.balloon_virtio_dev()
+    files = set(g.run(f"ls /sys/kernel/debug/virtio_balloon_rs/{dev}").split())
+    counters = {f for f in files if not f.startswith("inject_")}
+    documented = readme_counters()
+    assert counters == documented, (sorted(counters - documented), sorted(documented - counters))
+    knobs = files - counters
+    readme = (vm.ROOT / "README.md").read_text()
+    assert all(f"`{k}`" in readme for k in knobs), knobs
+    g.run("rmmod virtio_balloon_rs")
