@@ -19,6 +19,8 @@ if [ -z "$kdir" ]; then
 fi
 
 # Check the tree before handing it to kbuild, whose own errors are cryptic.
+# Only what a build produces is read, so an in-tree build, an O= build tree
+# and a headers-style tree (build directory apart from the source) all work.
 [ -d "$kdir" ] || vbrs_die "KDIR=$kdir: no such directory"
 [ -f "$kdir/Makefile" ] || vbrs_die "KDIR=$kdir: not a kernel build tree (no Makefile)"
 [ -f "$kdir/.config" ] || vbrs_die "KDIR=$kdir: not configured (no .config); build the kernel there first"
@@ -26,15 +28,24 @@ grep -q '^CONFIG_RUST=y' "$kdir/.config" \
 	|| vbrs_die "KDIR=$kdir: kernel built without Rust (CONFIG_RUST is not set); enable CONFIG_RUST and rebuild it"
 grep -q '^CONFIG_MODULES=y' "$kdir/.config" || vbrs_die "KDIR=$kdir: kernel built without module support (CONFIG_MODULES)"
 grep -q '^CONFIG_VIRTIO=y\|^CONFIG_VIRTIO=m' "$kdir/.config" || vbrs_die "KDIR=$kdir: kernel built without CONFIG_VIRTIO"
-version=$(awk -F' *= *' '$1=="VERSION"{v=$2} $1=="PATCHLEVEL"{p=$2} END{if (v != "") print v "." p}' "$kdir/Makefile")
-case "$version" in
-6.12*) ;;
-*) vbrs_die "KDIR=$kdir: kernel version '${version:-unknown}', this driver targets 6.12" ;;
+release=$(cat "$kdir/include/config/kernel.release" 2>/dev/null) \
+	|| vbrs_die "KDIR=$kdir: configured but not built (no include/config/kernel.release); run make there first"
+case "$release" in
+6.12 | 6.12.* | 6.12-* | 6.12+*) ;;
+*) vbrs_die "KDIR=$kdir: kernel release '$release', this driver targets 6.12" ;;
 esac
-[ -f "$kdir/rust/helpers/virtio.c" ] && grep -q rust_helper_virtio_find_vqs "$kdir/rust/helpers/virtio.c" \
-	|| vbrs_die "KDIR=$kdir: the tree lacks this project's Rust bindings; apply scripts/kernel/patches/*.patch (patch -p1, in name order) and rebuild it"
-[ -f "$kdir/rust/libkernel.rmeta" ] || [ -f "$kdir/rust/kernel.o" ] \
-	|| vbrs_die "KDIR=$kdir: the Rust support of the tree is not built; run make there first"
-
+[ -f "$kdir/rust/libkernel.rmeta" ] \
+	|| vbrs_die "KDIR=$kdir: the Rust support of the tree is not built (no rust/libkernel.rmeta); run make there first"
 read -ra KMAKE <<<"${VBRS_KMAKE_VARS:-$(vbrs_kmake_vars)}"
+# The rustc used now must be the one the tree was built with: crate
+# metadata is tied to one compiler ("incompatible version" errors).
+rustc=/usr/bin/rustc
+for v in "${KMAKE[@]}"; do case "$v" in RUSTC=*) rustc=${v#RUSTC=} ;; esac; done
+built_with=$(sed -n 's/^CONFIG_RUSTC_VERSION_TEXT="\(.*\)"$/\1/p' "$kdir/.config")
+using=$("$rustc" --version 2>/dev/null) || vbrs_die "cannot run $rustc (set RUSTC=... in VBRS_KMAKE_VARS)"
+[ -z "$built_with" ] || [ "$built_with" = "$using" ] \
+	|| vbrs_die "KDIR=$kdir: built with '$built_with', but this build would use '$using' ($rustc); set VBRS_KMAKE_VARS (RUSTC=...) to the rustc the tree was built with"
+grep -q 'rust_helper_virtio_find_vqs' "$kdir/Module.symvers" 2>/dev/null \
+	|| vbrs_die "KDIR=$kdir: the tree lacks this project's Rust bindings; apply scripts/kernel/patches/*.patch (patch -p1, in name order) and rebuild it"
+
 exec make -C "$kdir" M="$VBRS_ROOT" "${KMAKE[@]}" "$@" modules

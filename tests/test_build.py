@@ -1,6 +1,10 @@
 # SPDX-License-Identifier: GPL-2.0
 """`make KDIR=...` with trees that cannot work: each gets a message that names
-what is wrong and how to fix it, and no kbuild noise."""
+what is wrong and how to fix it, and no kbuild noise. Every broken tree
+comes in two layouts: an in-tree build (the top Makefile is the kernel's)
+and an O= build directory (its Makefile only includes the source tree's,
+which is elsewhere), because the checks must only read what a build
+produces. The project's own guest kernel is the good tree."""
 
 import shutil
 import subprocess
@@ -10,36 +14,62 @@ import pytest
 import vm
 
 
-def make_module(kdir):
-    return subprocess.run(["make", "-s", "-C", str(vm.ROOT), f"KDIR={kdir}"],
-                          capture_output=True, text=True, timeout=120)
+def make_module(kdir, *args):
+    return subprocess.run(["make", "-s", "-C", str(vm.ROOT), f"KDIR={kdir}", *args],
+                          capture_output=True, text=True, timeout=600)
 
 
-def fake_tree(tmp_path, real, drop=(), helpers=True):
-    """A tree with the real top Makefile and .config minus some options."""
+def fake_tree(tmp_path, real, layout, drop=(), release=None, rustc=None, built=True,
+              rust_built=True, patched=True):
+    """A tree that looks built: .config (minus some options), the release,
+    the Rust crate metadata and Module.symvers, as the real build made them."""
     tree = tmp_path / "tree"
     tree.mkdir()
-    shutil.copy(real / "Makefile", tree / "Makefile")
-    lines = [line for line in (real / ".config").read_text().splitlines()
-             if not any(line.startswith(f"{opt}=") for opt in drop)]
+    if layout == "in-tree":
+        shutil.copy(real / "Makefile", tree / "Makefile")
+    else:
+        # What `make O=<dir>` writes into the build directory.
+        (tree / "Makefile").write_text(f"# Automatically generated: don't edit\ninclude {real}/Makefile\n")
+    lines = []
+    for line in (real / ".config").read_text().splitlines():
+        if any(line.startswith(f"{opt}=") for opt in drop):
+            continue
+        if rustc and line.startswith("CONFIG_RUSTC_VERSION_TEXT="):
+            line = f'CONFIG_RUSTC_VERSION_TEXT="{rustc}"'
+        lines.append(line)
     (tree / ".config").write_text("\n".join(lines) + "\n")
-    if helpers:
-        (tree / "rust/helpers").mkdir(parents=True)
-        (tree / "rust/helpers/virtio.c").write_text("/* unpatched */\n")
+    if built:
+        (tree / "include/config").mkdir(parents=True)
+        rel = release or (real / "include/config/kernel.release").read_text()
+        (tree / "include/config/kernel.release").write_text(rel)
+    if rust_built:
+        (tree / "rust").mkdir()
+        shutil.copy(real / "rust/libkernel.rmeta", tree / "rust/libkernel.rmeta")
+    symvers = (real / "Module.symvers").read_text()
+    if not patched:
+        symvers = "".join(l for l in symvers.splitlines(True) if "rust_helper_virtio" not in l)
+    (tree / "Module.symvers").write_text(symvers)
     return tree
 
 
-@pytest.mark.parametrize("case,expect", [
+CASES = [
     ("missing", "no such directory"),
     ("not-a-tree", "not a kernel build tree"),
     ("no-config", "not configured"),
     ("no-rust", "CONFIG_RUST is not set"),
     ("no-modules", "without module support"),
     ("no-virtio", "without CONFIG_VIRTIO"),
-    ("unpatched", "apply scripts/kernel/patches"),
+    ("not-built", "configured but not built"),
     ("wrong-version", "this driver targets 6.12"),
-])
-def test_bad_kdir_is_named(kdir, tmp_path, case, expect):
+    ("rust-not-built", "Rust support of the tree is not built"),
+    ("other-rustc", "built with 'rustc 1.78.0 (imaginary)', but this build would use"),
+    ("unpatched", "apply scripts/kernel/patches"),
+]
+
+
+@pytest.mark.parametrize("layout", ["in-tree", "O="])
+@pytest.mark.parametrize("case,expect", CASES)
+def test_bad_kdir_is_named(kdir, tmp_path, layout, case, expect):
     if case == "missing":
         tree = tmp_path / "nope"
     elif case == "not-a-tree":
@@ -49,19 +79,31 @@ def test_bad_kdir_is_named(kdir, tmp_path, case, expect):
         tree.mkdir()
         shutil.copy(kdir / "Makefile", tree / "Makefile")
     elif case == "no-rust":
-        tree = fake_tree(tmp_path, kdir, drop=("CONFIG_RUST",))
+        tree = fake_tree(tmp_path, kdir, layout, drop=("CONFIG_RUST",))
     elif case == "no-modules":
-        tree = fake_tree(tmp_path, kdir, drop=("CONFIG_MODULES",))
+        tree = fake_tree(tmp_path, kdir, layout, drop=("CONFIG_MODULES",))
     elif case == "no-virtio":
-        tree = fake_tree(tmp_path, kdir, drop=("CONFIG_VIRTIO",))
+        tree = fake_tree(tmp_path, kdir, layout, drop=("CONFIG_VIRTIO",))
+    elif case == "not-built":
+        tree = fake_tree(tmp_path, kdir, layout, built=False)
     elif case == "wrong-version":
-        tree = fake_tree(tmp_path, kdir)
-        mk = tree / "Makefile"
-        mk.write_text(mk.read_text().replace("PATCHLEVEL = 12", "PATCHLEVEL = 6", 1))
+        tree = fake_tree(tmp_path, kdir, layout, release="6.6.63\n")
+    elif case == "rust-not-built":
+        tree = fake_tree(tmp_path, kdir, layout, rust_built=False)
+    elif case == "other-rustc":
+        tree = fake_tree(tmp_path, kdir, layout, rustc="rustc 1.78.0 (imaginary)")
     else:
-        tree = fake_tree(tmp_path, kdir)
+        tree = fake_tree(tmp_path, kdir, layout, patched=False)
     r = make_module(tree)
     assert r.returncode != 0
     assert f"KDIR={tree}" in r.stderr and expect in r.stderr, r.stderr
     # Our check speaks before kbuild does.
-    assert "rustc" not in r.stderr and "No rule to make target" not in r.stderr, r.stderr
+    assert "rustc" not in r.stderr.replace(expect, "") or case == "other-rustc", r.stderr
+    assert "No rule to make target" not in r.stderr, r.stderr
+
+
+def test_good_kdir_builds(kdir):
+    # The project's own guest kernel, handed over as a user would.
+    r = make_module(kdir)
+    assert r.returncode == 0, r.stderr
+    assert (vm.ROOT / "virtio_balloon_rs.ko").exists()
