@@ -13,7 +13,7 @@
 //! - [`DeflatedPage`]: taken out of the balloon; on drop it also restores
 //!   the managed page count if the balloon had taken it out.
 
-use super::sync::RawIrqGuard;
+use super::sync::with_irq_locked;
 use core::{
     cell::Cell, marker::PhantomData, marker::PhantomPinned, mem::MaybeUninit, ptr::NonNull,
 };
@@ -296,18 +296,19 @@ impl<T: Migrate> BalloonPages<T> {
     /// (A page can be on the list and still not dequeueable for a moment,
     /// while the migration code holds its page lock.)
     pub(crate) fn is_drained(&self) -> bool {
-        let _lock = self.lock_pages();
         let info = self.info.get();
-        // SAFETY: `info` is initialised; both fields are read under the lock
-        // that protects them (held above).
-        unsafe { bindings::list_empty(&raw const (*info).pages) && (*info).isolated_pages == 0 }
+        self.with_pages_locked(|| {
+            // SAFETY: `info` is initialised; both fields are read under the
+            // lock that protects them.
+            unsafe { bindings::list_empty(&raw const (*info).pages) && (*info).isolated_pages == 0 }
+        })
     }
 
-    /// Takes the list's lock (`pages_lock`), interrupts off.
-    fn lock_pages(&self) -> RawIrqGuard<'_> {
+    /// Runs `f` with the list's lock (`pages_lock`) held, interrupts off.
+    fn with_pages_locked<R>(&self, f: impl FnOnce() -> R) -> R {
         // SAFETY: `info` is initialised (type invariant), so its lock is,
-        // and it lives as long as `self`; this layer never takes it twice.
-        unsafe { RawIrqGuard::lock(&raw mut (*self.info.get()).pages_lock) }
+        // and it lives as long as `self`.
+        unsafe { with_irq_locked(&raw mut (*self.info.get()).pages_lock, f) }
     }
 }
 
@@ -382,16 +383,15 @@ impl<'a, T: Migrate> Migration<'a, T> {
                 bindings::adjust_managed_page_count(new, -1);
             }
         }
-        {
-            let _lock = self.pages.lock_pages();
+        self.pages.with_pages_locked(|| {
             // SAFETY: the list and `isolated_pages` change under
-            // `pages_lock`, held above; `new` is live and locked.
+            // `pages_lock`, held here; `new` is live and locked.
             unsafe {
                 bindings::balloon_page_insert(info, new);
                 (*info).isolated_pages -= 1;
                 bindings::count_vm_event(bindings::vm_event_item_BALLOON_MIGRATE);
             }
-        }
+        });
         self.committed.set(true);
         // INVARIANT: `old` is off the list, no longer counted as isolated,
         // and still holds the balloon's reference.

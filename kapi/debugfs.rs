@@ -71,8 +71,13 @@ impl Dir {
         name: &CStr,
         parent: Option<&Arc<Dir>>,
     ) -> Result<Arc<Self>, kernel::alloc::AllocError> {
-        let parent_dentry = parent.map_or(core::ptr::null_mut(), |p| p.dentry);
-        let dentry = create_dir(name, parent_dentry);
+        let dentry = match parent {
+            None => create_dir(name, core::ptr::null_mut()),
+            // A parent that does not exist has no children (a null parent
+            // would mean the debugfs root).
+            Some(p) if p.dentry.is_null() => core::ptr::null_mut(),
+            Some(p) => create_dir(name, p.dentry),
+        };
         // INVARIANT: created under `parent`, which we keep.
         let this = Self {
             dentry,
@@ -181,7 +186,9 @@ impl<C: Counters> CounterFiles<C> {
         }
     }
 
-    /// Adds a writable (0600) file per knob of `knobs`.
+    /// Adds a writable (0600) file per knob of `knobs`. debugfs writes a
+    /// knob with a plain word-sized store while the driver updates it
+    /// atomically: fault-injection kernels only, where that is accepted.
     #[cfg(CONFIG_FAULT_INJECTION_DEBUG_FS)]
     pub(crate) fn add_knobs(&mut self, knobs: Arc<dyn Knobs>) -> kernel::error::Result {
         if self.dentry.is_null() {

@@ -44,7 +44,9 @@ impl ReportedRanges<'_> {
 
 // SAFETY: the entries are isolated free pages (direct map) that the page
 // allocator keeps away from everyone else for the callback's lifetime `'a`
-// (type invariant), which outlives any borrow of `self`.
+// (type invariant), which outlives any borrow of `self`; it builds the list
+// with `sg_init_table` and marks its end at entry `nents - 1`
+// (mm/page_reporting.c).
 unsafe impl LentSg for ReportedRanges<'_> {
     fn raw(&self) -> (*mut bindings::scatterlist, u32) {
         (self.sg, self.nents)

@@ -18,7 +18,7 @@ use core::{
     marker::PhantomData,
     ops::{Deref, DerefMut},
 };
-use kernel::{bindings, ffi::c_ulong, prelude::*, str::CStr, sync::LockClassKey, types::Opaque};
+use kernel::{bindings, prelude::*, str::CStr, sync::LockClassKey, types::Opaque};
 
 /// The C pointer behind a [`LockClassKey`].
 fn class_ptr(key: &'static LockClassKey) -> *mut bindings::lock_class_key {
@@ -207,44 +207,30 @@ impl<T> Drop for MutexGuard<'_, T> {
     }
 }
 
-/// A held `spinlock_t`, taken with local interrupts saved and disabled;
-/// released on drop. The one place that takes an irq-saving spinlock: both
-/// [`SpinLockIrq`] and locks embedded in C structures use it.
+/// Runs `f` with the `spinlock_t` at `lock` held and local interrupts
+/// saved and disabled. The one place that takes an irq-saving spinlock:
+/// [`SpinLockIrq`] and locks embedded in C structures both use it. Scoped
+/// to a closure, so that nested locks are always released in reverse order
+/// (releasing an outer one first would turn interrupts back on with the
+/// inner one held).
 ///
-/// # Invariants
+/// # Safety
 ///
-/// `lock` is held by this CPU, taken by `spin_lock_irqsave` which returned
-/// `flags`, for as long as the guard lives.
-pub(crate) struct RawIrqGuard<'a> {
+/// `lock` must be an initialised spinlock, valid for the call.
+pub(crate) unsafe fn with_irq_locked<R>(
     lock: *mut bindings::spinlock_t,
-    flags: c_ulong,
-    _life: PhantomData<(&'a (), *mut ())>,
-}
-
-impl RawIrqGuard<'_> {
-    /// Takes `lock` with interrupts off.
-    ///
-    /// # Safety
-    ///
-    /// `lock` must be an initialised spinlock that stays valid for the
-    /// guard's lifetime, and it must not already be held by this CPU.
-    pub(crate) unsafe fn lock(lock: *mut bindings::spinlock_t) -> Self {
-        // SAFETY: per the function's contract.
-        let flags = unsafe { bindings::spin_lock_irqsave(lock) };
-        // INVARIANT: taken just above.
-        Self {
-            lock,
-            flags,
-            _life: PhantomData,
-        }
-    }
-}
-
-impl Drop for RawIrqGuard<'_> {
-    fn drop(&mut self) {
-        // SAFETY: held with these flags (type invariant).
-        unsafe { bindings::spin_unlock_irqrestore(self.lock, self.flags) };
-    }
+    f: impl FnOnce() -> R,
+) -> R {
+    // SAFETY: per the function's contract.
+    let flags = unsafe { bindings::spin_lock_irqsave(lock) };
+    // Released even if `f` unwinds (the kernel does not unwind, but the
+    // guard keeps the pairing obvious).
+    let _release = kernel::types::ScopeGuard::new(|| {
+        // SAFETY: taken above with these flags, on this CPU (interrupts are
+        // off, so the task cannot move).
+        unsafe { bindings::spin_unlock_irqrestore(lock, flags) }
+    });
+    f()
 }
 
 /// Creates a [`SpinLockIrq`] initialiser with a lockdep class of its own.
@@ -260,12 +246,13 @@ macro_rules! new_spinlock_irq {
 
 /// A spinlock taken with interrupts off, for data that interrupt handlers
 /// share with process context (the 6.12 `kernel::sync::SpinLock` leaves
-/// interrupts on).
+/// interrupts on). The data is reached only inside [`SpinLockIrq::with`].
+/// Taking it again inside that closure deadlocks, as with any spinlock.
 ///
 /// # Invariants
 ///
-/// `raw` is an initialised, pinned spinlock; `data` is only reached through
-/// a [`SpinLockIrqGuard`], which exists only while `raw` is held.
+/// `raw` is an initialised, pinned spinlock; `data` is only reached with
+/// it held (inside `with`).
 #[pin_data]
 pub(crate) struct SpinLockIrq<T> {
     #[pin]
@@ -296,45 +283,17 @@ impl<T> SpinLockIrq<T> {
         })
     }
 
-    /// Takes the lock, interrupts off until the guard drops.
-    pub(crate) fn lock(&self) -> SpinLockIrqGuard<'_, T> {
+    /// Runs `f` on the data with the lock held and interrupts off.
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
         // SAFETY: initialised and pinned, so valid while `self` is borrowed
-        // (type invariant); a spinlock is never taken recursively here, as
-        // the guard's borrow of `self` shows.
-        let raw = unsafe { RawIrqGuard::lock(self.raw.get()) };
-        // INVARIANT: held until `raw` drops.
-        SpinLockIrqGuard {
-            lock: self,
-            _raw: raw,
+        // (type invariant).
+        unsafe {
+            with_irq_locked(self.raw.get(), || {
+                // SAFETY: the lock is held for the closure's duration, so
+                // this is the only reference to the data; `f` cannot keep it.
+                f(&mut *self.data.get())
+            })
         }
-    }
-}
-
-/// Proof that a [`SpinLockIrq`] is held. `!Send` (through the raw guard).
-///
-/// # Invariants
-///
-/// `_raw` holds `lock.raw`.
-pub(crate) struct SpinLockIrqGuard<'a, T> {
-    lock: &'a SpinLockIrq<T>,
-    _raw: RawIrqGuard<'a>,
-}
-
-// SAFETY: sharing the guard shares `&T` only.
-unsafe impl<T: Sync> Sync for SpinLockIrqGuard<'_, T> {}
-
-impl<T> Deref for SpinLockIrqGuard<'_, T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        // SAFETY: the lock is held (type invariant).
-        unsafe { &*self.lock.data.get() }
-    }
-}
-
-impl<T> DerefMut for SpinLockIrqGuard<'_, T> {
-    fn deref_mut(&mut self) -> &mut T {
-        // SAFETY: the lock is held and the guard borrowed mutably.
-        unsafe { &mut *self.lock.data.get() }
     }
 }
 

@@ -25,7 +25,7 @@ pub(crate) mod queue;
 
 use super::{
     debugfs::Dir,
-    sync::{RwSem, RwSemRead},
+    sync::{RwSem, RwSemRead, RwSemWrite},
 };
 use core::{
     cell::UnsafeCell,
@@ -166,8 +166,10 @@ impl DeviceContext for Core {}
 ///
 /// A `&Device<C>` is only created for a registered device that stays valid
 /// for the reference's lifetime, in a situation that matches `C` (see the
-/// module documentation). Only the virtio core writes `features` outside
-/// [`Validate`], and only while no driver is bound.
+/// module documentation). Outside [`Validate`], only the virtio core writes
+/// `features`: while no driver is bound, and at restore (rewriting the
+/// negotiated value, unchanged, while the driver's freezable work is
+/// frozen).
 #[repr(transparent)]
 pub(crate) struct Device<C: DeviceContext = Normal>(
     Opaque<bindings::virtio_device>,
@@ -285,13 +287,15 @@ impl Device<Core> {
             return Err(EINVAL);
         }
         Ok(Config {
-            bind: self.binding().arc(),
+            // SAFETY: in a `Core` callback the device is bound.
+            bind: unsafe { Binding::arc_of(self.as_raw()) },
             _l: PhantomData,
         })
     }
 
     /// The driver's debugfs directory (`/sys/kernel/debug/<driver>/`), for
-    /// per-device entries under it; `None` without debugfs.
+    /// per-device entries under it (a directory that does not exist when
+    /// debugfs is off or refused it: entries under it then do not either).
     pub(crate) fn debugfs_dir(&self) -> Option<Arc<Dir>> {
         self.binding().debugfs.clone()
     }
@@ -432,7 +436,21 @@ macro_rules! config_field {
 }
 pub(crate) use config_field;
 
-/// The config space of a bound device, with layout `L`.
+/// `might_sleep()`: with `CONFIG_DEBUG_ATOMIC_SLEEP`, a call from atomic
+/// context is reported at once (as C's config accessors do).
+#[track_caller]
+fn might_sleep() {
+    #[cfg(CONFIG_DEBUG_ATOMIC_SLEEP)]
+    {
+        let at = core::panic::Location::caller();
+        // The file name needs a NUL; the line is enough to find the caller.
+        // SAFETY: a static NUL-terminated string and a line number.
+        unsafe { bindings::__might_sleep(c"kapi/virtio.rs".as_ptr().cast(), at.line() as i32) };
+    }
+}
+
+/// The config space of a bound device, with layout `L`. Its accessors may
+/// sleep: process context only.
 pub(crate) struct Config<L: ConfigLayout> {
     bind: Arc<Binding>,
     _l: PhantomData<fn() -> L>,
@@ -446,7 +464,8 @@ impl<L: ConfigLayout> Config<L> {
     ) -> Result<(RwSemRead<'_>, *mut bindings::virtio_device)> {
         let life = self.bind.life.read();
         // SAFETY: `state` is only written with `life` held for writing.
-        if !unsafe { (*self.bind.state.get()).bound } {
+        let state = unsafe { &*self.bind.state.get() };
+        if !state.bound || state.frozen {
             return Err(ENODEV);
         }
         let vdev = self.bind.vdev.as_ptr();
@@ -462,6 +481,7 @@ impl<L: ConfigLayout> Config<L> {
     /// Reads field `f`, with one access of its width, retried until the
     /// device's config generation is stable. May sleep.
     pub(crate) fn read<T: ConfigScalar>(&self, f: Field<L, T>) -> Result<T> {
+        might_sleep();
         let (_life, vdev) = self.access(&f)?;
         let mut bytes = [0u8; 8];
         let len = core::mem::size_of::<T>() as u32;
@@ -486,6 +506,7 @@ impl<L: ConfigLayout> Config<L> {
 
     /// Writes field `f` with one access of its width. May sleep.
     pub(crate) fn write<T: ConfigScalar>(&self, f: Field<L, T>, value: T) -> Result {
+        might_sleep();
         let (_life, vdev) = self.access(&f)?;
         let bytes = value.to_le();
         let len = core::mem::size_of::<T>() as u32;
@@ -556,8 +577,13 @@ pub(crate) trait Driver: Sized + Send + Sync + 'static {
 
 /// Lifecycle state of a binding, guarded by [`Binding::life`].
 struct Life {
-    /// Whether the driver is bound: config handles work.
+    /// Whether the driver is bound.
     bound: bool,
+    /// Between a freeze and the restore callback: the features may not
+    /// hold any more (a restore can fail before the driver sees it).
+    frozen: bool,
+    /// Whether `find_vqs` succeeded and `del_vqs` is still owed.
+    found: bool,
 }
 
 /// What `vdev->priv` points to while a driver is bound (`vq->priv` is the
@@ -598,12 +624,17 @@ unsafe impl Send for Binding {}
 unsafe impl Sync for Binding {}
 
 impl Binding {
-    /// A new `Arc` on this binding, which lives in an `Arc` (`priv`).
-    fn arc(&self) -> Arc<Binding> {
-        // SAFETY: every `Binding` is created by `Arc::pin_init` in
-        // `probe_callback` and only reached through that `Arc` or `priv`,
-        // which holds a reference while the driver is bound.
-        unsafe { ArcBorrow::from_raw(core::ptr::from_ref(self)) }.into()
+    /// A new `Arc` on the binding of a bound device, from `priv` (the
+    /// pointer `Arc::into_raw` gave `probe_callback`).
+    ///
+    /// # Safety
+    ///
+    /// `vdev` is bound to a driver of this layer (between probe's start and
+    /// remove's end).
+    unsafe fn arc_of(vdev: *mut bindings::virtio_device) -> Arc<Binding> {
+        // SAFETY: `priv` holds one reference while bound, so the count is
+        // not zero while we take another.
+        unsafe { ArcBorrow::from_raw((*vdev).priv_.cast::<Binding>().cast_const()) }.into()
     }
 
     /// Whether the device set `DEVICE_NEEDS_RESET`: it hit an error and, by
@@ -631,64 +662,105 @@ impl Binding {
         true
     }
 
-    /// Tears the queues down: breaks the device (every waiter gives up, no
-    /// buffer can be added), waits for operations in progress, resets the
-    /// device (it touches nothing from now on), drops the buffers it still
-    /// held and deletes the queues. With `unbind`, config handles stop
-    /// working too. Idempotent.
-    fn teardown(&self, unbind: bool) {
+    /// Breaks the device (every queue refuses new buffers and its waiters
+    /// give up), waits until no queue callback runs (a broken ring's
+    /// interrupt calls none) and wakes the waiters.
+    fn break_and_wake(&self) {
         let vdev = self.vdev.as_ptr();
-        // SAFETY: valid device, process context.
+        // SAFETY: valid device; breaking takes a spinlock and sets flags.
         unsafe { bindings::virtio_break_device(vdev) };
+        // `virtio_synchronize_cbs`: the transport's, or an RCU grace
+        // period (6.12's fallback).
+        // SAFETY: valid device with config ops, process context.
+        match unsafe { (*(*vdev).config).synchronize_cbs } {
+            // SAFETY: as above.
+            Some(sync) => unsafe { sync(vdev) },
+            // SAFETY: process context.
+            None => unsafe { bindings::synchronize_rcu() },
+        }
+        // Entries are cleared (and their cores freed) only with `life` held
+        // for writing. Taking it for reading cannot wait for ever: every
+        // reader is a queue operation, which gives up on the broken device
+        // within a second even if nobody wakes it.
+        let _r = self.life.read();
         for slot in &self.queues {
             let q = slot.load(Ordering::Acquire);
             if !q.is_null() {
-                // SAFETY: entries are live `QueueCore`s until cleared below.
+                // SAFETY: a live entry, kept by `_r` (see above).
                 unsafe { (*q).wake() };
             }
         }
-        let _w = self.life.write();
-        if unbind {
-            // SAFETY: `life` is held for writing.
-            unsafe { (*self.state.get()).bound = false };
-        }
-        // Every queue operation holds `life` for reading, so none is in
-        // progress: the reset may go ahead, and it synchronises with the
-        // queues' interrupt callbacks. The core wants the device reset after
-        // remove even if it had no queues.
-        // SAFETY: valid device, process context, no kick in progress.
-        unsafe { bindings::virtio_reset_device(vdev) };
-        let mut any = false;
+    }
+
+    /// Closes every queue and resets the device: no operation is in
+    /// progress afterwards, the device touches no buffer, and the rings let
+    /// go of every buffer (unmapping them). With `delete`, the queues
+    /// forget their virtqueues (about to be deleted).
+    fn close_and_reset(&self, w: &RwSemWrite<'_>, delete: bool) {
         for slot in &self.queues {
-            let q = slot.swap(core::ptr::null_mut(), Ordering::AcqRel);
-            if q.is_null() {
-                continue;
+            let q = slot.load(Ordering::Acquire);
+            if !q.is_null() {
+                // SAFETY: a live entry (cleared only by teardown, which
+                // holds `life`, as our caller does).
+                unsafe { (*q).close(w) };
             }
-            any = true;
-            // SAFETY: the entry held one reference (type invariant), taken
-            // back here; the device is reset, so it owns no buffer now.
-            let q = unsafe { Arc::from_raw(q) };
-            q.retire();
         }
-        if any {
-            // SAFETY: valid device with config ops; reset above, and every
-            // queue is retired, so nothing uses them any more.
+        // The core wants the device reset after remove even with no queue.
+        // SAFETY: valid device, process context; every queue is closed and
+        // `life` is held for writing, so no kick is in progress.
+        unsafe { bindings::virtio_reset_device(self.vdev.as_ptr()) };
+        for slot in &self.queues {
+            let q = slot.load(Ordering::Acquire);
+            if !q.is_null() {
+                // SAFETY: as above; the device is reset.
+                unsafe { (*q).drop_unused(w, delete) };
+            }
+        }
+    }
+
+    /// Tears the queues down: breaks the device, waits for operations in
+    /// progress, resets the device, drops the buffers the rings still held
+    /// and deletes the queues. With `unbind`, config handles stop working
+    /// too; otherwise (freeze) until restore. Idempotent.
+    fn teardown(&self, unbind: bool) {
+        self.break_and_wake();
+        let w = self.life.write();
+        // SAFETY: `life` is held for writing.
+        let state = unsafe { &mut *self.state.get() };
+        state.bound &= !unbind;
+        state.frozen = !unbind;
+        self.close_and_reset(&w, true);
+        // The cores stay alive until the queues are deleted.
+        let mut cores = [const { None::<Arc<queue::QueueCore>> }; queue::MAX_VQS];
+        for (slot, keep) in self.queues.iter().zip(cores.iter_mut()) {
+            let q = slot.swap(core::ptr::null_mut(), Ordering::AcqRel);
+            if !q.is_null() {
+                // SAFETY: the entry held one reference (type invariant),
+                // taken back here.
+                *keep = Some(unsafe { Arc::from_raw(q) });
+            }
+        }
+        if core::mem::take(&mut state.found) {
+            let vdev = self.vdev.as_ptr();
+            // SAFETY: valid device with config ops; reset above, every queue
+            // closed and without buffers, no callback can run (broken).
             if let Some(del) = unsafe { (*(*vdev).config).del_vqs } {
                 // SAFETY: see above.
                 unsafe { del(vdev) };
             }
         }
+        drop(w);
+        drop(cores);
     }
 
     /// After an operation failed with buffers the device might still hold:
-    /// resets the device (if `q` is still live), so that the memory may be
-    /// reused. The device is useless until it is bound again.
-    fn reset_after_error(&self, q: &queue::QueueCore) {
-        let _w = self.life.write();
-        if !q.is_live() {
-            // Torn down already: the teardown reset the device.
-            return;
-        }
+    /// resets the device, so that their memory may be reused. The device is
+    /// useless until it is bound again; later operations fail at once.
+    fn reset_after_error(&self) {
+        // Break first: an operation on another queue may be waiting for a
+        // device that will never answer, holding `life` for reading.
+        self.break_and_wake();
+        let w = self.life.write();
         if !self.reset_after_error.swap(true, Ordering::AcqRel) {
             // SAFETY: valid device; its generic part, for a message.
             let dev = unsafe { Device::<Normal>::from_raw(self.vdev.as_ptr()) };
@@ -697,12 +769,7 @@ impl Binding {
                 "a transfer failed with buffers on the ring: device reset before their memory is reused; it is unusable until bound again\n"
             );
         }
-        // SAFETY: valid device, process context; `life` held for writing,
-        // so no other queue operation (or kick) is in progress.
-        unsafe {
-            bindings::virtio_break_device(self.vdev.as_ptr());
-            bindings::virtio_reset_device(self.vdev.as_ptr());
-        }
+        self.close_and_reset(&w, false);
     }
 }
 
@@ -800,14 +867,12 @@ impl<T: Driver> Adapter<T> {
             if T::HAS_CONFIG_CHANGED {
                 (*drv).config_changed = Some(Self::config_changed_callback);
             }
+            // Both or neither: the layer tears the queues down at freeze and
+            // can only set them up again at restore.
             #[cfg(CONFIG_PM_SLEEP)]
-            {
-                if T::HAS_FREEZE {
-                    (*drv).freeze = Some(Self::freeze_callback);
-                }
-                if T::HAS_RESTORE {
-                    (*drv).restore = Some(Self::restore_callback);
-                }
+            if T::HAS_FREEZE || T::HAS_RESTORE {
+                (*drv).freeze = Some(Self::freeze_callback);
+                (*drv).restore = Some(Self::restore_callback);
             }
         }
     }
@@ -887,7 +952,11 @@ impl<T: Driver> Adapter<T> {
                     vdev: unsafe { NonNull::new_unchecked(vdev) },
                     _dev: ARef::from(dev.as_dev()),
                     life <- new_rwsem!("virtio_binding_life"),
-                    state: UnsafeCell::new(Life { bound: true }),
+                    state: UnsafeCell::new(Life {
+                        bound: true,
+                        frozen: false,
+                        found: false,
+                    }),
                     data: AtomicPtr::new(core::ptr::null_mut()),
                     notify: Self::used_trampoline,
                     queues: Default::default(),
@@ -903,22 +972,28 @@ impl<T: Driver> Adapter<T> {
             // `remove_callback` (or the failure below) it holds a reference.
             unsafe { (*vdev).priv_ = raw.cast_mut().cast() };
             let setup = queue::QueueSetup::new(&bind);
-            match T::probe(dev, setup) {
-                Ok(data) => {
+            let failed = match T::probe(dev, setup) {
+                Ok(data) if !bind.reset_after_error.load(Ordering::Acquire) => {
                     bind.data
                         .store(data.into_foreign().cast_mut(), Ordering::Release);
+                    None
                 }
-                Err(e) => {
-                    // The device may hold buffers the driver handed it:
-                    // reset it before anything the driver owned can go.
-                    bind.teardown(true);
-                    // SAFETY: undo the above; no callback can use `priv`.
-                    unsafe {
-                        (*vdev).priv_ = core::ptr::null_mut();
-                        drop(Arc::from_raw(raw));
-                    }
-                    return Err(e);
+                // A transfer failed during probe and the device was reset:
+                // it cannot be made live.
+                Ok(data) => Some((Some(data), EIO)),
+                Err(e) => Some((None, e)),
+            };
+            if let Some((data, e)) = failed {
+                // The device may hold buffers the driver handed it: reset it
+                // before anything the driver owned can go.
+                bind.teardown(true);
+                drop(data);
+                // SAFETY: undo the above; no callback can use `priv`.
+                unsafe {
+                    (*vdev).priv_ = core::ptr::null_mut();
+                    drop(Arc::from_raw(raw));
                 }
+                return Err(e);
             }
             Self::go_live(dev, &bind);
             Ok(0)
@@ -948,20 +1023,23 @@ impl<T: Driver> Adapter<T> {
         let dev = unsafe { Device::<Core>::from_raw(vdev) };
         // SAFETY: bound to `T`.
         let bind = unsafe { Self::binding(vdev) };
+        // Queue callbacks see no data from here; one already running may
+        // still borrow it until the teardown has synchronised with it.
         let ptr = bind.data.swap(core::ptr::null_mut(), Ordering::AcqRel);
-        let data = if ptr.is_null() {
-            None
-        } else {
-            // SAFETY: `ptr` came from `into_foreign` in probe; taken once.
-            Some(unsafe { <Pin<KBox<T>> as ForeignOwnable>::from_foreign(ptr) })
-        };
-        if let Some(data) = &data {
+        if !ptr.is_null() {
+            // SAFETY: `ptr` came from `into_foreign` in probe and is freed
+            // below, after the last borrow.
+            let data = unsafe { <Pin<KBox<T>> as ForeignOwnable>::borrow(ptr) };
             data.remove(dev);
         }
         // The device may hold buffers until it is reset; the driver's data
         // (which may own them) goes only after that.
         bind.teardown(true);
-        drop(data);
+        if !ptr.is_null() {
+            // SAFETY: taken once (swapped out above); no borrow is left:
+            // `remove` returned and no callback runs after the teardown.
+            drop(unsafe { <Pin<KBox<T>> as ForeignOwnable>::from_foreign(ptr) });
+        }
         // SAFETY: drop the reference `priv` held (see `probe_callback`); no
         // callback runs any more.
         unsafe {
@@ -995,7 +1073,7 @@ impl<T: Driver> Adapter<T> {
         let (bind, dev) = unsafe { (Self::binding(vdev), Device::<Core>::from_raw(vdev)) };
         from_result(|| {
             // SAFETY: see above.
-            if let Some(data) = unsafe { Self::data(bind) } {
+            if let (true, Some(data)) = (T::HAS_FREEZE, unsafe { Self::data(bind) }) {
                 data.freeze(dev)?;
             }
             bind.teardown(false);
@@ -1012,9 +1090,18 @@ impl<T: Driver> Adapter<T> {
         // SAFETY: as in `freeze_callback`.
         let (bind, dev) = unsafe { (Self::binding(vdev), Device::<Core>::from_raw(vdev)) };
         from_result(|| {
+            // The core renegotiated the features before calling us: config
+            // handles may work again.
+            {
+                let _w = bind.life.write();
+                // SAFETY: `life` is held for writing.
+                unsafe { (*bind.state.get()).frozen = false };
+            }
+            // SAFETY: bound (see above).
+            let arc = unsafe { Binding::arc_of(vdev) };
             // SAFETY: see above.
-            if let Some(data) = unsafe { Self::data(bind) } {
-                if let Err(e) = data.restore(dev, queue::QueueSetup::new(&bind.arc())) {
+            if let (true, Some(data)) = (T::HAS_RESTORE, unsafe { Self::data(bind) }) {
+                if let Err(e) = data.restore(dev, queue::QueueSetup::new(&arc)) {
                     bind.teardown(false);
                     return Err(e);
                 }

@@ -60,33 +60,35 @@ impl WakeupEvents {
     /// An event of kind `bit` arrived (any context, interrupts included):
     /// keep the system awake until it is processed.
     pub(crate) fn start(&self, bit: u32) {
-        let mut s = self.state.lock();
-        s.pending |= bit;
-        if !s.awake {
-            s.awake = true;
-            // SAFETY: live device; `pm_stay_awake` takes an irq-safe lock
-            // of its own and may be called from any context.
-            unsafe { bindings::pm_stay_awake(raw(&self.dev)) };
-        }
+        self.state.with(|s| {
+            s.pending |= bit;
+            if !s.awake {
+                s.awake = true;
+                // SAFETY: live device; `pm_stay_awake` takes an irq-safe
+                // lock of its own and may be called from any context.
+                unsafe { bindings::pm_stay_awake(raw(&self.dev)) };
+            }
+        })
     }
 
     /// The driver began processing events of kind `bit`.
     pub(crate) fn process(&self, bit: u32) {
-        self.state.lock().pending &= !bit;
+        self.state.with(|s| s.pending &= !bit)
     }
 
     /// The driver is going: drop every pending event and let the system
     /// sleep again.
     pub(crate) fn clear(&self) {
-        let mut s = self.state.lock();
-        s.pending = 0;
-        self.relax_if_idle(&mut s);
+        self.state.with(|s| {
+            s.pending = 0;
+            self.relax_if_idle(s);
+        })
     }
 
     /// The driver is done: if no event arrived meanwhile, let the system
     /// sleep again.
     pub(crate) fn finish(&self) {
-        self.relax_if_idle(&mut self.state.lock());
+        self.state.with(|s| self.relax_if_idle(s))
     }
 
     /// With the lock held: lets the system sleep if nothing is pending.

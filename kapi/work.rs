@@ -51,7 +51,8 @@ pub(crate) trait WorkHandler: Send + Sync + 'static {
 }
 
 /// A workqueue created by the driver (`alloc_workqueue`), destroyed when
-/// the last reference goes.
+/// the last reference goes (except from a work item running on it: see
+/// `run_trampoline`).
 ///
 /// # Invariants
 ///
@@ -155,9 +156,20 @@ unsafe impl<H: WorkHandler> Sync for Inner<H> {}
 /// exception is a handler that stops or drops its own item: it cannot wait
 /// for itself, so the call returns at once and the current run is the last
 /// (the item's memory lives until it has returned).
+///
+/// # Invariants
+///
+/// `inner` came from `Arc::into_raw` and holds the reference this value
+/// owns; every pointer handed to C is projected from it without references
+/// (so it keeps that provenance).
 pub(crate) struct Work<H: WorkHandler> {
-    inner: Arc<Inner<H>>,
+    inner: *const Inner<H>,
 }
+
+// SAFETY: the `Arc<Inner<H>>` it holds is `Send + Sync` (see `Inner`).
+unsafe impl<H: WorkHandler> Send for Work<H> {}
+// SAFETY: see `Send`.
+unsafe impl<H: WorkHandler> Sync for Work<H> {}
 
 impl<H: WorkHandler> Work<H> {
     /// Creates a work item, not yet queued, that will run `handler` on `queue`.
@@ -173,72 +185,98 @@ impl<H: WorkHandler> Work<H> {
             stopped: AtomicBool::new(false),
             handler,
         });
+        let arc: Arc<Inner<H>> = Arc::pin_init(init, GFP_KERNEL)?;
+        // INVARIANT: our reference, as a raw pointer.
         Ok(Self {
-            inner: Arc::pin_init(init, GFP_KERNEL)?,
+            inner: Arc::into_raw(arc),
         })
     }
 
     /// Queues the item to run now, also when a delayed run is pending (that
     /// one is brought forward). Safe from any context, interrupts included.
     pub(crate) fn queue(&self) {
-        self.inner.queue_after(0, true);
+        // SAFETY: `inner` is alive while `self` holds its reference.
+        unsafe { Inner::queue_after(self.inner, 0, true) };
     }
 
     /// Stops the item: cancels it if pending, waits for a running handler to
     /// return (unless called from that handler), and keeps it from ever
     /// being queued again.
     pub(crate) fn stop(&self) {
-        self.inner.stop();
+        // SAFETY: as above.
+        unsafe { Inner::stop(self.inner) };
     }
 }
 
 impl<H: WorkHandler> Inner<H> {
-    fn work_ptr(&self) -> *mut bindings::work_struct {
-        // SAFETY: `dwork` is valid; this only computes a field address.
-        unsafe { &raw mut (*self.dwork.get()).work }
+    /// The `delayed_work`, projected from `this` without a reference.
+    ///
+    /// # Safety
+    ///
+    /// `this` points to a live `Inner<H>`.
+    unsafe fn dwork(this: *const Self) -> *mut bindings::delayed_work {
+        // SAFETY: a field projection of a live value (caller's contract).
+        unsafe { Opaque::raw_get(core::ptr::addr_of!((*this).dwork)) }
     }
 
-    fn queue_after(&self, ms: u32, modify: bool) {
-        if self.stopped.load(Ordering::Acquire) {
+    /// # Safety
+    ///
+    /// `this` points to a live `Inner<H>` held by an `Arc`, and was derived
+    /// from the `Arc`'s raw pointer.
+    unsafe fn queue_after(this: *const Self, ms: u32, modify: bool) {
+        // SAFETY: live (caller's contract).
+        let (stopped, queue) = unsafe { (&(*this).stopped, (*this).queue.raw()) };
+        if stopped.load(Ordering::Acquire) {
             return;
         }
         let delay = msecs_to_jiffies(ms);
-        // SAFETY: `dwork` is an initialised delayed work and `queue` a live
-        // workqueue (type invariants); the item stays valid until `stop`
-        // disabled it, which `Drop` does before the memory can go.
+        // SAFETY: an initialised delayed work (type invariant) and a live
+        // workqueue; the item stays valid until `stop` disabled it, which
+        // `Work`'s `Drop` does before the memory can go.
         unsafe {
+            let dwork = Self::dwork(this);
             if modify {
-                bindings::mod_delayed_work(self.queue.raw(), self.dwork.get(), delay);
+                bindings::mod_delayed_work(queue, dwork, delay);
             } else {
-                bindings::queue_delayed_work(self.queue.raw(), self.dwork.get(), delay);
+                bindings::queue_delayed_work(queue, dwork, delay);
             }
         }
     }
 
-    fn stop(&self) {
-        self.stopped.store(true, Ordering::Release);
+    /// # Safety
+    ///
+    /// As for [`Inner::queue_after`].
+    unsafe fn stop(this: *const Self) {
+        // SAFETY: live (caller's contract).
+        unsafe { (*this).stopped.store(true, Ordering::Release) };
+        // SAFETY: as above.
+        let dwork = unsafe { Self::dwork(this) };
         // Disabling (unlike cancelling) also makes every later queueing
         // attempt a no-op, so a `queue` racing with `stop` cannot slip the
         // item back in.
-        // SAFETY: `current_work` only reads the current task's state.
-        if unsafe { bindings::current_work() } == self.work_ptr() {
+        // SAFETY: `current_work` only reads the current task's state; the
+        // work item's address is computed, not read.
+        if unsafe { bindings::current_work() } == unsafe { &raw mut (*dwork).work } {
             // Called from our own handler: waiting for it would wait for
             // ever. The trampoline holds a reference until the handler
             // returns, and it does not re-queue a stopped item.
-            // SAFETY: `dwork` is an initialised delayed work.
-            unsafe { bindings::disable_delayed_work(self.dwork.get()) };
+            // SAFETY: an initialised delayed work.
+            unsafe { bindings::disable_delayed_work(dwork) };
         } else {
             // SAFETY: as above; this also waits for a running handler.
-            unsafe { bindings::disable_delayed_work_sync(self.dwork.get()) };
+            unsafe { bindings::disable_delayed_work_sync(dwork) };
         }
     }
 }
 
 impl<H: WorkHandler> Drop for Work<H> {
     fn drop(&mut self) {
+        // SAFETY: alive until the reference is given back below.
+        unsafe { Inner::stop(self.inner) };
         // After this nothing can queue or run the item again (see `stop`),
-        // so the `Arc` may go; a handler still running holds its own.
-        self.inner.stop();
+        // so our reference may go; a handler still running holds its own.
+        // SAFETY: the reference `new` took (type invariant), given back once.
+        drop(unsafe { Arc::from_raw(self.inner) });
     }
 }
 
@@ -255,21 +293,46 @@ impl<H: WorkHandler> Drop for Work<H> {
 unsafe extern "C" fn run_trampoline<H: WorkHandler>(work: *mut bindings::work_struct) {
     let offset = core::mem::offset_of!(Inner<H>, dwork)
         + core::mem::offset_of!(bindings::delayed_work, work);
-    let inner = work.cast::<u8>().wrapping_sub(offset).cast::<Inner<H>>();
-    // The pointer is the one `Arc` hands out for its data (the work item
-    // was queued through it), so it may be borrowed as an `Arc`.
+    // `work` was projected from the `Arc`'s raw pointer (see `Work`), so
+    // stepping back keeps its provenance.
+    let raw = work
+        .cast::<u8>()
+        .wrapping_sub(offset)
+        .cast::<Inner<H>>()
+        .cast_const();
     // SAFETY: per the function's contract the `Arc` is alive now.
-    let inner: Arc<Inner<H>> = unsafe { ArcBorrow::from_raw(inner) }.into();
+    let inner: Arc<Inner<H>> = unsafe { ArcBorrow::from_raw(raw) }.into();
     if inner.stopped.load(Ordering::Acquire) {
         return;
     }
+    // A driver-owned queue must not be destroyed from a work item running
+    // on it (destroying drains the queue, which waits for this very item):
+    // hold a reference of our own across the end of the item.
+    let own_queue = match &inner.queue {
+        On::Own(q) => Some(q.clone()),
+        On::System(_) => None,
+    };
     let me = Running {
         stopped: &inner.stopped,
     };
-    match inner.handler.run(&me) {
-        Next::Idle => {}
-        Next::Again => inner.queue_after(0, false),
-        Next::After(ms) => inner.queue_after(ms, false),
+    let again = match inner.handler.run(&me) {
+        Next::Idle => None,
+        Next::Again => Some(0),
+        Next::After(ms) => Some(ms),
+    };
+    if let Some(ms) = again {
+        // SAFETY: `raw` is alive (we hold `inner`) and came from the `Arc`.
+        unsafe { Inner::queue_after(raw, ms, false) };
     }
     // Dropping `inner` may free the item (its `Work` went during the run).
+    drop(inner);
+    if let Some(q) = own_queue {
+        if let Some(last) = q.into_unique_or_drop() {
+            // Everything else let go of the queue while this item ran on
+            // it: it cannot be destroyed from here. Keep it (a small leak)
+            // rather than wait for ever.
+            pr_warn!("a work item dropped the last reference to its own workqueue; leaking the workqueue\n");
+            core::mem::forget(last);
+        }
+    }
 }

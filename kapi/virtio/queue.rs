@@ -19,9 +19,9 @@
 
 use super::{Binding, Bound, Device};
 use crate::kapi::sync::Completion;
+use crate::kapi::sync::{RwSemRead, RwSemWrite, SpinLockIrq};
 use core::{
-    cell::UnsafeCell, ffi::c_void, marker::PhantomData, mem::MaybeUninit, ptr::NonNull,
-    sync::atomic::Ordering,
+    ffi::c_void, marker::PhantomData, mem::MaybeUninit, ptr::NonNull, sync::atomic::Ordering,
 };
 use kernel::{bindings, error::to_result, prelude::*, str::CStr, sync::Arc};
 
@@ -113,8 +113,12 @@ pub(crate) struct OutBuf {
 }
 
 impl OutBuf {
-    /// A zeroed buffer of `len` bytes.
+    /// A zeroed buffer of `len` bytes (at least one: an empty buffer has no
+    /// memory a device could be pointed at).
     pub(crate) fn new(len: usize) -> Result<Self> {
+        if len == 0 {
+            return Err(EINVAL);
+        }
         Ok(Self {
             bytes: KVec::from_elem(0u8, len, GFP_KERNEL)?,
             len,
@@ -126,7 +130,8 @@ impl OutBuf {
         &mut self.bytes
     }
 
-    /// Sets how much of the buffer the device is handed (at most all).
+    /// Sets how much of the buffer the device is handed (at most all; an
+    /// empty one cannot be posted).
     pub(crate) fn set_len(&mut self, len: usize) {
         self.len = len.min(self.bytes.len());
     }
@@ -167,8 +172,10 @@ unsafe impl<A: Buffer, B: Buffer> Buffer for Either<A, B> {
 ///
 /// # Safety
 ///
-/// [`LentSg::raw`] returns `nents` valid scatterlist entries of direct-map
-/// memory that nothing else reads or writes while the value is borrowed.
+/// [`LentSg::raw`] returns a scatterlist of `nents` valid entries whose
+/// last one carries the end marker (`virtqueue_add_*` walks it with
+/// `sg_next`), of direct-map memory that nothing else reads or writes while
+/// the value is borrowed.
 pub(crate) unsafe trait LentSg {
     /// The entries.
     fn raw(&self) -> (*mut bindings::scatterlist, u32);
@@ -182,26 +189,38 @@ enum Kind {
     Polled,
 }
 
+/// Whether a queue can be used, and its virtqueue.
+struct Live {
+    /// The virtqueue, from `find` until the queues are deleted.
+    vq: Option<NonNull<bindings::virtqueue>>,
+    /// Whether operations may use it: cleared before the device is reset.
+    open: bool,
+}
+
 /// The state of one queue, shared by its handle and the binding.
 ///
 /// # Invariants
 ///
-/// `vq` is `None` before the queues are found and after they are torn
-/// down; otherwise it is this queue's live virtqueue. It is written only
-/// with `bind.life` held for writing and read with it held. `drop_token`
-/// frees a token this queue's handle put on the ring.
+/// `live.vq` is this queue's virtqueue from `find` until the binding
+/// deletes the queues; while `live.open`, the device is not being reset and
+/// the virtqueue may be used. An operation holds `live` (posted and polled
+/// queues, which never sleep) or holds the binding's `life` for reading and
+/// saw `open` (synchronous queues, which sleep); closing takes both, so once
+/// a queue is closed no operation is using it. `drop_token` frees a token
+/// this queue's handle put on the ring.
 #[pin_data]
 pub(crate) struct QueueCore {
     bind: Arc<Binding>,
-    vq: UnsafeCell<Option<NonNull<bindings::virtqueue>>>,
+    #[pin]
+    live: SpinLockIrq<Live>,
     kind: Kind,
     #[pin]
     used: Completion,
     drop_token: unsafe fn(*mut c_void),
 }
 
-// SAFETY: `vq` is guarded by the binding's `life` semaphore (type
-// invariant); the completion synchronises itself.
+// SAFETY: `live` is behind its lock (type invariant); the completion
+// synchronises itself.
 unsafe impl Send for QueueCore {}
 // SAFETY: see `Send`.
 unsafe impl Sync for QueueCore {}
@@ -224,33 +243,49 @@ unsafe fn drop_boxed<B>(token: *mut c_void) {
 }
 
 impl QueueCore {
-    /// Whether the queue is live (set up and not torn down).
-    pub(super) fn is_live(&self) -> bool {
-        // SAFETY: callers hold `bind.life` (read or write).
-        unsafe { (*self.vq.get()).is_some() }
+    /// The open virtqueue, for a synchronous operation, which must hold
+    /// the binding's `life` for reading while it uses it.
+    fn open_vq(&self, _life: &RwSemRead<'_>) -> Result<NonNull<bindings::virtqueue>> {
+        self.live.with(|l| match (l.open, l.vq) {
+            (true, Some(vq)) => Ok(vq),
+            _ => Err(ENODEV),
+        })
     }
 
-    /// The live virtqueue, under `life`.
-    fn vq(&self) -> Result<NonNull<bindings::virtqueue>> {
-        // SAFETY: callers hold `bind.life` (type invariant).
-        unsafe { *self.vq.get() }.ok_or(ENODEV)
+    /// Runs `f` on the open virtqueue with the queue's lock held
+    /// (interrupts off): for operations that never sleep.
+    fn with_open<R>(&self, f: impl FnOnce(NonNull<bindings::virtqueue>) -> Result<R>) -> Result<R> {
+        self.live.with(|l| match (l.open, l.vq) {
+            (true, Some(vq)) => f(vq),
+            _ => Err(ENODEV),
+        })
     }
 
-    /// Wakes a sender sleeping on the queue (teardown).
-    pub(super) fn wake(&self) {
-        self.used.complete();
+    /// Stops operations: after this none is in progress (posted ones held
+    /// the lock taken here; the caller holds `life` for writing, so no
+    /// synchronous one runs) and none starts.
+    pub(super) fn close(&self, _life: &RwSemWrite<'_>) {
+        self.live.with(|l| l.open = false);
     }
 
-    /// Teardown, after the reset: drops every buffer the ring still has
-    /// (the device owns none after the reset) and marks the queue dead.
-    pub(super) fn retire(&self) {
-        // `life` is held for writing by `Binding::teardown`.
-        // SAFETY: see above.
-        let Some(vq) = (unsafe { (*self.vq.get()).take() }) else {
+    /// After the device was reset (the caller holds `life` for writing):
+    /// drops every buffer the ring still holds, and releases their DMA
+    /// mappings, so that lent memory is untouched from here on. With
+    /// `delete`, the queue forgets its virtqueue (about to be deleted).
+    pub(super) fn drop_unused(&self, _life: &RwSemWrite<'_>, delete: bool) {
+        let vq = self.live.with(|l| {
+            let vq = l.vq;
+            if delete {
+                l.vq = None;
+            }
+            vq
+        });
+        let Some(vq) = vq else {
             return;
         };
         loop {
-            // SAFETY: a live, reset virtqueue: detaching is what it is for.
+            // SAFETY: a virtqueue of a reset device that no operation uses
+            // (closed): detaching is what it is for.
             let token = unsafe { bindings::virtqueue_detach_unused_buf(vq.as_ptr()) };
             if token.is_null() {
                 break;
@@ -260,15 +295,20 @@ impl QueueCore {
         }
     }
 
+    /// Wakes a sender sleeping on the queue (teardown).
+    pub(super) fn wake(&self) {
+        self.used.complete();
+    }
+
     /// Tells the device there are new buffers.
     fn kick(&self, vq: NonNull<bindings::virtqueue>) {
-        // SAFETY: live virtqueue under `life`; the handle's `&mut self`
-        // serialises operations on it.
+        // SAFETY: an open virtqueue (see `open_vq`/`with_open`); the
+        // handle's `&mut self` serialises operations on it.
         unsafe { bindings::virtqueue_kick(vq.as_ptr()) };
         #[cfg(CONFIG_FAULT_INJECTION_DEBUG_FS)]
         if HostFaults::take(&self.bind.faults.break_device) {
             // What a transport does when its device disappears.
-            // SAFETY: valid device, process context.
+            // SAFETY: valid device; breaking only takes a spinlock.
             unsafe { bindings::virtio_break_device(self.bind.vdev.as_ptr()) };
         }
     }
@@ -276,7 +316,7 @@ impl QueueCore {
     /// A buffer the device returned: its token and used length.
     fn get_used(&self, vq: NonNull<bindings::virtqueue>) -> Option<(NonNull<c_void>, u32)> {
         let mut len = 0u32;
-        // SAFETY: live virtqueue under `life`, serialised by the handle.
+        // SAFETY: an open virtqueue, serialised by the handle.
         let token = NonNull::new(unsafe { bindings::virtqueue_get_buf(vq.as_ptr(), &mut len) })?;
         #[cfg(CONFIG_FAULT_INJECTION_DEBUG_FS)]
         if HostFaults::take(&self.bind.faults.odd_used_len) {
@@ -289,21 +329,27 @@ impl QueueCore {
     ///
     /// # Safety
     ///
-    /// The memory must stay valid and untouched by the driver until the
-    /// device returns `token` or the device is reset.
+    /// `vq` is open. The memory must stay valid and untouched by the driver
+    /// until the device returns `token` or the device is reset and the
+    /// buffer detached.
     unsafe fn add(
         &self,
         vq: NonNull<bindings::virtqueue>,
         region: &Region,
         token: *mut c_void,
     ) -> Result {
+        // An empty region has no memory behind it (an empty `KVec` points
+        // nowhere), and the core refuses empty buffers anyway.
+        if region.len == 0 {
+            return Err(EINVAL);
+        }
         // Indirect tables are the only thing adding can allocate; without
         // one (or if it cannot be had at once) the ring's own descriptors
-        // are used. Never sleeping here lets callers hold any lock.
+        // are used. Adding never sleeps.
         let gfp = bindings::GFP_NOWAIT | bindings::__GFP_NOWARN;
         let mut sg = MaybeUninit::<bindings::scatterlist>::uninit();
         // SAFETY: `sg` is valid for writes; the region is direct-map memory
-        // valid for `len` (caller's contract).
+        // valid for `len` bytes (caller's contract, `Buffer`'s contract).
         to_result(unsafe {
             bindings::sg_init_one(sg.as_mut_ptr(), region.addr, region.len);
             if region.device_writes {
@@ -324,10 +370,14 @@ impl QueueCore {
             if let Some((_, len)) = self.get_used(vq) {
                 return Ok(len);
             }
+            // SAFETY: an open virtqueue, serialised by the handle.
+            if unsafe { bindings::virtqueue_is_broken(vq.as_ptr()) } {
+                return Err(EIO);
+            }
             // Signals from earlier rounds should not cut this sleep short
             // (if one slips through, the loop just checks again).
             self.used.reinit();
-            // SAFETY: live virtqueue under `life`, serialised by the handle.
+            // SAFETY: as above.
             if !unsafe { bindings::virtqueue_enable_cb(vq.as_ptr()) } {
                 // A buffer came back meanwhile: take it without sleeping.
                 self.quiet(vq);
@@ -335,7 +385,7 @@ impl QueueCore {
             }
             let signalled = self.used.wait_timeout(1000);
             self.quiet(vq);
-            // SAFETY: live virtqueue under `life`.
+            // SAFETY: as above.
             let broken = unsafe { bindings::virtqueue_is_broken(vq.as_ptr()) };
             if broken || (!signalled && self.bind.needs_reset()) {
                 return Err(EIO);
@@ -346,17 +396,15 @@ impl QueueCore {
     /// Asks the device not to interrupt when it returns buffers: a sender
     /// asks for the interrupt only when it has to sleep.
     fn quiet(&self, vq: NonNull<bindings::virtqueue>) {
-        // SAFETY: live virtqueue under `life`; only a hint to the device.
+        // SAFETY: an open virtqueue; only a hint to the device.
         unsafe { bindings::virtqueue_disable_cb(vq.as_ptr()) };
     }
 
+    /// Never sleeps.
     fn ring_size(&self) -> u32 {
-        let _life = self.bind.life.read();
-        match self.vq() {
-            // SAFETY: live virtqueue under `life`.
-            Ok(vq) => unsafe { bindings::virtqueue_get_vring_size(vq.as_ptr()) },
-            Err(_) => 0,
-        }
+        // SAFETY: an open virtqueue (under its lock).
+        self.with_open(|vq| Ok(unsafe { bindings::virtqueue_get_vring_size(vq.as_ptr()) }))
+            .unwrap_or(0)
     }
 }
 
@@ -394,7 +442,7 @@ impl<'a> QueueSetup<'a> {
             Some(_) => Some(Arc::pin_init(
                 pin_init!(QueueCore {
                     bind,
-                    vq: UnsafeCell::new(None),
+                    live <- new_spinlock_irq!(Live { vq: None, open: false }, "QueueCore::live"),
                     kind,
                     used <- Completion::new(),
                     drop_token,
@@ -449,7 +497,7 @@ impl<'a> QueueSetup<'a> {
     /// Creates every declared queue; their handles work from now on.
     pub(crate) fn find(self) -> Result {
         let bind = self.bind;
-        let _w = bind.life.write();
+        let w = bind.life.write();
         // SAFETY: all-zero `virtqueue_info` is valid (no name, no callback).
         let mut info: [bindings::virtqueue_info; MAX_VQS] = unsafe { core::mem::zeroed() };
         let mut vqs = [core::ptr::null_mut::<bindings::virtqueue>(); MAX_VQS];
@@ -461,13 +509,11 @@ impl<'a> QueueSetup<'a> {
                 }
             }
         }
-        // The binding has no live queue (probe, or restore after teardown),
-        // so creating them cannot duplicate any.
-        if bind
-            .queues
-            .iter()
-            .any(|q| !q.load(Ordering::Acquire).is_null())
-        {
+        // The binding has no queues (probe, or restore after teardown), so
+        // creating them cannot duplicate any.
+        // SAFETY: `life` is held for writing.
+        let state = unsafe { &mut *bind.state.get() };
+        if state.found {
             return Err(EBUSY);
         }
         // SAFETY: valid device; `vqs` and `info` have `MAX_VQS >= n`
@@ -482,6 +528,10 @@ impl<'a> QueueSetup<'a> {
                 core::ptr::null_mut(),
             )
         })?;
+        // From here the transport holds resources (interrupts at least, even
+        // with no queue) until `del_vqs`, which teardown calls because of
+        // this.
+        state.found = true;
         // The transports number only the queues that exist (a position
         // without a name takes no index): the callback finds a queue by the
         // index the transport gave it.
@@ -491,15 +541,17 @@ impl<'a> QueueSetup<'a> {
             };
             // SAFETY: `vq` was just created by `find_vqs`.
             let index = unsafe { (*vq.as_ptr()).index } as usize;
-            // SAFETY: `life` is held for writing (type invariant of
-            // `QueueCore`); the queue is live from here.
-            unsafe { *core.vq.get() = Some(vq) };
+            core.live.with(|l| {
+                l.vq = Some(vq);
+                l.open = true;
+            });
             if let Some(slot) = bind.queues.get(index) {
                 // INVARIANT: one reference for the binding's table, given
                 // back by `Binding::teardown`.
                 slot.store(Arc::into_raw(core.clone()).cast_mut(), Ordering::Release);
             }
         }
+        drop(w);
         Ok(())
     }
 }
@@ -514,8 +566,9 @@ unsafe extern "C" fn used_callback(vq: *mut bindings::virtqueue) {
     // SAFETY: `vq` is live for the call, and so is its device.
     let (vdev, index) = unsafe { ((*vq).vdev, (*vq).index as usize) };
     // SAFETY: while the device has queues the driver is bound and `priv` is
-    // its binding; the reset in `teardown` waits for running callbacks
-    // before the entries and the binding can go.
+    // its binding. Teardown breaks the device (a broken ring's interrupt
+    // calls no callback) and synchronises with running callbacks before
+    // the entries, and only after `del_vqs` the cores, can go.
     let bind = unsafe { &*(*vdev).priv_.cast::<Binding>() };
     let Some(q) = bind.queues.get(index).map(|s| s.load(Ordering::Acquire)) else {
         return;
@@ -553,47 +606,45 @@ pub(crate) struct SyncQueue {
 }
 
 impl SyncQueue {
-    /// Number of descriptors in the ring (0 when not live).
+    /// Number of descriptors in the ring (0 when not live). Never sleeps.
     pub(crate) fn ring_size(&self) -> u32 {
         self.core.ring_size()
     }
 
     /// Sends the parts `(offset, len)` of `buf` listed in `parts`, one
     /// descriptor each, kicks the device once and sleeps until it has used
-    /// every one. Fills the ring at most: [`Sent::count`] says how many
-    /// went (at least one), and the caller sends the rest in another call.
+    /// every one. Fills the ring at most: [`Sent::count`] says how many of
+    /// `parts` went (at least one), and the caller sends the rest in
+    /// another call. Empty parts are refused (`EINVAL`).
     ///
     /// The device only reads these buffers, so it must report a used length
     /// of 0; other lengths are counted in [`Sent::odd_lengths`]. Fails with
     /// `EIO` if the ring broke, after resetting the device: when this
-    /// returns, the device holds nothing of `buf`.
+    /// returns, the device holds nothing of `buf`. Process context.
     pub(crate) fn send(&mut self, buf: &OutBuf, parts: &[(usize, usize)]) -> Result<Sent> {
         let mut regions = [const { None::<Region> }; MAX_PARTS];
-        let mut n = 0usize;
-        for &(offset, len) in parts.iter().take(MAX_PARTS) {
+        for (slot, &(offset, len)) in regions.iter_mut().zip(parts) {
             let part = buf
                 .bytes
                 .get(offset..offset.saturating_add(len))
                 .ok_or(EINVAL)?;
-            if !part.is_empty() {
-                regions[n] = Some(Region {
-                    addr: part.as_ptr().cast_mut().cast(),
-                    len: part.len() as u32,
-                    device_writes: false,
-                });
-                n += 1;
+            if part.is_empty() {
+                return Err(EINVAL);
             }
-        }
-        if n == 0 {
-            return Err(EINVAL);
+            *slot = Some(Region {
+                addr: part.as_ptr().cast_mut().cast(),
+                len: part.len() as u32,
+                device_writes: false,
+            });
         }
         let life = self.core.bind.life.read();
-        let vq = self.core.vq()?;
+        let vq = self.core.open_vq(&life)?;
         let mut added = 0usize;
         for r in regions.iter().flatten() {
             // The token is the part's address; nobody dereferences it.
-            // SAFETY: `buf` is borrowed until we return, and we return only
-            // once the device gave it back or was reset (below).
+            // SAFETY: `vq` is open while `life` is held; `buf` is borrowed
+            // until we return, and we return only once the device gave it
+            // back or was reset and the ring let go of it (`settle`).
             if let Err(e) = unsafe { self.core.add(vq, r, r.addr) } {
                 if added == 0 {
                     return Err(e);
@@ -618,15 +669,19 @@ impl SyncQueue {
     /// Lends the device-writable scatterlist `sg` as one buffer, kicks the
     /// device and sleeps until it has used it. Adds without allocating
     /// (`GFP_NOWAIT`). As for [`SyncQueue::send`], when this returns the
-    /// device holds nothing of `sg`.
+    /// device holds nothing of `sg`, and the ring no longer maps it.
     pub(crate) fn lend(&mut self, sg: &dyn LentSg) -> Result {
         let (raw, nents) = sg.raw();
+        if nents == 0 {
+            return Err(EINVAL);
+        }
         let life = self.core.bind.life.read();
-        let vq = self.core.vq()?;
+        let vq = self.core.open_vq(&life)?;
         let token = vq.as_ptr().cast::<c_void>();
-        // SAFETY: `sg` is valid and nobody else touches its memory while it
-        // is borrowed (`LentSg`), and we return only once the device gave
-        // it back or was reset. Live virtqueue under `life`.
+        // SAFETY: `sg` is a terminated list of `nents` valid entries whose
+        // memory nobody else touches while it is borrowed (`LentSg`), and we
+        // return only once the device gave it back, or it was reset and the
+        // ring let go of the entries (`settle`). `vq` is open under `life`.
         to_result(unsafe {
             bindings::virtqueue_add_inbuf(
                 vq.as_ptr(),
@@ -657,10 +712,11 @@ impl SyncQueue {
     }
 
     /// After a wait, with `life` released: on failure the device may still
-    /// hold what was lent, so it is reset before the caller gets the error.
+    /// hold what was lent, so it is reset, and the ring lets go of the
+    /// buffers (unmapping them), before the caller gets the error.
     fn settle(&self, waited: Result) -> Result {
         if waited.is_err() {
-            self.core.bind.reset_after_error(&self.core);
+            self.core.bind.reset_after_error();
         }
         waited
     }
@@ -670,7 +726,8 @@ impl SyncQueue {
 pub(crate) const MAX_PARTS: usize = 16;
 
 /// A queue of owned buffers of type `B`; see [`PostedQueue`] and
-/// [`PolledQueue`].
+/// [`PolledQueue`]. Its operations never sleep: they may be used in any
+/// context, [`super::Driver::buffers_used`] included.
 pub(crate) struct BufQueue<B: Buffer, K> {
     core: Arc<QueueCore>,
     _b: PhantomData<fn(B) -> (B, K)>,
@@ -690,10 +747,11 @@ impl<B: Buffer, K> BufQueue<B, K> {
     /// Which queue this is (as [`super::Driver::buffers_used`] names it),
     /// once live.
     pub(crate) fn id(&self) -> Option<QueueId> {
-        let _life = self.core.bind.life.read();
-        let vq = self.core.vq().ok()?;
-        // SAFETY: live virtqueue under `life`.
-        Some(QueueId(unsafe { (*vq.as_ptr()).index } as u16))
+        // SAFETY: an open virtqueue (under its lock).
+        let index = self
+            .core
+            .with_open(|vq| Ok(unsafe { (*vq.as_ptr()).index }));
+        index.ok().map(|i| QueueId(i as u16))
     }
 
     /// Number of descriptors in the ring (0 when not live).
@@ -703,13 +761,10 @@ impl<B: Buffer, K> BufQueue<B, K> {
 
     /// Free descriptors in the ring right now (0 when not live).
     pub(crate) fn free_descriptors(&self) -> u32 {
-        let _life = self.core.bind.life.read();
-        match self.core.vq() {
-            // SAFETY: live virtqueue under `life`; a plain field, serialised
-            // by the handle.
-            Ok(vq) => unsafe { (*vq.as_ptr()).num_free },
-            Err(_) => 0,
-        }
+        // SAFETY: an open virtqueue (under its lock); a plain field.
+        self.core
+            .with_open(|vq| Ok(unsafe { (*vq.as_ptr()).num_free }))
+            .unwrap_or(0)
     }
 
     /// Hands `buf` to the device and kicks it. The queue owns the buffer
@@ -717,28 +772,27 @@ impl<B: Buffer, K> BufQueue<B, K> {
     /// is dropped). On failure the buffer comes back with the error. The
     /// buffer comes boxed, so that posting never allocates.
     pub(crate) fn post(&mut self, buf: KBox<B>) -> core::result::Result<(), (KBox<B>, Error)> {
-        let _life = self.core.bind.life.read();
-        let vq = match self.core.vq() {
-            Ok(vq) => vq,
-            Err(e) => return Err((buf, e)),
-        };
         let region = buf.region();
         let token = KBox::into_raw(buf).cast::<c_void>();
-        // SAFETY: the buffer is owned by the ring from here (its token)
-        // until `take` or `retire` turns the token back into the box.
-        if let Err(e) = unsafe { self.core.add(vq, &region, token) } {
-            // SAFETY: not added, so the box is still ours.
-            return Err((unsafe { KBox::from_raw(token.cast::<B>()) }, e));
-        }
-        self.core.kick(vq);
-        Ok(())
+        let core = &self.core;
+        let posted = core.with_open(|vq| {
+            // SAFETY: `vq` is open (under its lock). The buffer is owned by
+            // the ring from here (its token) until `take` or the teardown's
+            // detach turns the token back into the box.
+            unsafe { core.add(vq, &region, token) }?;
+            core.kick(vq);
+            Ok(())
+        });
+        // SAFETY: not added, so the box is still ours.
+        posted.map_err(|e| (unsafe { KBox::from_raw(token.cast::<B>()) }, e))
     }
 
     /// A buffer the device has returned, with its used length.
     pub(crate) fn take(&mut self) -> Option<(KBox<B>, u32)> {
-        let _life = self.core.bind.life.read();
-        let vq = self.core.vq().ok()?;
-        let (token, len) = self.core.get_used(vq)?;
+        let (token, len) = self
+            .core
+            .with_open(|vq| self.core.get_used(vq).ok_or(ENOENT))
+            .ok()?;
         // SAFETY: every token on this ring is a `KBox<B>` from `post`, and
         // the core hands each back once.
         Some((unsafe { KBox::from_raw(token.as_ptr().cast::<B>()) }, len))
