@@ -57,7 +57,7 @@ check-debug: debug-kernel
 	@echo "==> end-to-end tests on the debug kernel (KASAN, lockdep, kmemleak)"
 	@$(ROOT)/scripts/build-module.sh "$$($(ROOT)/scripts/kernel/build.sh $(DEBUG_FRAGMENT))" >/dev/null
 	@cd $(ROOT)/tests && VBRS_KERNEL_FRAGMENT=$(DEBUG_FRAGMENT) VBRS_DEBUG_KERNEL=1 \
-		$(VENV_PY) -m pytest -v -p no:cacheprovider $(PYTEST_ARGS) .
+		$(VENV_PY) -m pytest -v -p no:cacheprovider --durations=10 $(PYTEST_ARGS) .
 
 # Rust vs the in-tree C driver, side by side in one guest (REPS=5).
 bench: module
@@ -78,7 +78,7 @@ vng: module
 
 e2e: module
 	@echo "==> end-to-end tests (QEMU + QMP)"
-	@cd $(ROOT)/tests && $(VENV_PY) -m pytest -v -p no:cacheprovider $(PYTEST_ARGS) .
+	@cd $(ROOT)/tests && $(VENV_PY) -m pytest -v -p no:cacheprovider --durations=10 $(PYTEST_ARGS) .
 
 fmt:
 	@$(ROOT)/scripts/rustfmt.sh fix

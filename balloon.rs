@@ -1129,6 +1129,7 @@ impl virtio::Driver for Balloon {
         let generic = ARef::from(dev.as_dev());
         let stats = counters.clone();
         let knobs = Arc::new(Knobs::default(), GFP_KERNEL)?;
+        let shared_knobs = knobs.clone();
         let core = Arc::pin_init(
             BalloonPages::new(
                 account,
@@ -1137,7 +1138,7 @@ impl virtio::Driver for Balloon {
                     config,
                     fpp,
                     stats,
-                    knobs: knobs.clone(),
+                    knobs: shared_knobs,
                     notes: Notes(AtomicU32::new(0)),
                     host_gone: AtomicBool::new(false),
                     oom_pause: AtomicBool::new(false),

@@ -584,6 +584,9 @@ struct Life {
     frozen: bool,
     /// Whether `find_vqs` succeeded and `del_vqs` is still owed.
     found: bool,
+    /// Whether the device was reset after a failed transfer since the
+    /// queues were set up: it must not be made live.
+    reset: bool,
 }
 
 /// What `vdev->priv` points to while a driver is bound (`vq->priv` is the
@@ -663,9 +666,9 @@ impl Binding {
     }
 
     /// Breaks the device (every queue refuses new buffers and its waiters
-    /// give up), waits until no queue callback runs (a broken ring's
-    /// interrupt calls none) and wakes the waiters.
-    fn break_and_wake(&self) {
+    /// give up) and waits until no queue callback runs (a broken ring's
+    /// interrupt calls none).
+    fn break_device(&self) {
         let vdev = self.vdev.as_ptr();
         // SAFETY: valid device; breaking takes a spinlock and sets flags.
         unsafe { bindings::virtio_break_device(vdev) };
@@ -678,15 +681,15 @@ impl Binding {
             // SAFETY: process context.
             None => unsafe { bindings::synchronize_rcu() },
         }
-        // Entries are cleared (and their cores freed) only with `life` held
-        // for writing. Taking it for reading cannot wait for ever: every
-        // reader is a queue operation, which gives up on the broken device
-        // within a second even if nobody wakes it.
-        let _r = self.life.read();
+    }
+
+    /// Wakes every sender sleeping on a queue of the binding.
+    fn wake_all(&self, _r: &RwSemRead<'_>) {
         for slot in &self.queues {
             let q = slot.load(Ordering::Acquire);
             if !q.is_null() {
-                // SAFETY: a live entry, kept by `_r` (see above).
+                // SAFETY: entries are cleared (and their cores freed) only
+                // with `life` held for writing; `_r` holds it for reading.
                 unsafe { (*q).wake() };
             }
         }
@@ -723,12 +726,17 @@ impl Binding {
     /// and deletes the queues. With `unbind`, config handles stop working
     /// too; otherwise (freeze) until restore. Idempotent.
     fn teardown(&self, unbind: bool) {
-        self.break_and_wake();
+        self.break_device();
+        // Taking `life` for reading cannot wait for ever: every reader is a
+        // queue or config operation, and queue operations give up on a
+        // broken device within a second even if nobody wakes them.
+        self.wake_all(&self.life.read());
         let w = self.life.write();
         // SAFETY: `life` is held for writing.
         let state = unsafe { &mut *self.state.get() };
         state.bound &= !unbind;
         state.frozen = !unbind;
+        state.reset = false;
         self.close_and_reset(&w, true);
         // The cores stay alive until the queues are deleted.
         let mut cores = [const { None::<Arc<queue::QueueCore>> }; queue::MAX_VQS];
@@ -753,14 +761,27 @@ impl Binding {
         drop(cores);
     }
 
-    /// After an operation failed with buffers the device might still hold:
-    /// resets the device, so that their memory may be reused. The device is
-    /// useless until it is bound again; later operations fail at once.
-    fn reset_after_error(&self) {
-        // Break first: an operation on another queue may be waiting for a
-        // device that will never answer, holding `life` for reading.
-        self.break_and_wake();
+    /// After an operation on `q` failed with buffers the device might still
+    /// hold: resets the device, so that their memory may be reused. The
+    /// device is useless until it is bound again; later operations fail at
+    /// once. Does nothing if `q`'s queues are gone (torn down, so reset and
+    /// detached already) or closed by an earlier reset: the device may be
+    /// another binding's by then.
+    fn reset_after_error(&self, q: &queue::QueueCore) {
+        {
+            let r = self.life.read();
+            if !q.is_open() {
+                return;
+            }
+            // Break first: an operation on another queue may be waiting for
+            // a device that will never answer, holding `life` for reading.
+            self.break_device();
+            self.wake_all(&r);
+        }
         let w = self.life.write();
+        if !q.is_open() {
+            return;
+        }
         if !self.reset_after_error.swap(true, Ordering::AcqRel) {
             // SAFETY: valid device; its generic part, for a message.
             let dev = unsafe { Device::<Normal>::from_raw(self.vdev.as_ptr()) };
@@ -769,6 +790,8 @@ impl Binding {
                 "a transfer failed with buffers on the ring: device reset before their memory is reused; it is unusable until bound again\n"
             );
         }
+        // SAFETY: `life` is held for writing.
+        unsafe { (*self.state.get()).reset = true };
         self.close_and_reset(&w, false);
     }
 }
@@ -956,6 +979,7 @@ impl<T: Driver> Adapter<T> {
                         bound: true,
                         frozen: false,
                         found: false,
+                        reset: false,
                     }),
                     data: AtomicPtr::new(core::ptr::null_mut()),
                     notify: Self::used_trampoline,
@@ -972,46 +996,71 @@ impl<T: Driver> Adapter<T> {
             // `remove_callback` (or the failure below) it holds a reference.
             unsafe { (*vdev).priv_ = raw.cast_mut().cast() };
             let setup = queue::QueueSetup::new(&bind);
-            let failed = match T::probe(dev, setup) {
-                Ok(data) if !bind.reset_after_error.load(Ordering::Acquire) => {
-                    bind.data
-                        .store(data.into_foreign().cast_mut(), Ordering::Release);
-                    None
+            let data = match T::probe(dev, setup) {
+                Ok(data) => data.into_foreign(),
+                Err(e) => {
+                    Self::unwind_probe(vdev, &bind, raw, None);
+                    return Err(e);
                 }
-                // A transfer failed during probe and the device was reset:
-                // it cannot be made live.
-                Ok(data) => Some((Some(data), EIO)),
-                Err(e) => Some((None, e)),
             };
-            if let Some((data, e)) = failed {
-                // The device may hold buffers the driver handed it: reset it
-                // before anything the driver owned can go.
-                bind.teardown(true);
-                drop(data);
-                // SAFETY: undo the above; no callback can use `priv`.
-                unsafe {
-                    (*vdev).priv_ = core::ptr::null_mut();
-                    drop(Arc::from_raw(raw));
-                }
+            bind.data.store(data.cast_mut(), Ordering::Release);
+            // A transfer may have failed during probe, resetting the device:
+            // it cannot be made live then.
+            if let Err(e) = Self::go_live(dev, &bind) {
+                bind.data.store(core::ptr::null_mut(), Ordering::Release);
+                Self::unwind_probe(vdev, &bind, raw, Some(data));
                 return Err(e);
             }
-            Self::go_live(dev, &bind);
             Ok(0)
         })
     }
 
-    /// Makes the device live and tells the driver.
-    fn go_live(dev: &Device<Core>, bind: &Binding) {
-        // SAFETY: valid device whose driver set its queues up; `DRIVER_OK`
-        // is not set yet (probe and restore are the only callers, and the
-        // core sets it only after they return).
-        unsafe { bindings::virtio_device_ready(dev.as_raw()) };
+    /// Undoes a probe that failed: tears the queues down (the device may
+    /// hold buffers the driver handed it, so it is reset before anything
+    /// the driver owned can go), drops the driver data if there is any,
+    /// and lets go of `priv`.
+    fn unwind_probe(
+        vdev: *mut bindings::virtio_device,
+        bind: &Binding,
+        raw: *const Binding,
+        data: Option<*const c_void>,
+    ) {
+        bind.teardown(true);
+        if let Some(data) = data {
+            // SAFETY: from `into_foreign` in probe, not published any more;
+            // no callback runs after the teardown.
+            drop(unsafe { <Pin<KBox<T>> as ForeignOwnable>::from_foreign(data) });
+        }
+        // SAFETY: `priv` held the reference `raw` came from; no callback
+        // can use `priv` any more.
+        unsafe {
+            (*vdev).priv_ = core::ptr::null_mut();
+            drop(Arc::from_raw(raw));
+        }
+    }
+
+    /// Makes the device live and tells the driver; fails if the device
+    /// was reset after a failed transfer since the queues were set up.
+    fn go_live(dev: &Device<Core>, bind: &Binding) -> Result {
+        {
+            let _w = bind.life.write();
+            // SAFETY: `life` is held for writing.
+            if unsafe { (*bind.state.get()).reset } {
+                return Err(EIO);
+            }
+            // SAFETY: valid device whose driver set its queues up;
+            // `DRIVER_OK` is not set yet (probe and restore are the only
+            // callers, and the core sets it only after they return). Under
+            // `life`, no reset can come in between.
+            unsafe { bindings::virtio_device_ready(dev.as_raw()) };
+        }
         if T::HAS_READY {
             // SAFETY: in a `Core` callback, before remove.
             if let Some(data) = unsafe { Self::data(bind) } {
                 data.ready(dev);
             }
         }
+        Ok(())
     }
 
     /// # Safety
@@ -1106,7 +1155,7 @@ impl<T: Driver> Adapter<T> {
                     return Err(e);
                 }
             }
-            Self::go_live(dev, bind);
+            Self::go_live(dev, bind).inspect_err(|_| bind.teardown(false))?;
             Ok(0)
         })
     }

@@ -89,7 +89,9 @@ impl crate::kapi::debugfs::Knobs for HostFaults {
 /// `self` owns, valid for the length given, at an address that does not
 /// change when `self` is moved, and that nothing but the device reads or
 /// writes while the value sits on a queue. With `device_writes`, the device
-/// may write all of it.
+/// may write all of it. A buffer the device still held at a reset is dropped
+/// with the binding's lifecycle lock held: its `Drop` must not use that
+/// binding's queues or config space (it would wait for itself).
 pub(crate) unsafe trait Buffer: Send + 'static {
     /// The memory and whether the device may write it.
     fn region(&self) -> Region;
@@ -243,6 +245,11 @@ unsafe fn drop_boxed<B>(token: *mut c_void) {
 }
 
 impl QueueCore {
+    /// Whether the queue is open (set up, and its device not reset since).
+    pub(super) fn is_open(&self) -> bool {
+        self.live.with(|l| l.open && l.vq.is_some())
+    }
+
     /// The open virtqueue, for a synchronous operation, which must hold
     /// the binding's `life` for reading while it uses it.
     fn open_vq(&self, _life: &RwSemRead<'_>) -> Result<NonNull<bindings::virtqueue>> {
@@ -300,15 +307,26 @@ impl QueueCore {
         self.used.complete();
     }
 
-    /// Tells the device there are new buffers.
-    fn kick(&self, vq: NonNull<bindings::virtqueue>) {
+    /// Tells the device there are new buffers. Returns whether a fault
+    /// knob asks for the device to be broken now, which the caller does
+    /// with [`QueueCore::inject_break`] once it holds no queue lock.
+    #[must_use]
+    fn kick(&self, vq: NonNull<bindings::virtqueue>) -> bool {
         // SAFETY: an open virtqueue (see `open_vq`/`with_open`); the
         // handle's `&mut self` serialises operations on it.
         unsafe { bindings::virtqueue_kick(vq.as_ptr()) };
         #[cfg(CONFIG_FAULT_INJECTION_DEBUG_FS)]
-        if HostFaults::take(&self.bind.faults.break_device) {
-            // What a transport does when its device disappears.
-            // SAFETY: valid device; breaking only takes a spinlock.
+        return HostFaults::take(&self.bind.faults.break_device);
+        #[cfg(not(CONFIG_FAULT_INJECTION_DEBUG_FS))]
+        false
+    }
+
+    /// Breaks the device the way a transport does when it disappears, if
+    /// `now` (from [`QueueCore::kick`]). Not under `live`: breaking takes
+    /// the core's list lock, which is taken elsewhere with interrupts on.
+    fn inject_break(&self, now: bool) {
+        if now {
+            // SAFETY: valid device.
             unsafe { bindings::virtio_break_device(self.bind.vdev.as_ptr()) };
         }
     }
@@ -532,6 +550,7 @@ impl<'a> QueueSetup<'a> {
         // with no queue) until `del_vqs`, which teardown calls because of
         // this.
         state.found = true;
+        state.reset = false;
         // The transports number only the queues that exist (a position
         // without a name takes no index): the callback finds a queue by the
         // index the transport gave it.
@@ -622,6 +641,9 @@ impl SyncQueue {
     /// `EIO` if the ring broke, after resetting the device: when this
     /// returns, the device holds nothing of `buf`. Process context.
     pub(crate) fn send(&mut self, buf: &OutBuf, parts: &[(usize, usize)]) -> Result<Sent> {
+        if parts.is_empty() {
+            return Err(EINVAL);
+        }
         let mut regions = [const { None::<Region> }; MAX_PARTS];
         for (slot, &(offset, len)) in regions.iter_mut().zip(parts) {
             let part = buf
@@ -704,7 +726,8 @@ impl SyncQueue {
         mut each: impl FnMut(u32),
     ) -> Result {
         self.core.quiet(vq);
-        self.core.kick(vq);
+        let inject = self.core.kick(vq);
+        self.core.inject_break(inject);
         for _ in 0..n {
             each(self.core.wait_used(vq)?);
         }
@@ -716,7 +739,7 @@ impl SyncQueue {
     /// buffers (unmapping them), before the caller gets the error.
     fn settle(&self, waited: Result) -> Result {
         if waited.is_err() {
-            self.core.bind.reset_after_error();
+            self.core.bind.reset_after_error(&self.core);
         }
         waited
     }
@@ -780,11 +803,16 @@ impl<B: Buffer, K> BufQueue<B, K> {
             // the ring from here (its token) until `take` or the teardown's
             // detach turns the token back into the box.
             unsafe { core.add(vq, &region, token) }?;
-            core.kick(vq);
-            Ok(())
+            Ok(core.kick(vq))
         });
-        // SAFETY: not added, so the box is still ours.
-        posted.map_err(|e| (unsafe { KBox::from_raw(token.cast::<B>()) }, e))
+        match posted {
+            Ok(inject) => {
+                core.inject_break(inject);
+                Ok(())
+            }
+            // SAFETY: not added, so the box is still ours.
+            Err(e) => Err((unsafe { KBox::from_raw(token.cast::<B>()) }, e)),
+        }
     }
 
     /// A buffer the device has returned, with its used length.
