@@ -7,7 +7,12 @@
 #   make KDIR=<dir>      build against another Rust-enabled 6.12 tree (patched)
 #   make run             boot a guest with a balloon device and watch the driver
 #   make check           rustfmt, clippy, compile-fail, KUnit, virtme-ng, end-to-end
+#                        (x86_64), then KUnit and end-to-end on arm64 with 64k pages
+#   make check-arm64     KUnit and end-to-end on arm64 with 16k and with 4k pages
 #   make bench           Rust vs the in-tree C driver, side by side (REPS=5)
+#
+#   ARCH=x86_64|arm64 PAGE=4k|16k|64k select the guest for every target
+#   (arm64 defaults to 64k). `make check` with ARCH given checks that target only.
 #
 # Everything heavy lives in ~/.cache/virtio-balloon-rs (override: VBRS_CACHE).
 
@@ -15,9 +20,15 @@ ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
 KDIR ?=
 PYTEST_ARGS ?=
 SHELL := /bin/bash
+# The target, for the scripts (lib.sh checks it). ARCH is also kbuild's
+# variable: the scripts pass it on to kbuild themselves.
+export VBRS_ARCH := $(or $(ARCH),x86_64)
+export VBRS_PAGE := $(PAGE)
 VENV_PY = $(shell bash -c '. $(ROOT)/scripts/lib.sh && echo $$VBRS_VENV')/bin/python
+PYTEST = $(VENV_PY) -m pytest -v -p no:cacheprovider --durations=10
 
-.PHONY: all module deps kernel debug-kernel run check check-debug compile-fail kunit vng e2e bench fmt fmtcheck clippy clean
+.PHONY: all module deps kernel debug-kernel run check check-guest check-arm64 check-debug \
+	compile-fail kunit vng e2e bench fmt fmtcheck clippy clean
 
 all: module
 
@@ -28,7 +39,7 @@ deps:
 	@$(ROOT)/scripts/deps.sh
 
 kernel: deps
-	@$(ROOT)/scripts/kernel/build.sh
+	@$(ROOT)/scripts/kernel/build.sh guest
 
 run: module
 	@$(VENV_PY) $(ROOT)/scripts/demo.py
@@ -41,23 +52,30 @@ check: module
 	@$(MAKE) --no-print-directory kunit
 	@$(MAKE) --no-print-directory vng
 	@$(MAKE) --no-print-directory e2e
+ifeq ($(origin ARCH),undefined)
+	@$(MAKE) --no-print-directory ARCH=arm64 PAGE=64k check-guest
+endif
 
-# The debug kernel: guest.config + debug.config (KASAN, lockdep, kmemleak,
-# fault injection), as one fragment in the cache so that it gets its own key.
-DEBUG_FRAGMENT = $(shell . $(ROOT)/scripts/lib.sh && echo $$VBRS_CACHE)/fragments/debug.config
+# What runs in guests of the selected target: KUnit and the end-to-end suite.
+check-guest: module
+	@$(MAKE) --no-print-directory kunit
+	@$(MAKE) --no-print-directory e2e
 
+check-arm64:
+	@$(MAKE) --no-print-directory ARCH=arm64 PAGE=16k check-guest
+	@$(MAKE) --no-print-directory ARCH=arm64 PAGE=4k check-guest
+
+# The debug kernel: the guest kernel plus scripts/kernel/debug.config (KASAN,
+# lockdep, kmemleak, fault injection); x86_64.
 debug-kernel: deps
-	@mkdir -p $(dir $(DEBUG_FRAGMENT))
-	@cat $(ROOT)/scripts/kernel/guest.config $(ROOT)/scripts/kernel/debug.config > $(DEBUG_FRAGMENT)
-	@$(ROOT)/scripts/kernel/build.sh $(DEBUG_FRAGMENT)
+	@$(ROOT)/scripts/kernel/build.sh debug
 
 # The end-to-end suite on the debug kernel: any KASAN, lockdep, kmemleak or
 # WARN report fails it.
 check-debug: debug-kernel
 	@echo "==> end-to-end tests on the debug kernel (KASAN, lockdep, kmemleak)"
-	@$(ROOT)/scripts/build-module.sh "$$($(ROOT)/scripts/kernel/build.sh $(DEBUG_FRAGMENT))" >/dev/null
-	@cd $(ROOT)/tests && VBRS_KERNEL_FRAGMENT=$(DEBUG_FRAGMENT) VBRS_DEBUG_KERNEL=1 \
-		$(VENV_PY) -m pytest -v -p no:cacheprovider --durations=10 $(PYTEST_ARGS) .
+	@$(ROOT)/scripts/build-module.sh "$$($(ROOT)/scripts/kernel/build.sh debug)" >/dev/null
+	@cd $(ROOT)/tests && VBRS_KERNEL_KIND=debug VBRS_DEBUG_KERNEL=1 $(PYTEST) $(PYTEST_ARGS) .
 
 # Rust vs the in-tree C driver, side by side in one guest (REPS=5).
 bench: module
@@ -69,16 +87,18 @@ compile-fail: module
 	@$(VENV_PY) $(ROOT)/tests/compile_fail/run.py
 
 kunit: module
-	@echo "==> KUnit (in a guest, parsed by kunit.py)"
+	@echo "==> KUnit ($(VBRS_ARCH) $(or $(PAGE),default pages) guest, parsed by kunit.py)"
 	@$(VENV_PY) $(ROOT)/tests/run_kunit.py
 
+# virtme-ng boots the host's root filesystem: x86_64 guests only.
 vng: module
 	@echo "==> virtme-ng boot test"
-	@$(VENV_PY) $(ROOT)/tests/vng/boot_test.py
+	@if [ "$(VBRS_ARCH)" = x86_64 ]; then $(VENV_PY) $(ROOT)/tests/vng/boot_test.py; \
+	else echo "vng: skipped for $(VBRS_ARCH) (it boots the x86_64 host's root filesystem)"; fi
 
 e2e: module
-	@echo "==> end-to-end tests (QEMU + QMP)"
-	@cd $(ROOT)/tests && $(VENV_PY) -m pytest -v -p no:cacheprovider --durations=10 $(PYTEST_ARGS) .
+	@echo "==> end-to-end tests (QEMU + QMP, $(VBRS_ARCH) $(or $(PAGE),default pages))"
+	@cd $(ROOT)/tests && $(PYTEST) $(PYTEST_ARGS) .
 
 fmt:
 	@$(ROOT)/scripts/rustfmt.sh fix

@@ -48,4 +48,11 @@ using=$("$rustc" --version 2>/dev/null) || vbrs_die "cannot run $rustc (set RUST
 grep -q 'rust_helper_virtio_find_vqs' "$kdir/Module.symvers" 2>/dev/null \
 	|| vbrs_die "KDIR=$kdir: the tree lacks this project's Rust bindings; apply scripts/kernel/patches/*.patch (patch -p1, in name order) and rebuild it"
 
+vbrs_prune_stale_kernels "$kdir"
+
+# One kbuild at a time in this directory (parallel test workers each make
+# sure the modules are built).
+mkdir -p "$VBRS_CACHE"
+exec 9>"$VBRS_CACHE/module-build.lock"
+flock 9
 exec make -C "$kdir" M="$VBRS_ROOT" "${KMAKE[@]}" "$@" modules

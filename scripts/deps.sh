@@ -14,16 +14,41 @@ while read -r pkg why; do
 	fi
 done <<<"$VBRS_DEB_PACKAGES"
 
+SUDO=
+if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then
+	SUDO=sudo
+fi
 if [ ${#missing[@]} -gt 0 ]; then
-	SUDO=
-	if [ "$(id -u)" != 0 ]; then
-		command -v sudo >/dev/null || vbrs_die "need root or sudo to install: ${missing[*]} (apt-get install ${missing[*]})"
-		SUDO=sudo
-	fi
+	[ "$(id -u)" = 0 ] || [ -n "$SUDO" ] \
+		|| vbrs_die "need root or sudo to install: ${missing[*]} (apt-get install ${missing[*]})"
 	vbrs_log "apt-get install ${missing[*]}"
 	$SUDO apt-get update -qq || vbrs_die "apt-get update failed: are Debian's package mirrors reachable?"
 	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" \
 		|| vbrs_die "apt-get install failed for: ${missing[*]}"
+fi
+
+# arm64 guests run Debian's arm64 busybox, unpacked into the cache (the
+# package is not installed: it would replace the host's).
+arm64_bb=$VBRS_CACHE/arm64/bin/busybox
+if [ ! -x "$arm64_bb" ] || ! head -c 4 "$arm64_bb" | grep -q ELF; then
+	if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+		vbrs_log "dpkg --add-architecture arm64 (for the arm64 guests' busybox package)"
+		$SUDO dpkg --add-architecture arm64 || vbrs_die "dpkg --add-architecture arm64 failed"
+		$SUDO apt-get update -qq || vbrs_die "apt-get update failed: are Debian's package mirrors reachable?"
+	fi
+	vbrs_log "downloading busybox-static:arm64 into $VBRS_CACHE/arm64"
+	dl=$(mktemp -d)
+	(cd "$dl" && apt-get download -qq busybox-static:arm64 2>/dev/null) \
+		|| vbrs_die "apt-get download busybox-static:arm64 failed"
+	mkdir -p "$VBRS_CACHE/arm64/unpacked" "$VBRS_CACHE/arm64/bin"
+	dpkg-deb -x "$dl"/busybox-static_*_arm64.deb "$VBRS_CACHE/arm64/unpacked"
+	found=
+	for f in bin/busybox usr/bin/busybox; do
+		[ -x "$VBRS_CACHE/arm64/unpacked/$f" ] && found=$VBRS_CACHE/arm64/unpacked/$f && break
+	done
+	[ -n "$found" ] || vbrs_die "no bin/busybox in the busybox-static:arm64 package"
+	install -m 0755 "$found" "$arm64_bb"
+	rm -rf "$dl"
 fi
 
 # rustc-web must be the one the kernel uses; check the library source is there.

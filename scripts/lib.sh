@@ -13,6 +13,23 @@ VBRS_BINDGEN_ROOT=$VBRS_CACHE/tools/bindgen-$VBRS_BINDGEN_VERSION
 VBRS_VENV=$VBRS_CACHE/venv-vng-$VBRS_VNG_VERSION
 VBRS_LINUX_TARBALL=/usr/src/linux-source-6.12.tar.xz
 
+# The target: the guest's architecture and kernel page size (make ARCH=...
+# PAGE=..., or VBRS_ARCH/VBRS_PAGE). x86_64 has 4k pages; arm64 has 4k, 16k
+# or 64k (default 64k, the page size of most arm64 distributions' servers).
+VBRS_ARCH=${VBRS_ARCH:-x86_64}
+case "$VBRS_ARCH" in
+x86_64) VBRS_PAGE=${VBRS_PAGE:-4k} ;;
+arm64) VBRS_PAGE=${VBRS_PAGE:-64k} ;;
+*) printf 'error: ARCH=%s: supported are x86_64 and arm64\n' "$VBRS_ARCH" >&2; exit 1 ;;
+esac
+case "$VBRS_ARCH-$VBRS_PAGE" in
+x86_64-4k | arm64-4k | arm64-16k | arm64-64k) ;;
+*) printf 'error: PAGE=%s: %s supports %s\n' "$VBRS_PAGE" "$VBRS_ARCH" \
+	"$([ "$VBRS_ARCH" = x86_64 ] && echo 4k || echo '4k, 16k and 64k')" >&2; exit 1 ;;
+esac
+VBRS_TARGET=$VBRS_ARCH-$VBRS_PAGE
+export VBRS_ARCH VBRS_PAGE
+
 # Debian packages the project needs, one per line: package and what for.
 VBRS_DEB_PACKAGES="
 linux-source-6.12 guest kernel source
@@ -32,8 +49,11 @@ libssl-dev kernel build
 cpio initramfs images
 kmod modinfo
 xz-utils unpacking the kernel source
-qemu-system-x86 guests
+qemu-system-x86 x86_64 guests
+qemu-system-arm arm64 guests (qemu-system-aarch64)
 busybox-static guest userland
+gcc-aarch64-linux-gnu static test programs for arm64 guests
+libc6-dev-arm64-cross static libc for those
 gcc static test programs for the guest (tests/guest/)
 libc6-dev static libc for those
 udev /dev/virtio-ports links that virtme-ng's init needs for the exit status
@@ -45,21 +65,61 @@ vbrs_die() { printf '\033[1;31merror:\033[0m %s\n' "$*" >&2; exit 1; }
 
 vbrs_bindgen() { echo "$VBRS_BINDGEN_ROOT/bin/bindgen"; }
 
-# Make variables for building the kernel and the module with Debian's Rust.
+# Make variables for building the kernel and the module with Debian's Rust,
+# for the target's architecture (clang cross-compiles by itself).
 vbrs_kmake_vars() {
-	echo "LLVM=$VBRS_LLVM_SUFFIX RUSTC=/usr/bin/rustc HOSTRUSTC=/usr/bin/rustc" \
+	echo "ARCH=$VBRS_ARCH LLVM=$VBRS_LLVM_SUFFIX RUSTC=/usr/bin/rustc HOSTRUSTC=/usr/bin/rustc" \
 		"RUSTDOC=/usr/bin/rustdoc RUSTFMT=/usr/bin/rustfmt" \
 		"CLIPPY_DRIVER=/usr/bin/clippy-driver BINDGEN=$(vbrs_bindgen)"
 }
 
-# The cache key of the guest kernel: everything that changes its build.
-# $1: config fragment (default scripts/kernel/guest.config)
+# The kernel image of a build directory, for the target's architecture.
+vbrs_kernel_image() {
+	case "$VBRS_ARCH" in
+	x86_64) echo "$1/arch/x86/boot/bzImage" ;;
+	arm64) echo "$1/arch/arm64/boot/Image" ;;
+	esac
+}
+
+# The static busybox for the target's guests (arm64's comes from Debian's
+# arm64 package, unpacked by deps.sh).
+vbrs_busybox() {
+	case "$VBRS_ARCH" in
+	x86_64) echo /bin/busybox ;;
+	arm64) echo "$VBRS_CACHE/arm64/bin/busybox" ;;
+	esac
+}
+
+# Writes the config fragment of kernel kind $1 (guest, or debug: guest plus
+# KASAN, lockdep, kmemleak and fault injection) for the target into the
+# cache, and prints its path: its name and contents key the kernel build.
+vbrs_fragment() {
+	local kind=${1:-guest} k=$VBRS_ROOT/scripts/kernel
+	local out=$VBRS_CACHE/fragments/$kind-$VBRS_TARGET.config
+	mkdir -p "$VBRS_CACHE/fragments"
+	{
+		cat "$k/guest.config" "$k/$VBRS_ARCH.config"
+		if [ "$VBRS_ARCH" = arm64 ]; then
+			echo "CONFIG_ARM64_$(echo "$VBRS_PAGE" | tr k K)_PAGES=y"
+		fi
+		case "$kind" in
+		guest) ;;
+		debug) cat "$k/debug.config" ;;
+		*) vbrs_die "kernel kind '$kind': guest or debug" ;;
+		esac
+	} >"$out.tmp"
+	mv "$out.tmp" "$out"
+	echo "$out"
+}
+
+# The cache key of a guest kernel: everything that changes its build.
+# $1: config fragment (from vbrs_fragment)
 vbrs_kernel_key() {
-	local frag=${1:-$VBRS_ROOT/scripts/kernel/guest.config}
 	{
 		dpkg-query -W -f='${Version}\n' linux-source-6.12 2>/dev/null || echo none
 		cat "$VBRS_ROOT"/scripts/kernel/patches/*.patch
-		cat "$frag"
+		cat "$1"
+		echo "ARCH=$VBRS_ARCH"
 		/usr/bin/rustc --version 2>/dev/null
 		clang$VBRS_LLVM_SUFFIX --version 2>/dev/null | head -n1
 		echo "bindgen $VBRS_BINDGEN_VERSION"
@@ -69,6 +129,18 @@ vbrs_kernel_key() {
 
 # Directory of the built guest kernel for a config fragment.
 vbrs_kernel_dir() {
-	local frag=${1:-$VBRS_ROOT/scripts/kernel/guest.config}
-	echo "$VBRS_CACHE/kernels/$(basename "$frag" .config)-$(vbrs_kernel_key "$frag")/linux"
+	echo "$VBRS_CACHE/kernels/$(basename "$1" .config)-$(vbrs_kernel_key "$1")/linux"
+}
+
+# Removes builds of the same kind and target as kernel build directory $1
+# under older keys (each holds a few GB); other trees are left alone.
+vbrs_prune_stale_kernels() {
+	local top name old
+	top=$(dirname "$1")
+	case "$top" in "$VBRS_CACHE"/kernels/*) ;; *) return 0 ;; esac
+	name=$(basename "$top")
+	name=${name%-*}
+	for old in "$VBRS_CACHE/kernels/$name"-*; do
+		[ "$old" = "$top" ] || [ ! -f "$old/done" ] || { vbrs_log "removing the stale kernel build $old"; rm -rf "$old"; }
+	done
 }

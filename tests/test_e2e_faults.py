@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-PAGES_PER_MIB = 256
+from vm import PAGES_PER_MIB  # noqa: E402
 FPA = "/sys/kernel/debug/fail_page_alloc"
 FSL = "/sys/kernel/debug/failslab"
 DRV = "/sys/bus/virtio/drivers/virtio_balloon_rs"

@@ -89,7 +89,7 @@ def test_config_change_reaches_the_driver(boot):
     load(g)
     before = g.counters()["config_changes"]
     g.qmp.cmd("balloon", value=(g.mem_mib - 100) * 1024 * 1024)
-    frames = 100 * 256
+    frames = 100 * vm.FRAMES_PER_MIB
     for _ in range(100):
         if g.counters()["target_frames"] == frames:
             break

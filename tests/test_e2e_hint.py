@@ -2,12 +2,19 @@
 """End-to-end: free page hinting (FREE_PAGE_HINT) during real QEMU
 migrations to `exec:cat > /dev/null`."""
 
+import pytest
+
 import vm
+
+# QEMU 7.2 under aarch64 TCG aborts (tcg_handle_interrupt: assertion
+# failed) when a precopy migration runs while a driver hints: hinting is
+# tested end to end on x86_64 only.
+pytestmark = pytest.mark.skipif(vm.ARCH != "x86_64", reason="free page hinting aborts QEMU 7.2 under aarch64 TCG")
 
 FREE_PAGE_HINT = 3
 HINT = "free-page-hint=on,iothread=io0"
 IOTHREAD = ["-object", "iothread,id=io0"]
-BLOCK_KIB = 4096  # MAX_PAGE_ORDER blocks of 4 KiB pages
+BLOCK_KIB = 4096  # MAX_PAGE_ORDER blocks of 4 KiB pages (x86_64)
 MIB = 1024 * 1024
 
 

@@ -14,7 +14,7 @@ import vm
 from test_e2e_hint import HINT, IOTHREAD, cancel, migrate
 
 DRV = "virtio_balloon_rs"
-PAGES_PER_MIB = 256
+from vm import FRAMES_PER_MIB, PAGES_PER_MIB  # noqa: E402
 
 
 def knobs_dir(g):
@@ -74,7 +74,7 @@ def test_device_breaking_while_the_driver_waits(boot):
     # guest: no memory is taken for a host that cannot hear.
     time.sleep(2)
     held = g.counters()["actual_frames"]
-    assert held == 100 * PAGES_PER_MIB, held
+    assert held == 100 * FRAMES_PER_MIB, held
     g.set_balloon_mib(400)
     time.sleep(2)
     assert g.counters()["actual_frames"] == held

@@ -7,7 +7,7 @@ import time
 
 import vm
 
-PAGES_PER_MIB = 256
+from vm import FRAMES_PER_MIB, PAGES_PER_MIB  # noqa: E402
 DEFLATE_ON_OOM = 2
 
 
@@ -47,18 +47,26 @@ def test_sysrq_oom_deflates_one_mib_and_inflation_waits_for_the_host(boot):
     protect_shell(g)
     g.set_balloon_mib(200)
     g.wait_balloon(lambda s: s == 200)
+    # Notifiers just before and after the balloon's (priority 81 and 79)
+    # see what it adds to the OOM killer's `freed` count.
+    g.run("insmod /modules/oom_stopwatch.ko")
     vm0 = g.vmstat()
     g.run("echo f > /proc/sysrq-trigger")
     assert g.wait_balloon(lambda s: s < 200, timeout=30) == 199
     c = g.counters()
     assert c["oom_notifications"] == 1
-    assert c["oom_deflated_pages"] == 256
-    assert g.vmstat()["balloon_deflate"] - vm0["balloon_deflate"] == 256
+    # 256 frames (1 MiB), counted in kernel pages: 16 of 64 KiB.
+    assert c["oom_deflated_pages"] == PAGES_PER_MIB
+    assert g.vmstat()["balloon_deflate"] - vm0["balloon_deflate"] == PAGES_PER_MIB
+    sw = "/sys/kernel/debug/oom_stopwatch"
+    assert int(g.run(f"cat {sw}/calls")) == 1
+    assert int(g.run(f"cat {sw}/freed")) == PAGES_PER_MIB
+    g.run("rmmod oom_stopwatch")
     # The host's target did not change, and the driver does not take the
     # memory right back: it waits for the host to ask again.
     time.sleep(1.5)
     assert g.balloon_mib() == 199
-    assert g.counters()["target_frames"] == 200 * PAGES_PER_MIB
+    assert g.counters()["target_frames"] == 200 * FRAMES_PER_MIB
     g.set_balloon_mib(150)
     assert g.wait_balloon(lambda s: s == 150) == 150
     g.set_balloon_mib(180)

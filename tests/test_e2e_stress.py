@@ -7,7 +7,7 @@ import time
 
 import vm
 
-PAGES_PER_MIB = 256
+from vm import FRAMES_PER_MIB, PAGES_PER_MIB  # noqa: E402
 DRV = "/sys/bus/virtio/drivers/virtio_balloon_rs"
 
 
@@ -97,7 +97,7 @@ def test_inflation_races_compaction_and_a_busy_process(boot):
           "do [ $i -lt 600 ] || exit 1; sleep 0.1; i=$((i+1)); done)", timeout=120)
     assert g.balloon_mib() == 350
     c = g.counters()
-    assert c["actual_frames"] == 350 * PAGES_PER_MIB
+    assert c["actual_frames"] == 350 * FRAMES_PER_MIB
     assert g.meminfo()["MemTotal"] == total0 - 350 * 1024
     vm1 = g.vmstat()
     assert vm1["balloon_migrate"] - vm0["balloon_migrate"] == c["migrated_pages"]

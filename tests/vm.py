@@ -2,9 +2,15 @@
 """Boots the guest kernel in QEMU and drives it.
 
 A guest has three channels:
-  * the console (ttyS0), appended to a log file the tests scan for splats;
-  * a shell on ttyS1, connected to a Unix socket, that runs commands;
+  * the console (ttyS0 on x86_64, the PL011 ttyAMA0 on arm64), appended to a
+    log file the tests scan for splats;
+  * a shell connected to a Unix socket, that runs commands (ttyS1 on
+    x86_64; on arm64, whose virt machine has one UART, a virtio-serial port,
+    which unlike a virtio console does not echo);
   * QMP, on another Unix socket, for the balloon device.
+
+The target (VBRS_ARCH, VBRS_PAGE; see scripts/lib.sh) picks the kernel,
+the emulator and the guest userland.
 """
 
 import base64
@@ -28,6 +34,22 @@ CACHE = Path(os.environ.get("VBRS_CACHE") or
 # Whether the tests run on the debug kernel (KASAN, lockdep, kmemleak).
 DEBUG = bool(os.environ.get("VBRS_DEBUG_KERNEL"))
 
+# The target: architecture and kernel page size.
+ARCH = os.environ.get("VBRS_ARCH") or "x86_64"
+PAGE = os.environ.get("VBRS_PAGE") or ("64k" if ARCH == "arm64" else "4k")
+PAGE_KIB = int(PAGE.rstrip("k"))
+# The balloon protocol counts 4 KiB frames; the kernel (vmstat, the
+# driver's page counters, the OOM notifier) counts pages.
+FRAMES_PER_MIB = 256
+PAGES_PER_MIB = 1024 // PAGE_KIB
+FRAMES_PER_PAGE = PAGE_KIB // 4
+
+
+def whole_pages(frames):
+    """A balloon size in frames, rounded up to whole kernel pages (what the
+    driver does with the host's target)."""
+    return -(-frames // FRAMES_PER_PAGE) * FRAMES_PER_PAGE
+
 # The first line of the kernel's OOM-killer and allocation-failure reports.
 OOM_REPORT_RE = re.compile(r"invoked oom-killer|page allocation failure")
 
@@ -38,14 +60,17 @@ SPLAT_RE = re.compile(r"BUG:|WARNING:|Call Trace:|Kernel panic|Oops|general prot
                       r"unreferenced object")
 
 
-def kernel_dir(fragment=None):
-    """Builds (or finds) the guest kernel; returns its build directory."""
-    cmd = [str(ROOT / "scripts/kernel/build.sh")]
-    fragment = fragment or os.environ.get("VBRS_KERNEL_FRAGMENT")
-    if fragment:
-        cmd.append(str(fragment))
+def kernel_dir(kind=None):
+    """Builds (or finds) the target's guest kernel (kind guest, or debug with
+    VBRS_KERNEL_KIND=debug); returns its build directory."""
+    kind = kind or os.environ.get("VBRS_KERNEL_KIND") or "guest"
+    cmd = [str(ROOT / "scripts/kernel/build.sh"), kind]
     out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
     return Path(out.strip().splitlines()[-1])
+
+
+def kernel_image(kdir):
+    return Path(kdir) / ("arch/arm64/boot/Image" if ARCH == "arm64" else "arch/x86/boot/bzImage")
 
 
 def _cpio_newc(entries):
@@ -76,12 +101,27 @@ mount -t devtmpfs dev /dev
 mount -t tmpfs tmp /tmp
 mount -t debugfs debugfs /sys/kernel/debug
 echo 1 > /proc/sys/kernel/sysrq
-stty -F /dev/ttyS1 raw -echo
+# The command channel: ttyS1, or (vbrs.ctl=port on the command line) the
+# virtio-serial port named vbrs.ctl, which may show up a little later.
+CTL=/dev/ttyS1
+if grep -q 'vbrs.ctl=port' /proc/cmdline; then
+    CTL=
+    i=0
+    while [ -z "$CTL" ] && [ $i -lt 100 ]; do
+        for p in /sys/class/virtio-ports/*; do
+            [ "$(cat $p/name 2>/dev/null)" = vbrs.ctl ] && CTL=/dev/${p##*/}
+        done
+        i=$((i+1)); [ -n "$CTL" ] || sleep 0.1
+    done
+    [ -n "$CTL" ] || { echo "vbrs: no command port"; exit 1; }
+fi
+case "$CTL" in /dev/tty*) stty -F "$CTL" raw -echo ;; esac
 echo "vbrs: guest up"
-# Commands arrive one per line on ttyS1; a non-interactive shell runs them
-# (an interactive one would query the terminal and eat input).
+# Commands arrive one per line; a non-interactive shell runs them (an
+# interactive one would query the terminal and eat input). The channel is
+# opened once, read-write: a virtio-serial port refuses a second open.
 while :; do
-    sh -c 'while IFS= read -r line; do eval "$line"; done' </dev/ttyS1 >/dev/ttyS1 2>&1
+    sh -c 'while IFS= read -r line; do eval "$line"; done' <>"$CTL" >&0 2>&1 || sleep 1
 done
 """
 
@@ -98,19 +138,27 @@ def free_slack_kib(g):
 
 
 def build_memhog(outdir):
-    """Compiles tests/guest/memhog.c statically (gcc, libc6-dev)."""
-    out = Path(outdir) / "memhog"
+    """Compiles tests/guest/memhog.c statically for the target (gcc and
+    libc6-dev; aarch64-linux-gnu-gcc and libc6-dev-arm64-cross)."""
+    out = Path(outdir) / f"memhog-{ARCH}"
     src = ROOT / "tests/guest/memhog.c"
+    cc = "aarch64-linux-gnu-gcc" if ARCH == "arm64" else "gcc"
     if not out.exists() or out.stat().st_mtime < src.stat().st_mtime:
-        subprocess.run(["gcc", "-static", "-O2", "-Wall", "-o", str(out), str(src)], check=True)
+        subprocess.run([cc, "-static", "-O2", "-Wall", "-o", str(out), str(src)], check=True)
     return out
+
+
+def busybox_path():
+    if ARCH == "arm64":
+        return CACHE / "arm64/bin/busybox"
+    return Path("/bin/busybox")
 
 
 def build_initramfs(kdir, dest):
     """Writes a gzip'd initramfs with busybox, /init and the modules."""
-    busybox = Path("/bin/busybox")
+    busybox = busybox_path()
     if not busybox.exists():
-        raise RuntimeError("/bin/busybox missing (Debian package busybox-static)")
+        raise RuntimeError(f"{busybox} missing (Debian package busybox-static; scripts/deps.sh)")
     entries = [
         ("bin", stat.S_IFDIR | 0o755, b""),
         ("sbin", stat.S_IFDIR | 0o755, b""),
@@ -152,6 +200,9 @@ def kvm_usable(kdir, initrd):
     hang right after the firmware."""
     if os.environ.get("VBRS_ACCEL") in ("tcg", "kvm"):
         return os.environ["VBRS_ACCEL"] == "kvm"
+    # KVM runs guests of the host's own architecture only.
+    if os.uname().machine != {"x86_64": "x86_64", "arm64": "aarch64"}[ARCH]:
+        return False
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False
     cache = _kvm_probe_cache()
@@ -268,18 +319,36 @@ class Guest:
     # -- lifecycle --------------------------------------------------------
     def qemu_cmd(self):
         accel = self.accel or "tcg"
-        cmd = [
-            "qemu-system-x86_64", "-nodefaults", "-display", "none",
-            "-machine", "pc", "-accel", accel,
-            "-cpu", "host" if accel == "kvm" else "max",
+        common = "panic=-1 oops=panic loglevel=7 " + self.extra_append
+        if ARCH == "arm64":
+            # virt has one UART (the console); the shell goes over a
+            # virtio-serial port. pauth-impdef: TCG's fast pointer auth.
+            cmd = [
+                "qemu-system-aarch64", "-nodefaults", "-display", "none",
+                "-machine", "virt", "-accel", accel,
+                "-cpu", "host" if accel == "kvm" else "max,pauth-impdef=on",
+                "-append", "console=ttyAMA0 vbrs.ctl=port " + common,
+                "-chardev", f"file,id=con,path={self.console}",
+                "-serial", "chardev:con",
+                "-device", "virtio-serial-pci,id=vser0",
+                "-chardev", f"socket,id=ctl,path={self.dir}/ctl.sock,server=on,wait=off",
+                "-device", "virtserialport,chardev=ctl,name=vbrs.ctl",
+            ]
+        else:
+            cmd = [
+                "qemu-system-x86_64", "-nodefaults", "-display", "none",
+                "-machine", "pc", "-accel", accel,
+                "-cpu", "host" if accel == "kvm" else "max",
+                "-append", "console=ttyS0 " + common,
+                "-chardev", f"file,id=con,path={self.console}",
+                "-serial", "chardev:con",
+                "-chardev", f"socket,id=ctl,path={self.dir}/ctl.sock,server=on,wait=off",
+                "-serial", "chardev:ctl",
+            ]
+        cmd += [
             "-smp", str(self.smp), "-m", str(self.mem_mib),
-            "-kernel", str(self.kdir / "arch/x86/boot/bzImage"),
+            "-kernel", str(kernel_image(self.kdir)),
             "-initrd", str(self.initrd),
-            "-append", "console=ttyS0 panic=-1 oops=panic loglevel=7 " + self.extra_append,
-            "-chardev", f"file,id=con,path={self.console}",
-            "-serial", "chardev:con",
-            "-chardev", f"socket,id=ctl,path={self.dir}/ctl.sock,server=on,wait=off",
-            "-serial", "chardev:ctl",
             "-qmp", f"unix:{self.dir}/qmp.sock,server=on,wait=off",
             "-no-reboot",
         ]
@@ -477,7 +546,7 @@ class Guest:
         out = self.run("cat /proc/meminfo /proc/zoneinfo")
         free = int(re.search(r"MemFree:\s+(\d+)", out).group(1))
         pcp = sum(int(n) for n in re.findall(r"^\s+count:\s+(\d+)", out, re.M))
-        return free + pcp * 4
+        return free + pcp * PAGE_KIB
 
     def vmstat(self):
         out = self.run("cat /proc/vmstat")

@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
-# Builds (once) the guest kernel: Debian's linux-source-6.12, the patch series
-# in scripts/kernel/patches/, and a config fragment merged onto tinyconfig.
-# The result is cached under $VBRS_CACHE/kernels/<fragment>-<key>/linux, where
-# the key hashes the source version, patches, fragment, toolchain and this
+# Builds (once) a guest kernel for the target (VBRS_ARCH, VBRS_PAGE: see
+# lib.sh): Debian's linux-source-6.12, the patch series in
+# scripts/kernel/patches/, and the target's config fragment merged onto
+# tinyconfig. The result is cached under
+# $VBRS_CACHE/kernels/<kind>-<target>-<key>/linux, where the key hashes the
+# source version, patches, fragment, architecture, toolchain and this
 # script; a second run with the same inputs does nothing.
 #
-# usage: build.sh [fragment.config]     prints the kernel build directory
+# usage: build.sh [guest|debug]     prints the kernel build directory
 set -euo pipefail
 . "$(dirname "$0")/../lib.sh"
 
-frag=$(realpath "${1:-$VBRS_ROOT/scripts/kernel/guest.config}")
-[ -f "$frag" ] || vbrs_die "config fragment $frag not found"
+frag=$(vbrs_fragment "${1:-guest}")
 kdir=$(vbrs_kernel_dir "$frag")
 top=$(dirname "$kdir")
+image=$(vbrs_kernel_image "$kdir")
 
-if [ -f "$top/done" ] && [ -f "$kdir/arch/x86/boot/bzImage" ]; then
+if [ -f "$top/done" ] && [ -f "$image" ]; then
 	echo "$kdir"
 	exit 0
 fi
@@ -55,9 +57,9 @@ done <"$frag"
 
 make -s "${KMAKE[@]}" rustavailable >/dev/null || vbrs_die "Rust toolchain not usable for the kernel (see: make rustavailable in $kdir)"
 
-vbrs_log "building guest kernel ($(basename "$frag")) in $kdir: a few minutes on 2 cores"
+vbrs_log "building guest kernel ($(basename "$frag" .config)) in $kdir: a few minutes on 2 cores"
 start=$(date +%s)
-if ! make "${KMAKE[@]}" -j"$(($(nproc) + 1))" bzImage modules >"$top/build.log" 2>&1; then
+if ! make "${KMAKE[@]}" -j"$(($(nproc) + 1))" "$(basename "$image")" modules >"$top/build.log" 2>&1; then
 	tail -n 40 "$top/build.log" >&2
 	vbrs_die "kernel build failed; full log: $top/build.log"
 fi
