@@ -25,7 +25,10 @@ SHELL := /bin/bash
 export VBRS_ARCH := $(or $(ARCH),x86_64)
 export VBRS_PAGE := $(PAGE)
 VENV_PY = $(shell bash -c '. $(ROOT)/scripts/lib.sh && echo $$VBRS_VENV')/bin/python
-PYTEST = $(VENV_PY) -m pytest -v -p no:cacheprovider --durations=10
+# Guests at a time in the end-to-end suites (pytest-xdist workers; one TCG
+# guest keeps about one core busy). JOBS=0: one at a time, in one process.
+JOBS ?= 2
+PYTEST = $(VENV_PY) -m pytest -v -p no:cacheprovider --durations=10 -n $(JOBS)
 
 .PHONY: all module deps kernel debug-kernel run check check-guest check-arm64 check-debug \
 	compile-fail kunit vng e2e bench fmt fmtcheck clippy clean

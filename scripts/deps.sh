@@ -74,4 +74,10 @@ if ! "$VBRS_VENV/bin/python" -c 'import pytest, virtme_ng' 2>/dev/null; then
 	"$VBRS_VENV/bin/pip" install -q "virtme-ng==$VBRS_VNG_VERSION" "pytest>=7,<9" \
 		|| vbrs_die "pip install virtme-ng pytest failed (is PyPI reachable?)"
 fi
+# Two test guests at a time: one TCG guest keeps about one core busy.
+if ! "$VBRS_VENV/bin/python" -c 'import xdist' 2>/dev/null; then
+	vbrs_log "installing pytest-xdist $VBRS_XDIST_VERSION into $VBRS_VENV"
+	"$VBRS_VENV/bin/pip" install -q "pytest-xdist==$VBRS_XDIST_VERSION" \
+		|| vbrs_die "pip install pytest-xdist failed (is PyPI reachable?)"
+fi
 exit 0
