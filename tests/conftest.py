@@ -57,10 +57,12 @@ def boot(kdir, initrd, accel, tmp_path, request):
     # Ask every guest first, stop them all, and only then judge: a failed
     # check must not leave QEMU running.
     leaks = {}
-    if os.environ.get("VBRS_DEBUG_KERNEL"):
-        leaks = {g: g.kmemleak_reports() for g in guests}
-    for g in guests:
-        g.stop()
+    try:
+        if os.environ.get("VBRS_DEBUG_KERNEL"):
+            leaks = {g: g.kmemleak_reports() for g in guests}
+    finally:
+        for g in guests:
+            g.stop()
     problems = []
     for g in guests:
         if g.retries:

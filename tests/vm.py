@@ -367,8 +367,10 @@ class Guest:
         for attempt in range(attempts):
             try:
                 return self._start_once()
-            except GuestError as e:
+            except BaseException as e:
                 self.stop()
+                if not isinstance(e, GuestError):
+                    raise
                 if attempt == attempts - 1 or (self.proc_died_for_real()
                                                and not isinstance(e, BootSplat)):
                     raise
@@ -401,9 +403,14 @@ class Guest:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise GuestError("QEMU did not start: " + (self.dir / "qemu.out").read_text())
             time.sleep(0.05)
-        self.qmp = QMP(self.dir / "qmp.sock")
-        self.ctl = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.ctl.connect(str(self.dir / "ctl.sock"))
+        try:
+            self.qmp = QMP(self.dir / "qmp.sock")
+            self.ctl = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.ctl.connect(str(self.dir / "ctl.sock"))
+        except OSError as e:
+            # A greeting that does not come (a host this busy) is a boot
+            # that failed, like any other.
+            raise GuestError(f"QEMU's sockets did not answer: {e!r}") from e
         self._ctl_buf = b""
         # The shell on ttyS1 comes up once init has run.
         deadline = time.monotonic() + self.boot_timeout
@@ -533,7 +540,7 @@ class Guest:
         try:
             rc, out = self.run_rc("k=/sys/kernel/debug/kmemleak; [ -e $k ] || exit 0; "
                                   "echo scan > $k; sleep 1; echo scan > $k; cat $k", timeout=120)
-        except GuestError as e:
+        except (GuestError, OSError) as e:
             return f"guest {self.dir} did not answer the kmemleak scan: {e}"
         if rc != 0:
             return f"kmemleak scan failed ({rc}) in {self.dir}:\n{out}"
