@@ -58,17 +58,6 @@ const FEATURES: [Feature; 6] = [
     feature::REPORTING,
 ];
 
-/// The smallest free block reported to the host. The allocator's default
-/// is `pageblock_order`, which with arm64's 64 KiB pages is 512 MiB: a guest
-/// would hardly ever free that much in one piece. As the C driver does,
-/// report 2 MiB blocks there (order 5), which also matches a host's huge
-/// pages.
-const REPORTING_ORDER: Option<u32> = if cfg!(all(CONFIG_ARM64, CONFIG_ARM64_64K_PAGES)) {
-    Some(5)
-} else {
-    None
-};
-
 /// Kinds of wakeup events: the host asked for a new size, or for stats.
 const WAKE_ADJUST: u32 = 1 << 0;
 const WAKE_STATS: u32 = 1 << 1;
@@ -1193,8 +1182,11 @@ impl virtio::Driver for Balloon {
             Some(nb)
         };
         let reporting = if dev.has_feature(feature::REPORTING) {
-            let r = PageReporting::register(ReportFree(core.clone()), REPORTING_ORDER)
-                .inspect_err(registering(dev, "free page reporting"))?;
+            let r = PageReporting::register(
+                ReportFree(core.clone()),
+                logic::reporting_order(PAGE_SIZE),
+            )
+            .inspect_err(registering(dev, "free page reporting"))?;
             Some(r)
         } else {
             None

@@ -115,6 +115,21 @@ fn frames_per_page_by_page_size() {
     check!(frames_per_page(kernel::page::PAGE_SIZE).is_some());
 }
 
+fn reporting_asks_for_2_mib_blocks_with_large_pages() {
+    // 4 KiB pages: the kernel's default (pageblock_order, 2 MiB) stays.
+    check_eq!(reporting_order(4 * KIB), None);
+    // 16 KiB: order 7; 64 KiB: order 5 (what the C driver asks for).
+    check_eq!(reporting_order(16 * KIB), Some(7));
+    check_eq!(reporting_order(64 * KIB), Some(5));
+    check_eq!(
+        reporting_order(kernel::page::PAGE_SIZE).map_or(2 << 20, |o| kernel::page::PAGE_SIZE << o),
+        2 << 20
+    );
+    // Pages of 2 MiB or more, or not a power of two: the default.
+    check_eq!(reporting_order(2 << 20), None);
+    check_eq!(reporting_order(12 * KIB), None);
+}
+
 fn first_frame_of_a_page() {
     check_eq!(first_frame(0, 4 * KIB), 0);
     check_eq!(first_frame(0x1234, 4 * KIB), 0x1234);
@@ -561,11 +576,12 @@ macro_rules! kunit_case {
     }};
 }
 
-const N_CASES: usize = 19;
+const N_CASES: usize = 20;
 
 /// The cases, terminated by an all-zero entry as KUnit requires.
 static mut CASES: [bindings::kunit_case; N_CASES + 1] = [
     kunit_case!(frames_per_page_by_page_size),
+    kunit_case!(reporting_asks_for_2_mib_blocks_with_large_pages),
     kunit_case!(first_frame_of_a_page),
     kunit_case!(frames_beyond_32_bits_are_detected),
     kunit_case!(targets_round_up_to_whole_pages),
