@@ -1274,13 +1274,10 @@ impl virtio::Driver for Balloon {
 
     fn remove(&self, dev: &Device<Core>) {
         // No report may reach the host once the queues are going, and no
-        // OOM notification or shrinker call may see a half-torn-down
-        // balloon: off their chains first (each waits for a call running).
+        // shrinker call may see a half-torn-down balloon: off their chains
+        // first (each waits for a call running).
         if let Some(r) = &self.reporting {
             r.unregister();
-        }
-        if let Some(oom) = &self.oom {
-            oom.unregister();
         }
         if let Some(s) = &self.hint_shrinker {
             s.unregister();
@@ -1301,6 +1298,15 @@ impl virtio::Driver for Balloon {
         // No work will finish what is pending: let the system sleep.
         sh.wakeup.clear();
         let pages = logic::frames_to_pages(sh.state.lock().held, sh.fpp);
+        // The OOM notifier stays on its chain while the balloon drains: an
+        // OOM meanwhile still gets its MiB (both deflate under the balloon
+        // lock, host told first) instead of a kill between unregistering
+        // and the pages coming back, a window the C driver has. It is off
+        // the chain (waiting for a call running) before the queues go.
+        drain(&self.core);
+        if let Some(oom) = &self.oom {
+            oom.unregister();
+        }
         drain_and_stop(&self.core);
         if blocks != 0 {
             dev_info!(dev, "{} free page hint blocks given back\n", blocks);
