@@ -115,7 +115,7 @@ clippy:
 	@$(ROOT)/scripts/clippy.sh
 
 clean:
-	@rm -f *.o *.ko *.mod *.mod.c *.mod.o .*.cmd Module.symvers modules.order \
+	@rm -f *.o *.ko *.mod *.mod.c *.mod.o .*.cmd Module.symvers modules.order .kdir-built-against \
 		kunit/*.o kunit/*.ko kunit/*.mod kunit/*.mod.c kunit/.*.cmd \
 		tests/oom_stopwatch/*.o tests/oom_stopwatch/*.ko tests/oom_stopwatch/*.mod \
 		tests/oom_stopwatch/*.mod.c tests/oom_stopwatch/.*.cmd

@@ -55,4 +55,14 @@ vbrs_prune_stale_kernels "$kdir"
 mkdir -p "$VBRS_CACHE"
 exec 9>"$VBRS_CACHE/module-build.lock"
 flock 9
+# Objects built against another tree are cleaned first: kbuild does not
+# notice a switch between two trees of the same architecture (arm64 16k
+# and 64k, say), whose Rust cfgs differ but whose command lines do not, and
+# would keep a module built for the other page size.
+stamp=$VBRS_ROOT/.kdir-built-against
+real=$(cd "$kdir" && pwd -P)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$real" ]; then
+	make -s -C "$kdir" M="$VBRS_ROOT" "${KMAKE[@]}" clean >/dev/null 2>&1 || true
+	echo "$real" >"$stamp"
+fi
 exec make -C "$kdir" M="$VBRS_ROOT" "${KMAKE[@]}" "$@" modules
