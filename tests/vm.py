@@ -320,31 +320,23 @@ class Guest:
     def qemu_cmd(self):
         accel = self.accel or "tcg"
         common = "panic=-1 oops=panic loglevel=7 " + self.extra_append
+        ctl = f"socket,id=ctl,path={self.dir}/ctl.sock,server=on,wait=off"
         if ARCH == "arm64":
             # virt has one UART (the console); the shell goes over a
             # virtio-serial port. pauth-impdef: TCG's fast pointer auth.
-            cmd = [
-                "qemu-system-aarch64", "-nodefaults", "-display", "none",
-                "-machine", "virt", "-accel", accel,
-                "-cpu", "host" if accel == "kvm" else "max,pauth-impdef=on",
-                "-append", "console=ttyAMA0 vbrs.ctl=port " + common,
-                "-chardev", f"file,id=con,path={self.console}",
-                "-serial", "chardev:con",
-                "-device", "virtio-serial-pci,id=vser0",
-                "-chardev", f"socket,id=ctl,path={self.dir}/ctl.sock,server=on,wait=off",
-                "-device", "virtserialport,chardev=ctl,name=vbrs.ctl",
-            ]
+            qemu, machine, cpu = "qemu-system-aarch64", "virt", "max,pauth-impdef=on"
+            append = "console=ttyAMA0 vbrs.ctl=port " + common
+            channel = ["-device", "virtio-serial-pci,id=vser0", "-chardev", ctl,
+                       "-device", "virtserialport,chardev=ctl,name=vbrs.ctl"]
         else:
-            cmd = [
-                "qemu-system-x86_64", "-nodefaults", "-display", "none",
-                "-machine", "pc", "-accel", accel,
-                "-cpu", "host" if accel == "kvm" else "max",
-                "-append", "console=ttyS0 " + common,
-                "-chardev", f"file,id=con,path={self.console}",
-                "-serial", "chardev:con",
-                "-chardev", f"socket,id=ctl,path={self.dir}/ctl.sock,server=on,wait=off",
-                "-serial", "chardev:ctl",
-            ]
+            qemu, machine, cpu = "qemu-system-x86_64", "pc", "max"
+            append = "console=ttyS0 " + common
+            channel = ["-chardev", ctl, "-serial", "chardev:ctl"]
+        cmd = [
+            qemu, "-nodefaults", "-display", "none", "-machine", machine, "-accel", accel,
+            "-cpu", "host" if accel == "kvm" else cpu, "-append", append,
+            "-chardev", f"file,id=con,path={self.console}", "-serial", "chardev:con",
+        ] + channel
         cmd += [
             "-smp", str(self.smp), "-m", str(self.mem_mib),
             "-kernel", str(kernel_image(self.kdir)),
