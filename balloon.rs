@@ -594,11 +594,17 @@ fn drain(core: &BalloonCore) {
     }
 }
 
-/// Remove and freeze: every page goes back to the guest (the host told
-/// first), the host sees `actual` drop to 0, and the driver lets go of the
-/// queues (the layer resets the device and deletes them after).
+/// Freeze: every page goes back to the guest (the host told first), then
+/// [`stop_queues`]. Remove does the same in two steps, with the OOM
+/// notifier taken off its chain in between.
 fn drain_and_stop(core: &BalloonCore) {
     drain(core);
+    stop_queues(core);
+}
+
+/// The host sees the final `actual` (0 once drained), and the driver lets
+/// go of the queues (the layer resets the device and deletes them after).
+fn stop_queues(core: &BalloonCore) {
     let sh = core.data();
     let mut st = sh.state.lock();
     sh.publish(&st);
@@ -1307,7 +1313,7 @@ impl virtio::Driver for Balloon {
         if let Some(oom) = &self.oom {
             oom.unregister();
         }
-        drain_and_stop(&self.core);
+        stop_queues(&self.core);
         if blocks != 0 {
             dev_info!(dev, "{} free page hint blocks given back\n", blocks);
         }
