@@ -14,10 +14,11 @@
 //!   the managed page count if the balloon had taken it out.
 
 use super::sync::with_irq_locked;
+use crate::kapi::bindings;
 use core::{
     cell::Cell, marker::PhantomData, marker::PhantomPinned, mem::MaybeUninit, ptr::NonNull,
 };
-use kernel::{bindings, ffi::c_int, prelude::*, types::Opaque};
+use kernel::{ffi::c_int, prelude::*, types::Opaque};
 
 /// Page frame number of `page`.
 ///

@@ -9,8 +9,9 @@
 //! [`counters!`]; it keeps the counters alive until its files are gone, so
 //! a reader never sees freed memory.
 
+use crate::kapi::bindings;
 use core::sync::atomic::AtomicU64;
-use kernel::{bindings, str::CStr, sync::Arc};
+use kernel::{str::CStr, sync::Arc};
 
 /// A debugfs directory, removed (with everything in it) when the last
 /// reference goes.

@@ -3,7 +3,7 @@
 //! Memory-management figures and settings: VM event counters, the
 //! kernel's memory totals, and how freed pages are treated.
 
-use kernel::bindings;
+use crate::kapi::bindings;
 
 /// The page poison byte (`PAGE_POISON`).
 pub(crate) const PAGE_POISON: u8 = bindings::PAGE_POISON as u8;

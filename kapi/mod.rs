@@ -2,7 +2,8 @@
 
 //! Safe abstractions over the kernel C interfaces the driver uses.
 //!
-//! Every `unsafe` block and every use of `kernel::bindings` in this crate
+//! Every `unsafe` block and every use of the C bindings (`bindings`:
+//! `kernel::bindings` and what the module generates itself) in this crate
 //! lives below this point; the balloon logic in `balloon.rs` is written
 //! against these safe types only and forbids `unsafe`. Each module is a
 //! generic abstraction; nothing here knows the balloon driver.
@@ -10,6 +11,7 @@
 // Macros first: later modules use them.
 #[macro_use]
 pub(crate) mod print;
+pub(crate) mod bindings;
 #[macro_use]
 pub(crate) mod sync;
 #[macro_use]

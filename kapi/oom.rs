@@ -7,13 +7,13 @@
 //! spare the victim. An [`OomNotifier`] is registered for its whole life and
 //! unregistered on drop, which waits for a notification in progress.
 
+use crate::kapi::bindings;
 use core::{
     ffi::c_void,
     marker::PhantomPinned,
     sync::atomic::{AtomicBool, Ordering},
 };
 use kernel::{
-    bindings,
     ffi::{c_int, c_ulong},
     prelude::*,
     types::Opaque,

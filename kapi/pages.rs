@@ -6,8 +6,9 @@
 //! list (through their head pages' `lru`), so holding one never allocates.
 
 use super::virtio::queue::{Buffer, Region};
+use crate::kapi::bindings;
 use core::ptr::NonNull;
-use kernel::{bindings, page::PAGE_SIZE, prelude::*, types::Opaque};
+use kernel::{page::PAGE_SIZE, prelude::*, types::Opaque};
 
 /// The largest order the page allocator hands out (`MAX_PAGE_ORDER`).
 pub(crate) const MAX_ORDER: u32 = bindings::MAX_PAGE_ORDER;

@@ -6,8 +6,9 @@
 //! Messages go through the C `_dev_*` functions with the `%pA` format, so
 //! they carry the driver and device name like any C driver's messages.
 
+use crate::kapi::bindings;
 use core::{ffi::c_void, fmt};
-use kernel::{bindings, device::Device};
+use kernel::device::Device;
 
 /// Severity of a device message.
 #[derive(Clone, Copy)]

@@ -9,12 +9,12 @@
 //! progress.
 
 use super::virtio::queue::LentSg;
+use crate::kapi::bindings;
 use core::{
     marker::{PhantomData, PhantomPinned},
     sync::atomic::{AtomicBool, Ordering},
 };
 use kernel::{
-    bindings,
     ffi::{c_int, c_uint},
     prelude::*,
     types::Opaque,

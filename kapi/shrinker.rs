@@ -4,11 +4,12 @@
 //! reclaim asks a registered shrinker how much it could give back and then
 //! asks it to give some back.
 
+use crate::kapi::bindings;
 use core::{
     ptr::NonNull,
     sync::atomic::{AtomicPtr, Ordering},
 };
-use kernel::{bindings, c_str, ffi::c_ulong, prelude::*};
+use kernel::{c_str, ffi::c_ulong, prelude::*};
 
 /// What a shrinker does. Both methods may be called from memory reclaim in
 /// any task that allocates: they must not allocate memory with reclaim or

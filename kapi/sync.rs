@@ -13,12 +13,13 @@
 //! [`LockClassKey`]s, the guard is `!Send` (a mutex is released by the
 //! task that took it) and it is `Sync` only when the data is.
 
+use crate::kapi::bindings;
 use core::{
     cell::UnsafeCell,
     marker::PhantomData,
     ops::{Deref, DerefMut},
 };
-use kernel::{bindings, prelude::*, str::CStr, sync::LockClassKey, types::Opaque};
+use kernel::{prelude::*, str::CStr, sync::LockClassKey, types::Opaque};
 
 /// The C pointer behind a [`LockClassKey`].
 fn class_ptr(key: &'static LockClassKey) -> *mut bindings::lock_class_key {

@@ -27,6 +27,7 @@ use super::{
     debugfs::Dir,
     sync::{RwSem, RwSemRead, RwSemWrite},
 };
+use crate::kapi::bindings;
 use core::{
     cell::UnsafeCell,
     ffi::c_void,
@@ -35,7 +36,6 @@ use core::{
     sync::atomic::{AtomicBool, AtomicPtr, Ordering},
 };
 use kernel::{
-    bindings,
     error::{from_result, to_result},
     prelude::*,
     sync::{Arc, ArcBorrow},
@@ -65,7 +65,7 @@ impl Feature {
 /// Transport feature bits a driver may have to refuse in `validate`.
 pub(crate) mod feature {
     use super::Feature;
-    use kernel::bindings;
+    use crate::kapi::bindings;
     /// `VIRTIO_RING_F_INDIRECT_DESC`.
     pub(crate) const RING_INDIRECT_DESC: Feature =
         Feature::new(bindings::VIRTIO_RING_F_INDIRECT_DESC);

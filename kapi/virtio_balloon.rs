@@ -5,7 +5,7 @@
 //! config space layout, typed.
 
 use super::virtio::{ConfigLayout, Feature, Field};
-use kernel::bindings;
+use crate::kapi::bindings;
 
 /// The device ID of the memory balloon.
 pub(crate) const DEVICE_ID: u32 = bindings::VIRTIO_ID_BALLOON;

@@ -9,7 +9,8 @@
 //! nothing, as for every driver.
 
 use super::sync::SpinLockIrq;
-use kernel::{bindings, device::Device, prelude::*, types::ARef};
+use crate::kapi::bindings;
+use kernel::{device::Device, prelude::*, types::ARef};
 
 /// The raw `struct device` of `dev`.
 fn raw(dev: &Device) -> *mut bindings::device {

@@ -9,9 +9,10 @@
 //! delay). Stopping (explicitly or by dropping it) cancels it, waits for a
 //! running handler, and keeps it from being queued again.
 
+use crate::kapi::bindings;
 use core::sync::atomic::{AtomicBool, Ordering};
 use kernel::{
-    bindings, c_str,
+    c_str,
     prelude::*,
     str::CStr,
     sync::{Arc, ArcBorrow},

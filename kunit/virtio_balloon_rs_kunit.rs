@@ -20,8 +20,9 @@ mod logic;
 #[path = "../kapi/mod.rs"]
 mod kapi;
 
+use crate::kapi::bindings;
 use core::ptr::addr_of_mut;
-use kernel::{bindings, c_str, prelude::*, sync::Arc};
+use kernel::{c_str, prelude::*, sync::Arc};
 use logic::*;
 
 module! {

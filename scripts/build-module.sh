@@ -2,11 +2,11 @@
 # Builds virtio_balloon_rs.ko (and the KUnit module, and the benchmark's
 # oom_stopwatch.ko) against a kernel tree.
 #
-# usage: build-module.sh [KDIR] [extra make args...]
+# usage: build-module.sh [KDIR] [make variables and targets...]
 #   Without KDIR (or with an empty one), against the project's guest kernel,
 #   installing and building whatever is missing first.
-#   With KDIR, against that Rust-enabled 6.12 build tree, which must carry
-#   the patches in scripts/kernel/patches/.
+#   With KDIR, against that Rust-enabled 6.12 build tree (in-tree or O=;
+#   no patches needed).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -45,8 +45,11 @@ built_with=$(sed -n 's/^CONFIG_RUSTC_VERSION_TEXT="\(.*\)"$/\1/p' "$kdir/.config
 using=$("$rustc" --version 2>/dev/null) || vbrs_die "cannot run $rustc (set RUSTC=... in VBRS_KMAKE_VARS)"
 [ -z "$built_with" ] || [ "$built_with" = "$using" ] \
 	|| vbrs_die "KDIR=$kdir: built with '$built_with', but this build would use '$using' ($rustc); set VBRS_KMAKE_VARS (RUSTC=...) to the rustc the tree was built with"
-grep -q 'rust_helper_virtio_find_vqs' "$kdir/Module.symvers" 2>/dev/null \
-	|| vbrs_die "KDIR=$kdir: the tree lacks this project's Rust bindings; apply scripts/kernel/patches/*.patch (patch -p1, in name order) and rebuild it"
+# The module generates the bindings the kernel crate lacks the way the
+# kernel generated its own (scripts/kbuild-bindgen.sh), from its record.
+[ -f "$kdir/rust/bindings/.bindings_generated.rs.cmd" ] && [ -f "$kdir/rust/bindings/bindings_generated.rs" ] \
+	|| vbrs_die "KDIR=$kdir: the tree has no record of how its Rust bindings were generated (rust/bindings/.bindings_generated.rs.cmd); the module needs the build directory of a Rust-enabled kernel, not a headers-only copy"
+[ -f "$kdir/Module.symvers" ] || vbrs_die "KDIR=$kdir: no Module.symvers; finish building the kernel there (make, then make modules)"
 
 vbrs_prune_stale_kernels "$kdir"
 
@@ -65,4 +68,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$real" ]; then
 	make -s -C "$kdir" M="$VBRS_ROOT" "${KMAKE[@]}" clean >/dev/null 2>&1 || true
 	echo "$real" >"$stamp"
 fi
-exec make -C "$kdir" M="$VBRS_ROOT" "${KMAKE[@]}" "$@" modules
+# Extra arguments: variables, and targets (default: modules).
+target=modules
+for a in "$@"; do case "$a" in *=*) ;; *) target= ;; esac; done
+exec make -C "$kdir" M="$VBRS_ROOT" "${KMAKE[@]}" "$@" $target

@@ -58,6 +58,7 @@ libc6-dev-arm64-cross static libc for those
 gcc static test programs for the guest (tests/guest/)
 libc6-dev static libc for those
 udev /dev/virtio-ports links that virtme-ng's init needs for the exit status
+dkms the DKMS build and install test (tests/test_install.py)
 python3-venv virtme-ng and pytest venv
 "
 
@@ -118,7 +119,6 @@ vbrs_fragment() {
 vbrs_kernel_key() {
 	{
 		dpkg-query -W -f='${Version}\n' linux-source-6.12 2>/dev/null || echo none
-		cat "$VBRS_ROOT"/scripts/kernel/patches/*.patch
 		cat "$1"
 		echo "ARCH=$VBRS_ARCH"
 		/usr/bin/rustc --version 2>/dev/null

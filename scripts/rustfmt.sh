@@ -8,7 +8,8 @@ kdir=$("$VBRS_ROOT/scripts/kernel/build.sh")
 cd "$VBRS_ROOT"
 files=$(git ls-files '*.rs' 2>/dev/null || find . -name '*.rs' -not -path './.git/*')
 [ -n "$files" ] || files=$(find . -name '*.rs' -not -path './.git/*')
-args=(--config-path "$kdir/.rustfmt.toml" --edition 2021)
+src=$kdir; [ -e "$kdir/source" ] && src=$kdir/source  # an O= build links its source
+args=(--config-path "$src/.rustfmt.toml" --edition 2021)
 if [ "$mode" = check ]; then
 	# shellcheck disable=SC2086
 	/usr/bin/rustfmt "${args[@]}" --check $files || vbrs_die "rustfmt: run 'make fmt'"

@@ -34,7 +34,7 @@ def main():
         print(f"KUnit suite {SUITE} did not run", file=sys.stderr)
         print(ktap, file=sys.stderr)
         return 1
-    parse = subprocess.run([sys.executable, str(kdir / "tools/testing/kunit/kunit.py"), "parse"],
+    parse = subprocess.run([sys.executable, str(vm.kernel_source(kdir) / "tools/testing/kunit/kunit.py"), "parse"],
                            input=ktap, text=True)
     if splats:
         print("guest console shows:\n" + "\n".join(splats), file=sys.stderr)

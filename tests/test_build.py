@@ -6,6 +6,7 @@ and an O= build directory (its Makefile only includes the source tree's,
 which is elsewhere), because the checks must only read what a build
 produces. The project's own guest kernel is the good tree."""
 
+import os
 import shutil
 import subprocess
 
@@ -20,9 +21,10 @@ def make_module(kdir, *args):
 
 
 def fake_tree(tmp_path, real, layout, drop=(), release=None, rustc=None, built=True,
-              rust_built=True, patched=True):
+              rust_built=True, bindgen_record=True):
     """A tree that looks built: .config (minus some options), the release,
-    the Rust crate metadata and Module.symvers, as the real build made them."""
+    the Rust crate metadata, the record of the kernel's bindgen run and
+    Module.symvers, as the real build made them."""
     tree = tmp_path / "tree"
     tree.mkdir()
     if layout == "in-tree":
@@ -45,10 +47,11 @@ def fake_tree(tmp_path, real, layout, drop=(), release=None, rustc=None, built=T
     if rust_built:
         (tree / "rust").mkdir()
         shutil.copy(real / "rust/libkernel.rmeta", tree / "rust/libkernel.rmeta")
-    symvers = (real / "Module.symvers").read_text()
-    if not patched:
-        symvers = "".join(l for l in symvers.splitlines(True) if "rust_helper_virtio" not in l)
-    (tree / "Module.symvers").write_text(symvers)
+        (tree / "rust/bindings").mkdir()
+        shutil.copy(real / "rust/bindings/bindings_generated.rs", tree / "rust/bindings")
+        if bindgen_record:
+            shutil.copy(real / "rust/bindings/.bindings_generated.rs.cmd", tree / "rust/bindings")
+    shutil.copy(real / "Module.symvers", tree / "Module.symvers")
     return tree
 
 
@@ -63,7 +66,7 @@ CASES = [
     ("wrong-version", "this driver targets 6.12"),
     ("rust-not-built", "Rust support of the tree is not built"),
     ("other-rustc", "built with 'rustc 1.78.0 (imaginary)', but this build would use"),
-    ("unpatched", "apply scripts/kernel/patches"),
+    ("no-bindgen-record", "no record of how its Rust bindings were generated"),
 ]
 
 
@@ -93,7 +96,7 @@ def test_bad_kdir_is_named(kdir, tmp_path, layout, case, expect):
     elif case == "other-rustc":
         tree = fake_tree(tmp_path, kdir, layout, rustc="rustc 1.78.0 (imaginary)")
     else:
-        tree = fake_tree(tmp_path, kdir, layout, patched=False)
+        tree = fake_tree(tmp_path, kdir, layout, bindgen_record=False)
     r = make_module(tree)
     assert r.returncode != 0
     assert f"KDIR={tree}" in r.stderr and expect in r.stderr, r.stderr
@@ -107,3 +110,40 @@ def test_good_kdir_builds(kdir):
     r = make_module(kdir)
     assert r.returncode == 0, r.stderr
     assert (vm.ROOT / "virtio_balloon_rs.ko").exists()
+
+
+def test_c_flags_that_change_layouts_stop_the_build(kdir, tmp_path):
+    # bindgen must see the C code the way the compiler does: a macro the
+    # module's C helpers are compiled with but the kernel's bindgen run did
+    # not have (here from KCFLAGS) could change struct layouts, so the
+    # build stops before any Rust is generated. A copy of the project keeps
+    # the tree's own objects.
+    src = vm.project_copy(tmp_path / "src")
+    kvars = subprocess.run(["bash", "-c", f". {vm.ROOT}/scripts/lib.sh && vbrs_kmake_vars"],
+                           check=True, capture_output=True, text=True).stdout.split()
+    r = subprocess.run(["make", "-C", str(kdir), f"M={src}", *kvars, "VBRS_DRIVER_ONLY=1", "modules"],
+                       env=dict(os.environ, KCFLAGS="-DVBRS_LAYOUT_PROBE=1"),
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0
+    assert "the C flags differ" in r.stderr, r.stderr
+    assert "module C code only:  -DVBRS_LAYOUT_PROBE=1" in r.stderr, r.stderr
+    assert not (src / "kapi/bindings_generated.rs").exists()
+    assert not (src / "virtio_balloon_rs.ko").exists()
+
+
+def test_another_rustc_stops_a_direct_kbuild_build(kdir, tmp_path):
+    # DKMS and `make -C KDIR M=...` bypass the KDIR checks of make: the
+    # build itself must name a rustc that is not the kernel's, before
+    # rustc's own "incompatible version" errors.
+    src = vm.project_copy(tmp_path / "src")
+    fake = tmp_path / "rustc"
+    fake.write_text('#!/bin/sh\necho "rustc 1.78.0 (imaginary)"\n')
+    fake.chmod(0o755)
+    kvars = [v for v in subprocess.run(["bash", "-c", f". {vm.ROOT}/scripts/lib.sh && vbrs_kmake_vars"],
+                                       check=True, capture_output=True, text=True).stdout.split()
+             if not v.startswith("RUSTC=")]
+    r = subprocess.run(["make", "-C", str(kdir), f"M={src}", *kvars, f"RUSTC={fake}",
+                        "VBRS_DRIVER_ONLY=1", "modules"], capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0
+    assert f"but RUSTC={fake} is 'rustc 1.78.0 (imaginary)'" in r.stderr, r.stderr
+    assert "E0514" not in r.stderr and "incompatible version" not in r.stderr, r.stderr

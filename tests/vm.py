@@ -69,6 +69,26 @@ def kernel_dir(kind=None):
     return Path(out.strip().splitlines()[-1])
 
 
+def project_copy(dest):
+    """Copies the project's files (tracked ones, and new ones git does not
+    ignore) to `dest`, without build outputs."""
+    files = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-co", "--exclude-standard", "-z"],
+                           check=True, capture_output=True).stdout.decode().split("\0")
+    for f in filter(None, files):
+        src = ROOT / f
+        if src.is_file():
+            (Path(dest) / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, Path(dest) / f)
+    return Path(dest)
+
+
+def kernel_source(kdir):
+    """The source tree of a kernel build directory (an O= build links it as
+    `source`)."""
+    src = Path(kdir) / "source"
+    return src.resolve() if src.exists() else Path(kdir)
+
+
 def kernel_image(kdir):
     return Path(kdir) / ("arch/arm64/boot/Image" if ARCH == "arm64" else "arch/x86/boot/bzImage")
 
@@ -154,8 +174,10 @@ def busybox_path():
     return Path("/bin/busybox")
 
 
-def build_initramfs(kdir, dest):
-    """Writes a gzip'd initramfs with busybox, /init and the modules."""
+def build_initramfs(kdir, dest, tree=None):
+    """Writes a gzip'd initramfs with busybox, /init and the modules; with
+    `tree`, also every directory and file below that directory, at the same
+    paths (a staged /lib/modules, /etc/modprobe.d)."""
     busybox = busybox_path()
     if not busybox.exists():
         raise RuntimeError(f"{busybox} missing (Debian package busybox-static; scripts/deps.sh)")
@@ -177,6 +199,15 @@ def build_initramfs(kdir, dest):
         if path.exists():
             entries.append(("modules/" + name, stat.S_IFREG | 0o644, path.read_bytes()))
     entries.append(("bin/memhog", stat.S_IFREG | 0o755, build_memhog(Path(dest).parent).read_bytes()))
+    if tree is not None:
+        for p in sorted(Path(tree).rglob("*")):
+            name = str(p.relative_to(tree))
+            if p.is_symlink():
+                continue  # build and source links of a staged /lib/modules
+            if p.is_dir():
+                entries.append((name, stat.S_IFDIR | 0o755, b""))
+            else:
+                entries.append((name, stat.S_IFREG | 0o644, p.read_bytes()))
     Path(dest).write_bytes(gzip.compress(_cpio_newc(entries), 1))
     return Path(dest)
 

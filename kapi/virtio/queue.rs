@@ -18,12 +18,13 @@
 //! and fail with `ENODEV` once their queues are torn down.
 
 use super::{Binding, Bound, Device};
+use crate::kapi::bindings;
 use crate::kapi::sync::Completion;
 use crate::kapi::sync::{RwSemRead, RwSemWrite, SpinLockIrq};
 use core::{
     ffi::c_void, marker::PhantomData, mem::MaybeUninit, ptr::NonNull, sync::atomic::Ordering,
 };
-use kernel::{bindings, error::to_result, prelude::*, str::CStr, sync::Arc};
+use kernel::{error::to_result, prelude::*, str::CStr, sync::Arc};
 
 /// Most virtqueues a device may have with this layer.
 pub(crate) const MAX_VQS: usize = 8;

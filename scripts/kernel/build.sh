@@ -1,13 +1,12 @@
 #!/usr/bin/env bash
 # Builds (once) a guest kernel for the target (VBRS_ARCH, VBRS_PAGE: see
-# lib.sh): Debian's linux-source-6.12, the patch series in
-# scripts/kernel/patches/, and the target's config fragment merged onto
-# tinyconfig. The result is cached under
-# $VBRS_CACHE/kernels/<kind>-<target>-<key>/linux, where the key hashes the
-# source version, patches, fragment, architecture, toolchain and this
+# lib.sh): Debian's linux-source-6.12 as it comes, unpatched, with the
+# target's config fragment merged onto tinyconfig. The result is cached
+# under $VBRS_CACHE/kernels/<kind>-<target>-<key>/linux, where the key
+# hashes the source version, fragment, architecture, toolchain and this
 # script; a second run with the same inputs does nothing.
 #
-# usage: build.sh [guest|debug]     prints the kernel build directory
+# usage: build.sh [guest|debug]     prints the kernel build directory (O=)
 set -euo pipefail
 . "$(dirname "$0")/../lib.sh"
 
@@ -31,18 +30,17 @@ rm -rf "$top"
 mkdir -p "$top"
 vbrs_log "unpacking $VBRS_LINUX_TARBALL into $top"
 tar -C "$top" -xf "$VBRS_LINUX_TARBALL"
-mv "$top/linux-source-6.12" "$kdir"
-
-for p in "$VBRS_ROOT"/scripts/kernel/patches/*.patch; do
-	vbrs_log "applying $(basename "$p")"
-	patch -d "$kdir" -p1 --quiet --forward <"$p" || vbrs_die "patch $(basename "$p") does not apply"
-done
+# An O= build, as distributions and most users build: the source stays
+# apart ($top/source) and $kdir only holds what the build produces, so the
+# module's own build is tried against that layout every time.
+mv "$top/linux-source-6.12" "$top/source"
+mkdir -p "$kdir"
 
 read -ra KMAKE <<<"$(vbrs_kmake_vars)"
 export PATH="$(dirname "$(vbrs_bindgen)"):$PATH"
+make -s -C "$top/source" O="$kdir" "${KMAKE[@]}" tinyconfig >/dev/null
 cd "$kdir"
-make -s "${KMAKE[@]}" tinyconfig >/dev/null
-scripts/kconfig/merge_config.sh -m .config "$frag" >/dev/null
+"$top/source/scripts/kconfig/merge_config.sh" -m .config "$frag" >/dev/null
 make -s "${KMAKE[@]}" olddefconfig >/dev/null
 
 # Every option the fragment asks for must have survived olddefconfig.
@@ -59,7 +57,21 @@ make -s "${KMAKE[@]}" rustavailable >/dev/null || vbrs_die "Rust toolchain not u
 
 vbrs_log "building guest kernel ($(basename "$frag" .config)) in $kdir: a few minutes on 2 cores"
 start=$(date +%s)
-if ! make "${KMAKE[@]}" -j"$(($(nproc) + 1))" "$(basename "$image")" modules >"$top/build.log" 2>&1; then
+# On a terminal, a status line shows how far the build is (progress.sh,
+# which is not part of the cache key); in logs, only the lines around it.
+progress=
+if [ -t 2 ]; then
+	"$VBRS_ROOT/scripts/kernel/progress.sh" "$top/build.log" "$kdir" &
+	progress=$!
+fi
+rc=0
+make "${KMAKE[@]}" -j"$(($(nproc) + 1))" "$(basename "$image")" modules >"$top/build.log" 2>&1 || rc=$?
+if [ -n "$progress" ]; then
+	kill "$progress" 2>/dev/null || true
+	wait "$progress" 2>/dev/null || true
+	printf '\r\033[K' >&2
+fi
+if [ "$rc" != 0 ]; then
 	tail -n 40 "$top/build.log" >&2
 	vbrs_die "kernel build failed; full log: $top/build.log"
 fi

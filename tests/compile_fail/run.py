@@ -64,7 +64,9 @@ def run_case(case, kdir, kvars, workdir):
     what = " ".join(l[4:] for l in text.splitlines() if l.startswith("//! ")) or case.stem
     d = Path(workdir) / case.stem
     d.mkdir()
-    (d / "Kbuild").write_text("obj-m := cf.o\n")
+    # Composite, as the driver is: the crate and the C helpers kapi calls.
+    (d / "Kbuild").write_text("obj-m := vbrs_cf.o\nvbrs_cf-y := cf.o helpers.o\n")
+    (d / "helpers.c").write_text(f'#include "{vm.ROOT}/kapi/helpers.c"\n')
     (d / "cf.rs").write_text(ROOT_RS.format(name=case.stem, repo=vm.ROOT, case=case))
     r = subprocess.run(["make", "-C", str(kdir), f"M={d}", *kvars, "modules"],
                        capture_output=True, text=True, timeout=600)
