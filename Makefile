@@ -4,7 +4,8 @@
 # this file, when the kernel's build system compiles the module.
 #
 #   make                 build virtio_balloon_rs.ko against the project's guest kernel
-#   make KDIR=<dir>      build against another Rust-enabled 6.12 tree (patched)
+#   make KDIR=<dir>      build against another Rust-enabled 6.12 build tree (no patches)
+#   make install         install the driver into /lib/modules/<release>/updates, depmod
 #   make run             boot a guest with a balloon device and watch the driver
 #   make check           rustfmt, clippy, compile-fail, KUnit, virtme-ng, end-to-end
 #                        (x86_64), then KUnit and end-to-end on arm64 with 64k pages
@@ -31,7 +32,7 @@ JOBS ?= 2
 PYTEST = $(VENV_PY) -m pytest -v -p no:cacheprovider --durations=10 -n $(JOBS)
 
 .PHONY: all module deps kernel debug-kernel run check check-guest check-arm64 check-debug \
-	compile-fail kunit vng e2e bench fmt fmtcheck clippy clean
+	compile-fail kunit vng e2e bench fmt fmtcheck clippy install clean
 
 all: module
 
@@ -114,8 +115,17 @@ clippy:
 	@echo "==> CLIPPY=1 build"
 	@$(ROOT)/scripts/clippy.sh
 
+# Installs virtio_balloon_rs.ko (only) into /lib/modules/<release>/updates,
+# or under INSTALL_MOD_PATH, and runs depmod, with kbuild's own
+# modules_install (signing and compression as the kernel is configured).
+install:
+	@$(ROOT)/scripts/build-module.sh "$(KDIR)" VBRS_DRIVER_ONLY=1 >/dev/null
+	@$(ROOT)/scripts/build-module.sh "$(KDIR)" VBRS_DRIVER_ONLY=1 INSTALL_MOD_DIR=updates \
+		$(if $(INSTALL_MOD_PATH),INSTALL_MOD_PATH=$(INSTALL_MOD_PATH)) modules_install
+
 clean:
 	@rm -f *.o *.ko *.mod *.mod.c *.mod.o .*.cmd Module.symvers modules.order .kdir-built-against \
+		kapi/*.o kapi/.*.cmd kapi/bindings_generated.rs \
 		kunit/*.o kunit/*.ko kunit/*.mod kunit/*.mod.c kunit/.*.cmd \
 		tests/oom_stopwatch/*.o tests/oom_stopwatch/*.ko tests/oom_stopwatch/*.mod \
 		tests/oom_stopwatch/*.mod.c tests/oom_stopwatch/.*.cmd

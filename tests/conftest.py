@@ -41,14 +41,15 @@ def accel(kdir, initrd):
 
 @pytest.fixture
 def boot(kdir, initrd, accel, tmp_path, request):
-    """boot(balloon="deflate-on-oom=on", mem_mib=...) -> a started Guest.
+    """boot(balloon="deflate-on-oom=on", mem_mib=...) -> a started Guest
+    (initramfs=: another image than the session's).
     Every guest is stopped after the test, and its console must be clean
     (and, on the debug kernel, kmemleak must find nothing). A boot that had
     to be retried is reported as a warning naming the test."""
     guests = []
 
-    def _boot(balloon="", **kw):
-        g = vm.Guest(kdir, initrd, balloon=balloon, accel=accel,
+    def _boot(balloon="", initramfs=None, **kw):
+        g = vm.Guest(kdir, initramfs or initrd, balloon=balloon, accel=accel,
                      workdir=tmp_path / f"guest{len(guests)}", **kw)
         guests.append(g)
         return g.start()
