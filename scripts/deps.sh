@@ -80,4 +80,10 @@ if ! "$VBRS_VENV/bin/python" -c 'import xdist' 2>/dev/null; then
 	"$VBRS_VENV/bin/pip" install -q "pytest-xdist==$VBRS_XDIST_VERSION" \
 		|| vbrs_die "pip install pytest-xdist failed (is PyPI reachable?)"
 fi
+# QMP through QEMU's own Python client library.
+if ! "$VBRS_VENV/bin/python" -c 'import qemu.qmp' 2>/dev/null; then
+	vbrs_log "installing qemu.qmp $VBRS_QMP_VERSION into $VBRS_VENV"
+	"$VBRS_VENV/bin/pip" install -q "qemu.qmp==$VBRS_QMP_VERSION" \
+		|| vbrs_die "pip install qemu.qmp failed (is PyPI reachable?)"
+fi
 exit 0

@@ -13,9 +13,9 @@ The target (VBRS_ARCH, VBRS_PAGE; see scripts/lib.sh) picks the kernel,
 the emulator and the guest userland.
 """
 
+import asyncio
 import base64
 import gzip
-import json
 import os
 import re
 import shutil
@@ -26,6 +26,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from qemu.qmp import ExecuteError, QMPError
+from qemu.qmp.legacy import QEMUMonitorProtocol
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("VBRS_CACHE") or
@@ -273,42 +276,32 @@ class BootSplat(GuestError):
 
 
 class QMP:
-    """A minimal QMP client."""
+    """QMP through QEMU's own client library (qemu.qmp, its synchronous
+    interface): errors become GuestError, so that a command QEMU refuses
+    fails the test with QEMU's message, and a monitor that does not answer
+    is a failed boot like any other."""
 
     def __init__(self, path, timeout=30):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(str(path))
-        self.buf = b""
-        self.events = []
-        self._read()  # greeting
-        self.cmd("qmp_capabilities")
-
-    def _read(self):
-        while b"\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise GuestError("QMP connection closed")
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        return json.loads(line)
+        self.mon = QEMUMonitorProtocol(str(path))
+        try:
+            self.mon.connect(negotiate=True)
+        except QMPError as e:
+            raise GuestError(f"QMP connection: {e!r}") from e
+        self.mon.settimeout(timeout)
 
     def cmd(self, name, **args):
-        msg = {"execute": name}
-        if args:
-            msg["arguments"] = args
-        self.sock.sendall(json.dumps(msg).encode() + b"\n")
-        while True:
-            resp = self._read()
-            if "event" in resp:
-                self.events.append(resp)
-                continue
-            if "error" in resp:
-                raise GuestError(f"QMP {name}: {resp['error']}")
-            return resp["return"]
+        try:
+            return self.mon.cmd(name, **args)
+        except ExecuteError as e:
+            raise GuestError(f"QMP {name}: {e}") from e
+        except (QMPError, OSError, asyncio.TimeoutError) as e:
+            raise GuestError(f"QMP {name}: no answer ({e!r})") from e
 
     def close(self):
-        self.sock.close()
+        try:
+            self.mon.close()
+        except (QMPError, OSError):
+            pass
 
 
 class Guest:
