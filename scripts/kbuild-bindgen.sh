@@ -19,10 +19,10 @@
 # the kernel was built with (DKMS runs the first rustc on PATH), which rustc
 # itself would only report as hundreds of "incompatible version" errors.
 #
-# usage: kbuild-bindgen.sh RUSTC BINDGEN HEADER HELPERS_O_CMD OUTPUT
+# usage: kbuild-bindgen.sh RUSTC BINDGEN HEADER HELPERS_O_CMD OUTPUT DEPFILE
 set -eu
 
-rustc=$1 bindgen=$2 header=$3 helpers_cmd=$4 out=$5
+rustc=$1 given_bindgen=$2 header=$3 helpers_cmd=$4 out=$5 depfile=$6
 kcmd=rust/bindings/.bindings_generated.rs.cmd
 
 die() {
@@ -51,9 +51,19 @@ shift 2
 # $@: the kernel's bindgen options (its bindgen_parameters and the Rust
 # target, derive and ctypes options).
 
-# The bindgen: the one given (BINDGEN=) if it runs, else the kernel's own.
-command -v "$bindgen" >/dev/null 2>&1 || bindgen=$kbindgen
-command -v "$bindgen" >/dev/null 2>&1 || die "no bindgen: neither '$1' nor the kernel's '$kbindgen' runs (set BINDGEN=)"
+# The bindgen: the kernel's own if it is still there, else the one given
+# (BINDGEN=, by default the first on PATH), which must be the same version:
+# names and derives differ between bindgen releases.
+bindgen=$kbindgen
+if ! command -v "$bindgen" >/dev/null 2>&1; then
+	bindgen=$given_bindgen
+	command -v "$bindgen" >/dev/null 2>&1 \
+		|| die "no bindgen: neither BINDGEN=$given_bindgen nor the kernel's $kbindgen runs"
+	want=$(sed -n 's/^CONFIG_BINDGEN_VERSION_TEXT=//p' include/config/auto.conf 2>/dev/null | sed 's/^"\(.*\)"$/\1/')
+	have=$("$bindgen" --version 2>/dev/null | head -n1)
+	[ -z "$want" ] || [ "$want" = "$have" ] \
+		|| die "the kernel's bindings were made by '$want', but BINDGEN=$bindgen is '$have': pass BINDGEN= (that version) to make"
+fi
 
 # C flags that change what a header means: macros, forced includes, the C
 # standard, and the few options that change type sizes. Names kbuild sets
@@ -71,6 +81,9 @@ layout_flags() {
 	done | sort -u
 }
 hflags=$(sed -n 's/^savedcmd_[^ ]* := //p' "$helpers_cmd" | sed 's/\$\$/$/g')
+# Only the compiler's part: kbuild appends other commands (objtool) after
+# " ; ", and the eval in layout_flags must not run them.
+hflags=${hflags%% ; *}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 layout_flags "$kflags" >"$tmp/kernel.flags"
@@ -83,8 +96,11 @@ fi
 
 # Only the headers with what the driver uses are allowlisted; what they
 # reach that the kernel crate has is then blocklisted.
-allow_files='.*/include/(uapi/)?linux/(balloon_compaction|completion|debugfs|delay|err|migrate|migrate_mode|mmzone|mm|mod_devicetable|notifier|oom|page_reporting|pm_wakeup|poison|scatterlist|shrinker|sysinfo|virtio|virtio_balloon|virtio_config|virtio_ids|virtio_ring|vm_event_item|vmstat)\.h'
+allow_files='.*/include/(uapi/)?linux/(balloon_compaction|debugfs|migrate|oom|page_reporting|pm_wakeup|shrinker|virtio|virtio_balloon|virtio_config|virtio_ids|virtio_ring)\.h'
 
+# The kernel's dependency file option becomes ours, so that kbuild
+# (if_changed_dep) regenerates the bindings when any header they come from
+# changes.
 kflags_bg=$(echo "$kflags" | sed 's/-Wp,-MMD,[^ ]*//')
 run_bindgen() {
 	# $1: output; the rest: extra bindgen options
@@ -103,14 +119,29 @@ for a in "$@"; do
 done
 
 run_bindgen "$tmp/pass1.rs"
+kflags_bg="-Wp,-MMD,$depfile $kflags_bg"
 
+# The items a bindings file declares: top-level types, constants and
+# statics, and the functions of its extern blocks (not methods of impls).
 names() {
-	grep -oE 'pub (struct|union|enum|type|const|static mut|static|fn) [A-Za-z_0-9]+' "$@" \
-		| awk '{print $NF}' | sort -u
+	awk '/^(pub )?(unsafe )?extern "C" \{/ { ext = 1; next }
+		/^\}/ { ext = 0 }
+		match($0, /^pub (struct|union|enum|type|const|static mut|static) [A-Za-z_0-9]+/) ||
+		(ext && match($0, /^    pub fn [A-Za-z_0-9]+/)) {
+			n = split(substr($0, RSTART, RLENGTH), w, " "); print w[n]
+		}' "$@" | sort -u
 }
 names rust/bindings/bindings_generated.rs rust/bindings/bindings_helpers_generated.rs >"$tmp/kernel.names"
 names "$tmp/pass1.rs" >"$tmp/ours.names"
-comm -12 "$tmp/kernel.names" "$tmp/ours.names" | sed 's/.*/--blocklist-item\n&/' >"$tmp/block.args"
+# Blocklisted: what the kernel crate has, and the helpers and constants whose
+# final names it has (a function that is a real symbol in this
+# configuration, say). Anonymous types (_bindgen_ty_N) are numbered per
+# bindgen run, so equal names need not be equal types: ours keep their own.
+{
+	comm -12 "$tmp/kernel.names" "$tmp/ours.names" | grep -v '^_bindgen_ty_' || true
+	sed -n 's/^vbrs_helper_//p; s/^VBRS_CONST_//p' "$tmp/ours.names" | sort -u \
+		| comm -12 "$tmp/kernel.names" - | sed 's/.*/vbrs_helper_&\nVBRS_CONST_&/'
+} | sed 's/.*/--blocklist-item\n&/' >"$tmp/block.args"
 set --
 while IFS= read -r a; do set -- "$@" "$a"; done <"$tmp/block.args"
 run_bindgen "$tmp/pass2.rs" "$@"
@@ -119,4 +150,13 @@ run_bindgen "$tmp/pass2.rs" "$@"
 # lose their prefix the same way.
 sed -E 's/^( *)pub fn vbrs_helper_([A-Za-z0-9_]*)/\1#[link_name = "vbrs_helper_\2"]\n\1pub fn \2/; s/pub const VBRS_CONST_([A-Za-z0-9_]*)/pub const \1/' \
 	"$tmp/pass2.rs" >"$tmp/out.rs"
+
+# One Rust type per C type: no generated type or function may shadow one
+# the kernel crate declares, but bindgen's own generic helper types and
+# anonymous types. (The constants of an anonymous enum both reach, which
+# bindgen cannot leave out one by one, have the C enumerators' values.)
+grep -v '^pub const ' "$tmp/out.rs" | names | comm -12 "$tmp/kernel.names" - \
+	| grep -v '^_bindgen_ty_\|^__IncompleteArrayField$\|^__BindgenUnionField$\|^__BindgenBitfieldUnit$' \
+	>"$tmp/dup.names" || true
+[ ! -s "$tmp/dup.names" ] || die "generated bindings redeclare what kernel::bindings has: $(tr '\n' ' ' <"$tmp/dup.names")"
 mv "$tmp/out.rs" "$out"
