@@ -294,13 +294,15 @@ class QMP:
             return self.mon.cmd(name, **args)
         except ExecuteError as e:
             raise GuestError(f"QMP {name}: {e}") from e
-        except (QMPError, OSError, asyncio.TimeoutError) as e:
+        except (QMPError, OSError, EOFError, asyncio.TimeoutError) as e:
             raise GuestError(f"QMP {name}: no answer ({e!r})") from e
 
     def close(self):
+        # After `quit`, QEMU closes the socket first: the client's reader
+        # then ends with EOFError, which disconnecting reports again.
         try:
             self.mon.close()
-        except (QMPError, OSError):
+        except (QMPError, OSError, EOFError, asyncio.TimeoutError):
             pass
 
 
