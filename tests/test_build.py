@@ -119,8 +119,7 @@ def test_c_flags_that_change_layouts_stop_the_build(kdir, tmp_path):
     # build stops before any Rust is generated. A copy of the project keeps
     # the tree's own objects.
     src = vm.project_copy(tmp_path / "src")
-    kvars = subprocess.run(["bash", "-c", f". {vm.ROOT}/scripts/lib.sh && vbrs_kmake_vars"],
-                           check=True, capture_output=True, text=True).stdout.split()
+    kvars = vm.kmake_vars()
     r = subprocess.run(["make", "-C", str(kdir), f"M={src}", *kvars, "VBRS_DRIVER_ONLY=1", "modules"],
                        env=dict(os.environ, KCFLAGS="-DVBRS_LAYOUT_PROBE=1"),
                        capture_output=True, text=True, timeout=600)
@@ -139,9 +138,7 @@ def test_another_rustc_stops_a_direct_kbuild_build(kdir, tmp_path):
     fake = tmp_path / "rustc"
     fake.write_text('#!/bin/sh\necho "rustc 1.78.0 (imaginary)"\n')
     fake.chmod(0o755)
-    kvars = [v for v in subprocess.run(["bash", "-c", f". {vm.ROOT}/scripts/lib.sh && vbrs_kmake_vars"],
-                                       check=True, capture_output=True, text=True).stdout.split()
-             if not v.startswith("RUSTC=")]
+    kvars = [v for v in vm.kmake_vars() if not v.startswith("RUSTC=")]
     r = subprocess.run(["make", "-C", str(kdir), f"M={src}", *kvars, f"RUSTC={fake}",
                         "VBRS_DRIVER_ONLY=1", "modules"], capture_output=True, text=True, timeout=600)
     assert r.returncode != 0

@@ -15,8 +15,7 @@ import pytest
 import vm
 
 DRV = "virtio_balloon_rs"
-KMAKE = subprocess.run(["bash", "-c", f". {vm.ROOT}/scripts/lib.sh && vbrs_kmake_vars"],
-                       check=True, capture_output=True, text=True).stdout.split()
+KMAKE = vm.kmake_vars()
 
 
 def release(kdir):

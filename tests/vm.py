@@ -72,6 +72,13 @@ def kernel_dir(kind=None):
     return Path(out.strip().splitlines()[-1])
 
 
+def kmake_vars():
+    """The make variables the project builds kernels and modules with
+    (lib.sh: vbrs_kmake_vars), as a list."""
+    return subprocess.run(["bash", "-c", f". {ROOT}/scripts/lib.sh && vbrs_kmake_vars"],
+                          check=True, capture_output=True, text=True).stdout.split()
+
+
 def project_copy(dest):
     """Copies the project's files (tracked ones, and new ones git does not
     ignore) to `dest`, without build outputs."""

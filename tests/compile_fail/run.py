@@ -51,12 +51,6 @@ mod case;
 """
 
 
-def kmake_vars():
-    out = subprocess.run(["bash", "-c", f". {vm.ROOT}/scripts/lib.sh && vbrs_kmake_vars"],
-                         check=True, capture_output=True, text=True).stdout
-    return out.split()
-
-
 def run_case(case, kdir, kvars, workdir):
     text = case.read_text()
     expects = re.findall(r"^// expect: (.+)$", text, re.M)
@@ -91,7 +85,7 @@ def run_case(case, kdir, kvars, workdir):
 
 def main():
     kdir = vm.kernel_dir()
-    kvars = kmake_vars()
+    kvars = vm.kmake_vars()
     cases = sorted(HERE.glob("*.rs"))
     if len(sys.argv) > 1:
         cases = [c for c in cases if any(a in c.stem for a in sys.argv[1:])]
