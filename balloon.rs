@@ -45,6 +45,7 @@ use kernel::{
     prelude::*,
     str::{CStr, CString},
     sync::Arc,
+    time::Ktime,
     types::ARef,
 };
 
@@ -101,6 +102,9 @@ counters! {
         reported_ranges,
         /// OOM notifications received (DEFLATE_ON_OOM).
         oom_notifications,
+        /// Bursts of OOM notifications: the first after a quiet period
+        /// deflates 1 MiB again.
+        oom_bursts,
         /// Kernel pages given back to the guest by OOM notifications.
         oom_deflated_pages,
         /// The host's latest free page hint command id (FREE_PAGE_HINT).
@@ -243,6 +247,8 @@ struct State {
     msg: OutBuf,
     /// Pages on their way out of the balloon.
     out: Batch<DeflatedPage>,
+    /// How much the next OOM notification deflates.
+    ramp: logic::oom::Ramp,
 }
 
 /// Everything the driver shares between its work, callbacks and page
@@ -544,9 +550,13 @@ enum Deflated {
 /// Takes up to `pages` kernel pages out of the balloon. The host hears of
 /// them before the guest gets them back, whatever the features.
 fn deflate(core: &BalloonCore, pages: usize, why: Why) -> Deflated {
+    deflate_locked(core, &mut core.data().state.lock(), pages, why)
+}
+
+/// [`deflate`], under the balloon lock: at most one round
+/// ([`logic::pages_per_round`]).
+fn deflate_locked(core: &BalloonCore, st: &mut State, pages: usize, why: Why) -> Deflated {
     let sh = core.data();
-    let mut st = sh.state.lock();
-    let st = &mut *st;
     if st.queues.is_none() {
         return Deflated::Busy;
     }
@@ -663,7 +673,11 @@ impl UpdateSize {
     }
 }
 
-/// The OOM notifier's handler (DEFLATE_ON_OOM): deflates 1 MiB per call.
+/// The OOM notifier's handler (DEFLATE_ON_OOM): each notification of a
+/// burst deflates twice what the last did, from 1 MiB up to
+/// `oom_deflate_max_mib` ([`logic::oom`]), in rounds of at most
+/// [`MSGS_PER_KICK`] messages, the host told before each round's pages go
+/// back.
 struct OomDeflate(Arc<BalloonCore>);
 
 impl OomHandler for OomDeflate {
@@ -673,10 +687,23 @@ impl OomHandler for OomDeflate {
         add(&sh.stats.oom_notifications, 1);
         // Sleeps on the balloon lock at most one host round trip: inflation
         // allocates before it takes the lock, never while holding it.
-        let freed = match deflate(core, logic::oom_pages(sh.fpp), Why::Oom) {
-            Deflated::Pages(n) => n,
-            Deflated::Busy => 0,
-        };
+        let mut st = sh.state.lock();
+        let st = &mut *st;
+        let now = Ktime::ktime_get().to_ms();
+        let quiet = crate::OOM_QUIET_MS.get();
+        if !st.ramp.in_burst(now, quiet) {
+            add(&sh.stats.oom_bursts, 1);
+        }
+        let mib = st.ramp.step(now, crate::OOM_DEFLATE_MAX_MIB.get(), quiet);
+        let want = logic::oom::pages(mib, sh.fpp, st.held) as usize;
+        let round = logic::pages_per_round(sh.fpp);
+        let mut freed = 0usize;
+        while freed < want {
+            match deflate_locked(core, st, (want - freed).min(round), Why::Oom) {
+                Deflated::Pages(0) | Deflated::Busy => break,
+                Deflated::Pages(n) => freed += n,
+            }
+        }
         add(&sh.stats.oom_deflated_pages, freed as u64);
         freed as u64
     }
@@ -1128,6 +1155,7 @@ impl virtio::Driver for Balloon {
             held: 0,
             msg: OutBuf::new(MSGS_PER_KICK * MSG_BYTES)?,
             out: Batch::with_capacity(round)?,
+            ramp: logic::oom::Ramp::new(),
         };
         let counters = Arc::new(Counters::default(), GFP_KERNEL)?;
         // (Inside the initialiser below, `dev` names the field.)

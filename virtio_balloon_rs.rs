@@ -11,7 +11,7 @@ mod kapi;
 mod balloon;
 mod logic;
 
-use kapi::virtio::Registration;
+use kapi::{param::UintParam, virtio::Registration};
 use kernel::prelude::*;
 
 module! {
@@ -25,6 +25,26 @@ module! {
 // The devices the driver binds to; `modpost` makes the module's aliases
 // from this table.
 virtio_device_table!(BALLOON_IDS, [kapi::virtio_balloon::DEVICE_ID]);
+
+// Deflate-on-OOM: how much each OOM notification gives back (README.md,
+// "Deflate on OOM"). Both may be changed at any time in
+// /sys/module/virtio_balloon_rs/parameters/.
+pub(crate) static OOM_DEFLATE_MAX_MIB: UintParam =
+    UintParam::new(logic::oom::DEFAULT_MAX_MIB, 1, logic::oom::LIMIT_MAX_MIB);
+module_param!(
+    crate::OOM_DEFLATE_MAX_MIB,
+    "oom_deflate_max_mib",
+    0o644,
+    "Most MiB one OOM notification deflates (default 64; 1 to 1024). The first of a burst deflates 1 MiB and each next one twice the last, up to this; 1 keeps the C driver's fixed 1 MiB"
+);
+pub(crate) static OOM_QUIET_MS: UintParam =
+    UintParam::new(logic::oom::DEFAULT_QUIET_MS, 1, logic::oom::LIMIT_QUIET_MS);
+module_param!(
+    crate::OOM_QUIET_MS,
+    "oom_quiet_ms",
+    0o644,
+    "Milliseconds without an OOM notification that end a burst, so the next one deflates 1 MiB again (default 1000; 1 to 60000)"
+);
 
 struct BalloonModule {
     _driver: Registration<balloon::Balloon>,

@@ -22,6 +22,8 @@ pub(crate) mod balloon;
 pub(crate) mod mm;
 pub(crate) mod oom;
 pub(crate) mod pages;
+#[macro_use]
+pub(crate) mod param;
 pub(crate) mod reporting;
 pub(crate) mod shrinker;
 pub(crate) mod virtio_balloon;

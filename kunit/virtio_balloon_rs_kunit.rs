@@ -271,12 +271,80 @@ fn oom_deflates_one_mib_counted_in_kernel_pages() {
     // The notifier adds kernel pages to the OOM killer's count: 256 4 KiB
     // frames are 256 pages of 4 KiB, 16 of 64 KiB, and at least one page
     // when a page is larger than 1 MiB.
-    check_eq!(oom_pages(1), 256);
-    check_eq!(oom_pages(4), 64);
-    check_eq!(oom_pages(16), 16);
-    check_eq!(oom_pages(512), 1);
+    let full = u64::MAX;
+    check_eq!(oom::pages(1, 1, full), 256);
+    check_eq!(oom::pages(1, 4, full), 64);
+    check_eq!(oom::pages(1, 16, full), 16);
+    check_eq!(oom::pages(1, 512, full), 1);
     // What it frees, in frames, is pages times the ratio: 1 MiB.
-    check_eq!(oom_pages(16) as u64 * 16, 256);
+    check_eq!(oom::pages(1, 16, full) * 16, 256);
+    check_eq!(oom::pages(64, 16, full) * 16, 64 * 256);
+    // Never more than the balloon holds, in whole kernel pages.
+    check_eq!(oom::pages(64, 1, 1000), 1000);
+    check_eq!(oom::pages(64, 16, 40), 2);
+    check_eq!(oom::pages(1, 16, 0), 0);
+}
+
+fn oom_ramp_doubles_within_a_burst_up_to_the_cap() {
+    let mut r = oom::Ramp::new();
+    let mut steps = [0u32; 10];
+    for (i, s) in steps.iter_mut().enumerate() {
+        // Notifications 5 ms apart: one burst.
+        *s = r.step(1000 + 5 * i as i64, 64, 1000);
+    }
+    check_eq!(steps, [1, 2, 4, 8, 16, 32, 64, 64, 64, 64]);
+    // A cap that is not a power of two is reached, not passed.
+    let mut r = oom::Ramp::new();
+    let got: [u32; 5] = core::array::from_fn(|i| r.step(i as i64, 5, 1000));
+    check_eq!(got, [1, 2, 4, 5, 5]);
+    // A cap lowered during a burst applies at once.
+    check_eq!(r.step(10, 2, 1000), 2);
+    // Cap 1 is the C driver: 1 MiB each time; 0 is taken as 1.
+    let mut r = oom::Ramp::new();
+    for t in 0..5 {
+        check_eq!(r.step(t, 1, 1000), 1);
+        check_eq!(r.step(t, 0, 1000), 1);
+    }
+}
+
+fn oom_ramp_overshoot_stays_below_the_need_and_the_cap() {
+    // A process short of `need` MiB gets notifications until the steps
+    // add up to it; what they give beyond it is less than the last step,
+    // below the need and below the cap.
+    for cap in [1u32, 2, 3, 16, 64, 1024] {
+        for need in [1u32, 2, 3, 7, 100, 255, 256, 257, 1000, 4096] {
+            let mut r = oom::Ramp::new();
+            let (mut given, mut calls) = (0u32, 0u32);
+            while given < need {
+                given += r.step(calls as i64, cap, 1000);
+                calls += 1;
+            }
+            let over = given - need;
+            check!(over < need);
+            check!(over < cap);
+            // Far fewer notifications than the C driver's `need`, once
+            // the cap allows it.
+            check!(calls <= 12 + need / cap.max(1));
+        }
+    }
+}
+
+fn oom_ramp_starts_again_after_a_quiet_period() {
+    let mut r = oom::Ramp::new();
+    check!(!r.in_burst(0, 1000));
+    check_eq!(r.step(0, 64, 1000), 1);
+    check!(r.in_burst(999, 1000));
+    check_eq!(r.step(999, 64, 1000), 2);
+    check_eq!(r.step(1500, 64, 1000), 4);
+    // A whole quiet period since the last notification: 1 MiB again.
+    check!(!r.in_burst(2500, 1000));
+    check_eq!(r.step(2500, 64, 1000), 1);
+    check_eq!(r.step(2501, 64, 1000), 2);
+    // A shorter quiet period ends bursts sooner.
+    check_eq!(r.step(2600, 64, 50), 1);
+    // A clock that seems to go back starts a new burst.
+    check_eq!(r.step(2700, 64, 1000), 2);
+    check_eq!(r.step(100, 64, 1000), 1);
 }
 
 fn stats_are_packed_le16_tags_and_le64_values() {
@@ -577,7 +645,7 @@ macro_rules! kunit_case {
     }};
 }
 
-const N_CASES: usize = 20;
+const N_CASES: usize = 23;
 
 /// The cases, terminated by an all-zero entry as KUnit requires.
 static mut CASES: [bindings::kunit_case; N_CASES + 1] = [
@@ -593,6 +661,9 @@ static mut CASES: [bindings::kunit_case; N_CASES + 1] = [
     kunit_case!(rounds_move_towards_the_target),
     kunit_case!(pages_fill_messages_of_at_most_256_frames),
     kunit_case!(oom_deflates_one_mib_counted_in_kernel_pages),
+    kunit_case!(oom_ramp_doubles_within_a_burst_up_to_the_cap),
+    kunit_case!(oom_ramp_overshoot_stays_below_the_need_and_the_cap),
+    kunit_case!(oom_ramp_starts_again_after_a_quiet_period),
     kunit_case!(stats_are_packed_le16_tags_and_le64_values),
     kunit_case!(poison_val_tells_the_host_what_freed_pages_hold),
     kunit_case!(inflation_leaves_the_guest_its_reserve),

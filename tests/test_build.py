@@ -112,6 +112,25 @@ def test_good_kdir_builds(kdir):
     assert (vm.ROOT / "virtio_balloon_rs.ko").exists()
 
 
+def test_modinfo_documents_the_parameters(kdir):
+    # What `modinfo` shows users: each parameter, its type and its default,
+    # and the default it names is the one the module starts with (the
+    # deflate-on-OOM test reads it back from sysfs).
+    r = make_module(kdir)
+    assert r.returncode == 0, r.stderr
+    out = subprocess.run(["modinfo", "-F", "parm", str(vm.ROOT / "virtio_balloon_rs.ko")],
+                         capture_output=True, text=True, check=True).stdout
+    parms = dict(l.split(":", 1) for l in out.splitlines())
+    assert set(parms) == {"oom_deflate_max_mib", "oom_quiet_ms"}, parms
+    assert "(default 64; 1 to 1024)" in parms["oom_deflate_max_mib"]
+    assert "1 keeps the C driver's fixed 1 MiB" in parms["oom_deflate_max_mib"]
+    assert "(default 1000; 1 to 60000)" in parms["oom_quiet_ms"]
+    assert all(p.endswith("(uint)") for p in parms.values()), parms
+    logic = (vm.ROOT / "logic.rs").read_text()
+    assert "DEFAULT_MAX_MIB: u32 = 64;" in logic and "LIMIT_MAX_MIB: u32 = 1024;" in logic
+    assert "DEFAULT_QUIET_MS: u32 = 1000;" in logic and "LIMIT_QUIET_MS: u32 = 60_000;" in logic
+
+
 def test_c_flags_that_change_layouts_stop_the_build(kdir, tmp_path):
     # bindgen must see the C code the way the compiler does: a macro the
     # module's C helpers are compiled with but the kernel's bindgen run did

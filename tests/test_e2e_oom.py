@@ -73,26 +73,119 @@ def test_sysrq_oom_deflates_one_mib_and_inflation_waits_for_the_host(boot):
     assert g.wait_balloon(lambda s: s == 180) == 180
 
 
-def test_oom_deflation_rescues_a_process(boot):
+PARAMS = "/sys/module/virtio_balloon_rs/parameters"
+
+
+def rescue(g, need):
+    """Runs a process that needs `need` MiB with a full balloon of 350 MiB,
+    in a guest that cannot give it that much without the balloon; returns
+    (MiB deflated, OOM notifications, bursts) for it."""
+    g.set_balloon_mib(350)
+    g.wait_balloon(lambda s: s == 350)
+    g.run("sync; echo 3 > /proc/sys/vm/drop_caches")
+    vm0, c0 = g.vmstat(), g.counters()
+    out = g.run(f"memhog {need}", timeout=300)
+    assert f"memhog: {need} MiB ok" in out
+    vm1, c1 = g.vmstat(), g.counters()
+    assert vm1["oom_kill"] == vm0["oom_kill"], "a process was OOM-killed"
+    deflated = vm1["balloon_deflate"] - vm0["balloon_deflate"]
+    assert c1["oom_deflated_pages"] - c0["oom_deflated_pages"] == deflated
+    assert g.balloon_mib() == 350 - deflated / PAGES_PER_MIB
+    return (deflated / PAGES_PER_MIB, c1["oom_notifications"] - c0["oom_notifications"],
+            c1["oom_bursts"] - c0["oom_bursts"])
+
+
+def test_oom_deflation_rescues_a_process_with_a_bounded_overshoot(boot):
+    # The same process twice: first with the C driver's fixed 1 MiB per
+    # notification (oom_deflate_max_mib=1, set through sysfs), which gives
+    # back what the process needed to within 1 MiB; then with the default
+    # ramp, which must give back no more than the need plus one step of at
+    # most the cap, in far fewer notifications.
     g = boot(mem_mib=512, balloon="deflate-on-oom=on")
     load(g)
     total0 = g.meminfo()["MemTotal"]
+    cap = int(g.run(f"cat {PARAMS}/oom_deflate_max_mib"))
+    assert cap == 64
     g.set_balloon_mib(350)
     g.wait_balloon(lambda s: s == 350)
-    avail = g.meminfo()["MemAvailable"] // 1024
-    need = avail + 120  # clearly more than is available
-    vm0 = g.vmstat()
-    out = g.run(f"memhog {need}", timeout=300)
-    assert f"memhog: {need} MiB ok" in out
-    vm1 = g.vmstat()
-    assert vm1["oom_kill"] == vm0["oom_kill"], "a process was OOM-killed"
-    size = g.balloon_mib()
-    assert size <= 350 - 100, size
-    c = g.counters()
-    assert c["oom_notifications"] > 0
-    assert c["oom_deflated_pages"] == vm1["balloon_deflate"] - vm0["balloon_deflate"]
+    g.run("sync; echo 3 > /proc/sys/vm/drop_caches")
+    need = g.meminfo()["MemAvailable"] // 1024 + 120  # clearly more than is available
+    g.run(f"echo 1 > {PARAMS}/oom_deflate_max_mib")
+    fixed, fixed_calls, _ = rescue(g, need)
+    assert fixed >= 100, fixed
+    # One MiB each: as many notifications as MiB (a notification that
+    # came while the balloon was busy may have given nothing).
+    assert fixed_calls >= fixed
+    g.run(f"echo {cap} > {PARAMS}/oom_deflate_max_mib")
+    # The quiet period ends the burst before the next process starts.
+    time.sleep(1.5)
+    ramp, ramp_calls, bursts = rescue(g, need)
+    print(f"need {need} MiB: fixed 1 MiB: {fixed:.0f} MiB in {fixed_calls} notifications; "
+          f"ramp: {ramp:.0f} MiB in {ramp_calls} notifications, {bursts} bursts")
+    # The overshoot: what the ramp gave beyond what the fixed steps did.
+    # It is below one step (at most the cap) and below the need; the fixed
+    # run's own measure of the need varies by a few MiB between runs.
+    slack = 8
+    assert ramp - fixed <= min(cap, fixed) + slack, (ramp, fixed)
+    assert ramp >= fixed - slack, (ramp, fixed)
+    # 1, 2, 4, ..., 64 MiB: about log2(need) notifications, not `need`.
+    assert ramp_calls * 4 <= fixed_calls, (ramp_calls, fixed_calls)
+    assert bursts >= 1
     assert g.meminfo()["MemTotal"] == total0
     assert "Out of memory" not in g.console_text()
+
+
+def oom_step(g, notifications):
+    """Triggers one OOM (sysrq-f) and waits for the driver to see it."""
+    g.run("echo f > /proc/sysrq-trigger")
+    g.wait_counters(lambda c: c["oom_notifications"] == notifications, timeout=30)
+
+
+def test_oom_steps_double_within_a_burst_and_start_again_after_quiet(boot):
+    g = boot(mem_mib=1024, balloon="deflate-on-oom=on")
+    g.expect_oom = True  # sysrq-f prints an OOM report
+    # A long quiet period: the triggers below belong to one burst however
+    # slow the guest.
+    g.run("insmod /modules/virtio_balloon_rs.ko oom_quiet_ms=30000 oom_deflate_max_mib=4")
+    protect_shell(g)
+    g.set_balloon_mib(200)
+    g.wait_balloon(lambda s: s == 200)
+    sizes = []
+    for n in range(1, 5):
+        oom_step(g, n)
+        sizes.append(g.wait_balloon(lambda s, k=len(sizes): s <= 200 - (1, 3, 7, 11)[k], timeout=30))
+    # 1, 2, 4 MiB, then the cap of 4.
+    assert sizes == [199, 197, 193, 189], sizes
+    assert g.counters()["oom_bursts"] == 1
+    # A short quiet period, then another OOM: a new burst, 1 MiB again.
+    g.run(f"echo 200 > {PARAMS}/oom_quiet_ms")
+    time.sleep(1)
+    oom_step(g, 5)
+    assert g.wait_balloon(lambda s: s < 189, timeout=30) == 188
+    assert g.counters()["oom_bursts"] == 2
+    assert g.counters()["oom_deflated_pages"] == 12 * PAGES_PER_MIB
+
+
+def test_bad_oom_parameters_are_refused_with_a_message(boot):
+    g = boot(mem_mib=512, balloon="deflate-on-oom=on")
+    for arg, says in (("oom_deflate_max_mib=0", "0 is out of range (1 to 1024)"),
+                      ("oom_deflate_max_mib=4096", "4096 is out of range (1 to 1024)"),
+                      ("oom_quiet_ms=lots", "not a number: lots")):
+        rc, out = g.run_rc(f"insmod /modules/virtio_balloon_rs.ko {arg}")
+        assert rc != 0, arg
+        log = g.run("dmesg | tail -n 5")
+        assert f"{arg.split('=')[0]}: {says}" in log, (arg, log)
+        assert g.run_rc("grep -q virtio_balloon_rs /proc/modules")[0] != 0
+    load(g)
+    # At run time: refused and unchanged, or taken.
+    rc, _ = g.run_rc(f"echo 1025 > {PARAMS}/oom_deflate_max_mib")
+    assert rc != 0
+    assert "1025 is out of range (1 to 1024)" in g.run("dmesg | tail -n 3")
+    assert g.run(f"cat {PARAMS}/oom_deflate_max_mib").strip() == "64"
+    g.run(f"echo 0x10 > {PARAMS}/oom_deflate_max_mib")
+    assert g.run(f"cat {PARAMS}/oom_deflate_max_mib").strip() == "16"
+    assert g.run(f"cat {PARAMS}/oom_quiet_ms").strip() == "1000"
+    g.run("rmmod virtio_balloon_rs")
 
 
 def test_oom_storm_during_inflation_does_not_deadlock(boot):
