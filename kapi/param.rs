@@ -55,8 +55,19 @@ impl UintParam {
         // SAFETY: `text` is NUL-terminated and `v` is valid for a write.
         let ret = unsafe { bindings::kstrtouint(text.as_char_ptr(), 0, &mut v) };
         if ret != 0 {
-            pr_err!("{}: not a number: {}\n", name, text);
-            return Err(Error::from_errno(ret));
+            // What the user wrote, without the newline `echo` adds.
+            let shown = text
+                .as_bytes()
+                .strip_suffix(b"\n")
+                .unwrap_or(text.as_bytes());
+            let shown = core::str::from_utf8(shown).unwrap_or("(not text)");
+            let err = Error::from_errno(ret);
+            if err == ERANGE {
+                pr_err!("{}: {} is too large (at most {})\n", name, shown, self.max);
+            } else {
+                pr_err!("{}: not a number: {}\n", name, shown);
+            }
+            return Err(err);
         }
         if v < self.min || v > self.max {
             pr_err!(
@@ -94,7 +105,8 @@ impl ParamEntry {
         // INVARIANT: all three pointers are as the invariants require.
         Self(bindings::kernel_param {
             name: name.as_char_ptr(),
-            // The loader and sysfs lock the module's parameters with it.
+            // As C's THIS_MODULE: the loader locks the module's
+            // parameters through it while it parses the arguments.
             mod_: &raw const bindings::__this_module as *mut bindings::module,
             ops: &UINT_OPS,
             perm,
@@ -183,7 +195,7 @@ impl Write for SliceWriter<'_> {
 unsafe extern "C" fn get_uint(buffer: *mut c_char, kp: *const bindings::kernel_param) -> c_int {
     // SAFETY: `kp` is one of the entries `UINT_OPS` belongs to.
     let (param, _) = unsafe { param_of(kp) };
-    // Eleven digits and a newline at most; sysfs's buffer is a page.
+    // Ten digits and a newline at most; sysfs's buffer is a page.
     // SAFETY: `buffer` is valid for writes of `PAGE_SIZE` bytes (the
     // contract), more than the 16 used, and nothing else uses it now.
     let buf = unsafe { core::slice::from_raw_parts_mut(buffer.cast::<u8>(), 16) };
@@ -214,6 +226,8 @@ pub(crate) const fn modinfo<const N: usize>(text: &str) -> [u8; N] {
 macro_rules! module_param {
     ($param:path, $name:literal, $perm:expr, $desc:literal) => {
         const _: () = {
+            // Stricter than VERIFY_OCTAL_PERMISSIONS: only the owner writes.
+            assert!(($perm) & 0o002 == 0 && ($perm) & 0o020 == 0 && ($perm) <= 0o777);
             #[link_section = "__param"]
             #[used]
             static ENTRY: $crate::kapi::param::ParamEntry =

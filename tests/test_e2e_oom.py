@@ -170,6 +170,7 @@ def test_bad_oom_parameters_are_refused_with_a_message(boot):
     g = boot(mem_mib=512, balloon="deflate-on-oom=on")
     for arg, says in (("oom_deflate_max_mib=0", "0 is out of range (1 to 1024)"),
                       ("oom_deflate_max_mib=4096", "4096 is out of range (1 to 1024)"),
+                      ("oom_quiet_ms=4294967296", "4294967296 is too large (at most 60000)"),
                       ("oom_quiet_ms=lots", "not a number: lots")):
         rc, out = g.run_rc(f"insmod /modules/virtio_balloon_rs.ko {arg}")
         assert rc != 0, arg
@@ -185,6 +186,8 @@ def test_bad_oom_parameters_are_refused_with_a_message(boot):
     g.run(f"echo 0x10 > {PARAMS}/oom_deflate_max_mib")
     assert g.run(f"cat {PARAMS}/oom_deflate_max_mib").strip() == "16"
     assert g.run(f"cat {PARAMS}/oom_quiet_ms").strip() == "1000"
+    assert g.run_rc(f"echo soon > {PARAMS}/oom_quiet_ms")[0] != 0
+    assert "oom_quiet_ms: not a number: soon\n" in g.run("dmesg | tail -n 3")
     g.run("rmmod virtio_balloon_rs")
 
 
