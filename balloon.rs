@@ -460,22 +460,21 @@ fn inflate(core: &BalloonCore, pages: usize) -> Next {
     let mut fresh = sh.scratch.lock();
     // Allocate outside the balloon lock, as the C driver does: allocation
     // may reclaim and compact, and the OOM path needs the lock meanwhile.
+    // In bulk: from the per-CPU lists while memory is plentiful, a page at
+    // a time through the slow path when it is not.
     let mut failed = false;
     while fresh.len() < pages {
-        match NewPage::alloc() {
-            // A page above 16 TiB cannot be described to the host; it is
-            // freed here and counts as a failed allocation.
-            Some(p) if logic::frame_fits(p.pfn(), PAGE_SIZE) => {
-                if fresh.push(p).is_err() {
-                    break;
-                }
-            }
-            _ => {
-                failed = true;
-                break;
-            }
+        let want = pages - fresh.len();
+        if fresh.alloc_bulk(want) == 0 {
+            failed = true;
+            break;
         }
     }
+    // A page above 16 TiB cannot be described to the host; it is freed
+    // here and counts as a failed allocation.
+    let allocated = fresh.len();
+    fresh.retain(|p| logic::frame_fits(p.pfn(), PAGE_SIZE));
+    failed |= fresh.len() < allocated;
     let mut st = sh.state.lock();
     let st = &mut *st;
     // Frozen or going away, a host that stopped hearing meanwhile, or an
@@ -491,15 +490,32 @@ fn inflate(core: &BalloonCore, pages: usize) -> Next {
     }
     let mut lens = [0usize; MSGS_PER_KICK];
     let n = logic::encode_pages(
-        core::iter::from_fn(|| fresh.pop().map(|p| core.enqueue(p))),
+        fresh.as_slice().iter().map(|p| p.pfn()),
         PAGE_SIZE,
         st.msg.as_mut_slice(),
         &mut lens,
     );
-    // The buffer holds a whole round, so nothing is left; if something were,
-    // it would be freed here, never leaked.
-    fresh.clear();
+    // The buffer holds a whole round, so every page was encoded; one that
+    // was not would be freed here, never leaked.
+    while fresh.len() > n {
+        drop(fresh.pop());
+    }
+    let queued = core.enqueue_all(&mut fresh);
     drop(fresh);
+    if queued != n {
+        // Cannot happen (the balloon takes every page it is given); the
+        // host is not told of pages the balloon does not hold.
+        dev_err!(
+            sh.dev,
+            "balloon took {} of {} pages; giving them back\n",
+            queued,
+            n
+        );
+        let back = core.dequeue(queued, &mut st.out);
+        st.out.clear();
+        add(&sh.stats.deflated_pages, back as u64);
+        return Next::Idle;
+    }
     st.held += n as u64 * u64::from(sh.fpp);
     add(&sh.stats.inflated_pages, n as u64);
     if !sh.tell(&mut q.inflate, &st.msg, &lens, &sh.stats.inflate_msgs) {

@@ -34,8 +34,9 @@ unsafe fn pfn_of(page: *mut bindings::page) -> u64 {
 ///
 /// # Invariants
 ///
-/// `page` is a page from `balloon_page_alloc` on which this value holds the
-/// only reference.
+/// `page` is a page from `balloon_page_alloc` (or the same allocation in
+/// bulk) on which this value holds the only reference.
+#[repr(transparent)]
 pub(crate) struct NewPage {
     page: NonNull<bindings::page>,
 }
@@ -44,16 +45,6 @@ pub(crate) struct NewPage {
 unsafe impl Send for NewPage {}
 
 impl NewPage {
-    /// Allocates a page the balloon way: movable, no retries, no emergency
-    /// reserves, no warning on failure. `None` when memory is short.
-    pub(crate) fn alloc() -> Option<Self> {
-        // SAFETY: no preconditions; may sleep, and callers run in process
-        // context.
-        let page = unsafe { bindings::balloon_page_alloc() };
-        // INVARIANT: a fresh page with one reference, ours.
-        NonNull::new(page).map(|page| Self { page })
-    }
-
     /// Page frame number (kernel pages).
     pub(crate) fn pfn(&self) -> u64 {
         // SAFETY: the page is live while we hold our reference.
@@ -166,6 +157,55 @@ impl<T> Batch<T> {
     }
 }
 
+impl Batch<NewPage> {
+    /// Adds up to `n` pages (at most the room left), allocated the balloon
+    /// way (movable, no retries, no emergency reserves, no warning on
+    /// failure, as `balloon_page_alloc`) but in bulk: from the per-CPU free
+    /// lists in one go while the zone is well above its low watermark,
+    /// otherwise one page through the allocator's slow path. Returns how
+    /// many were added; 0 when memory is short.
+    pub(crate) fn alloc_bulk(&mut self, n: usize) -> usize {
+        let len = self.items.len();
+        let spare = self.items.spare_capacity_mut();
+        let n = n.min(spare.len());
+        // The allocator fills only the NULL entries of the array.
+        let array = spare.as_mut_ptr().cast::<*mut bindings::page>();
+        // SAFETY: `array` has `n` entries (`NewPage` is a transparent
+        // `NonNull<page>`, so an entry is a `struct page *`), which we null
+        // first: `MaybeUninit` slots may hold any bit pattern, and nothing
+        // drops them.
+        let got = unsafe {
+            for i in 0..n {
+                array.add(i).write(core::ptr::null_mut());
+            }
+            bindings::balloon_pages_alloc_bulk(n as _, array)
+        } as usize;
+        // The allocator fills the array from its first NULL entry on, and
+        // all were NULL: the first `got` entries are pages.
+        let got = got.min(n);
+        // SAFETY: the first `got` spare slots hold fresh pages with one
+        // reference each, now owned by the batch (`NewPage`'s invariant);
+        // the slots after them hold nothing that needs dropping.
+        unsafe { self.items.set_len(len + got) };
+        got
+    }
+
+    /// Keeps only the pages for which `keep` holds; the others are freed.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&NewPage) -> bool) {
+        let mut i = 0;
+        while let Some(page) = self.items.as_slice().get(i) {
+            if keep(page) {
+                i += 1;
+            } else {
+                // The last page takes its place (order does not matter).
+                let last = self.items.len() - 1;
+                self.items.as_mut_slice().swap(i, last);
+                drop(self.pop());
+            }
+        }
+    }
+}
+
 /// What a driver does when compaction migrates one of its balloon pages.
 pub(crate) trait Migrate: Sized + Send + Sync {
     /// Swaps the isolated balloon page of `m` for its replacement: must not
@@ -236,23 +276,49 @@ impl<T: Migrate> BalloonPages<T> {
         self.account
     }
 
-    /// Puts `page` in the balloon (where it stays movable) and returns its
-    /// page frame number. Counts a `balloon_inflate` event.
-    pub(crate) fn enqueue(&self, page: NewPage) -> u64 {
-        let pfn = page.pfn();
-        let raw = page.page.as_ptr();
-        core::mem::forget(page);
-        // The page is accounted before it becomes visible to migration; its
-        // reference then belongs to the balloon (type invariant).
-        // SAFETY: `raw` is a live page whose only reference we just took over
-        // from `page`; `info` is initialised (type invariant).
-        unsafe {
-            if self.account {
-                bindings::adjust_managed_page_count(raw, -1);
-            }
-            bindings::balloon_page_enqueue(self.info.get(), raw);
+    /// Puts every page of `pages` in the balloon (where they stay movable),
+    /// under one acquisition of the balloon's list lock, and empties the
+    /// batch. Counts a `balloon_inflate` event per page. Returns how many.
+    pub(crate) fn enqueue_all(&self, pages: &mut Batch<NewPage>) -> usize {
+        let n = pages.len();
+        if n == 0 {
+            return 0;
         }
-        pfn
+        let mut head = MaybeUninit::<bindings::list_head>::uninit();
+        let head = head.as_mut_ptr();
+        // SAFETY: `head` is valid for writes and is not moved while in use.
+        // Each page is live with our only reference (`NewPage`'s
+        // invariant), which goes to the balloon with it (type invariant):
+        // the batch forgets it first. A fresh page's `lru` is unused, so it
+        // may link the local list. `info` is initialised.
+        let queued = unsafe {
+            bindings::INIT_LIST_HEAD(head);
+            let first = pages.items.as_ptr();
+            // Accounted before the pages become visible to migration.
+            for i in 0..n {
+                let raw = (*first.add(i)).page.as_ptr();
+                if self.account {
+                    bindings::adjust_managed_page_count(raw, -1);
+                }
+                bindings::balloon_page_push(head, raw);
+            }
+            pages.items.set_len(0);
+            bindings::balloon_page_list_enqueue(self.info.get(), head)
+        };
+        // The C function takes every page of the list; if it ever left
+        // some, they would come back to the guest, never be leaked.
+        // SAFETY: a page still on the local list carries the reference the
+        // batch gave up and was taken out of the managed count above; it
+        // never reached the balloon, so both are simply undone.
+        unsafe {
+            while let Some(page) = NonNull::new(bindings::balloon_page_pop(head)) {
+                if self.account {
+                    bindings::adjust_managed_page_count(page.as_ptr(), 1);
+                }
+                bindings::put_page(page.as_ptr());
+            }
+        }
+        queued
     }
 
     /// Takes up to `n` pages out of the balloon into `out` (as many as it has

@@ -44,6 +44,20 @@ struct page *vbrs_helper_balloon_page_pop(struct list_head *pages)
 	return balloon_page_pop(pages);
 }
 
+/*
+ * Up to nr pages with balloon_page_alloc()'s flags, into the NULL entries
+ * of pages[], from the per-CPU lists in one go while the zone is well
+ * above its watermark, else one page through the slow path. Returns how
+ * many entries are filled.
+ */
+unsigned long vbrs_helper_balloon_pages_alloc_bulk(unsigned long nr,
+						   struct page **pages)
+{
+	return alloc_pages_bulk_array(balloon_mapping_gfp_mask() |
+				      __GFP_NOMEMALLOC | __GFP_NORETRY |
+				      __GFP_NOWARN, nr, pages);
+}
+
 void vbrs_helper_INIT_LIST_HEAD(struct list_head *list)
 {
 	INIT_LIST_HEAD(list);

@@ -35,6 +35,8 @@ void vbrs_helper_balloon_page_insert(struct balloon_dev_info *balloon,
 void vbrs_helper_balloon_page_finalize(struct page *page);
 void vbrs_helper_balloon_page_push(struct list_head *pages, struct page *page);
 struct page *vbrs_helper_balloon_page_pop(struct list_head *pages);
+unsigned long vbrs_helper_balloon_pages_alloc_bulk(unsigned long nr,
+						   struct page **pages);
 
 /* lists */
 void vbrs_helper_INIT_LIST_HEAD(struct list_head *list);
