@@ -265,12 +265,17 @@ struct Shared {
     /// Set when the host could not be told something: the device is broken
     /// or gone. No memory is taken for it until the queues are set up again.
     host_gone: AtomicBool,
+    /// Inflation rounds in a row that ran out of memory (only the update
+    /// work uses it): the retry waits longer with each.
+    alloc_failures_in_a_row: AtomicU32,
     /// Set when an OOM notification deflated the balloon: inflation waits
     /// for the host's next target instead of taking the memory right back.
     oom_pause: AtomicBool,
     /// The balloon lock.
     #[pin]
     state: Mutex<State>,
+    /// Gives deflated pages back to the guest on another CPU.
+    freer: Freer,
     /// Pages allocated for the next inflation, before they are enqueued
     /// (only the update work uses it; taken before the balloon lock).
     #[pin]
@@ -294,6 +299,29 @@ struct Shared {
 
 /// The balloon: its pages and the driver data.
 type BalloonCore = BalloonPages<Shared>;
+
+/// Deflated pages on their way back to the guest.
+type Freeing = Mutex<Batch<DeflatedPage>>;
+
+/// Deflated pages (the host told) and the work that gives them back to the
+/// guest on whichever CPU is idle (the system unbound queue). The batch's
+/// lock is taken under the balloon lock or by the work alone, and never
+/// the other way round.
+struct Freer {
+    batch: Arc<Freeing>,
+    work: Work<FreeDeflated>,
+}
+
+/// The work that gives deflated pages back to the guest: dropping a page
+/// frees it. It owns only the batch, so the driver data can own the work.
+struct FreeDeflated(Arc<Freeing>);
+
+impl WorkHandler for FreeDeflated {
+    fn run(&self, _me: &Running<'_>) -> Next {
+        self.0.lock().clear();
+        Next::Idle
+    }
+}
 
 impl Shared {
     /// Writes `actual` to the device (if it still has queues) and mirrors it
@@ -349,10 +377,25 @@ impl Shared {
         true
     }
 
-    /// The kernel pages just dequeued into `st.out` (`got` of them) go back
-    /// to the guest; the balloon's count, the counters and `actual` follow.
-    fn free_deflated(&self, st: &mut State, got: usize) {
-        st.out.clear();
+    /// The kernel pages just dequeued into `st.out` (`got` of them), the
+    /// host told, go back to the guest; the balloon's count, the counters
+    /// and `actual` follow. With `later`, the free work gives them back on
+    /// another CPU while this one goes on with the next round (if it is
+    /// still busy with the last batch, this waits for it); otherwise they
+    /// are back, with any batch still waiting for the free work, before the
+    /// host sees the new size.
+    fn free_deflated(&self, st: &mut State, got: usize, later: bool) {
+        let mut freeing = self.freer.batch.lock();
+        // What the free work has not got to yet goes now.
+        freeing.clear();
+        if later {
+            core::mem::swap(&mut st.out, &mut *freeing);
+            drop(freeing);
+            self.freer.work.queue();
+        } else {
+            drop(freeing);
+            st.out.clear();
+        }
         st.held -= got as u64 * u64::from(self.fpp);
         add(&self.stats.deflated_pages, got as u64);
         self.publish(st);
@@ -522,7 +565,7 @@ fn inflate(core: &BalloonCore, pages: usize) -> Next {
         // The host did not get (all of) these pages and the device is gone
         // or gave up: the round goes back to the guest at once.
         let back = core.dequeue(n, &mut st.out);
-        sh.free_deflated(st, back);
+        sh.free_deflated(st, back, false);
         return Next::Idle;
     }
     sh.publish(st);
@@ -532,16 +575,19 @@ fn inflate(core: &BalloonCore, pages: usize) -> Next {
     }
     if failed {
         add(&sh.stats.alloc_failures, 1);
+        let failures = sh.alloc_failures_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
         if sh.notes.first(Note::Short) {
             dev_info!(
                 sh.dev,
-                "out of memory for the balloon at {} KiB; retrying every {} ms\n",
+                "out of memory for the balloon at {} KiB; retrying in {} to {} ms\n",
                 st.held * 4,
+                logic::ALLOC_RETRY_FIRST_MS,
                 logic::ALLOC_RETRY_MS
             );
         }
-        return Next::After(logic::ALLOC_RETRY_MS);
+        return Next::After(logic::alloc_retry_ms(failures));
     }
+    sh.alloc_failures_in_a_row.store(0, Ordering::Relaxed);
     Next::Again
 }
 
@@ -565,13 +611,21 @@ enum Deflated {
 
 /// Takes up to `pages` kernel pages out of the balloon. The host hears of
 /// them before the guest gets them back, whatever the features.
-fn deflate(core: &BalloonCore, pages: usize, why: Why) -> Deflated {
-    deflate_locked(core, &mut core.data().state.lock(), pages, why)
+/// `last` says no round follows at once (the pages are then back in the
+/// guest before the host sees the new size).
+fn deflate(core: &BalloonCore, pages: usize, why: Why, last: bool) -> Deflated {
+    deflate_locked(core, &mut core.data().state.lock(), pages, why, last)
 }
 
 /// [`deflate`], under the balloon lock: at most one round
 /// ([`logic::pages_per_round`]).
-fn deflate_locked(core: &BalloonCore, st: &mut State, pages: usize, why: Why) -> Deflated {
+fn deflate_locked(
+    core: &BalloonCore,
+    st: &mut State,
+    pages: usize,
+    why: Why,
+    last: bool,
+) -> Deflated {
     let sh = core.data();
     if st.queues.is_none() {
         return Deflated::Busy;
@@ -605,16 +659,22 @@ fn deflate_locked(core: &BalloonCore, st: &mut State, pages: usize, why: Why) ->
     if let Some(q) = st.queues.as_mut() {
         sh.tell(&mut q.deflate, &st.msg, &lens, &sh.stats.deflate_msgs);
     }
-    // Now the guest gets the pages back.
-    sh.free_deflated(st, got);
+    // Now the guest gets the pages back: later (on another CPU) while the
+    // host is being told of the next round, unless this is the last.
+    sh.free_deflated(st, got, why == Why::Host && !last);
     Deflated::Pages(got)
 }
 
 /// Deflates the whole balloon (remove, freeze), telling the host.
 fn drain(core: &BalloonCore) {
-    let round = logic::pages_per_round(core.data().fpp);
-    while core.data().state.lock().held != 0 {
-        if let Deflated::Busy = deflate(core, round, Why::Host) {
+    let sh = core.data();
+    let round = logic::pages_per_round(sh.fpp);
+    loop {
+        let held = logic::frames_to_pages(sh.state.lock().held, sh.fpp) as usize;
+        if held == 0 {
+            break;
+        }
+        if let Deflated::Busy = deflate(core, round, Why::Host, held <= round) {
             msleep(10);
         }
     }
@@ -671,10 +731,13 @@ impl UpdateSize {
             // the host does; wait for the host to ask again.
             Step::Inflate(_) if sh.oom_pause.load(Ordering::Acquire) => Next::Idle,
             Step::Inflate(n) => inflate(core, n),
-            Step::Deflate(n) => match deflate(core, n, Why::Host) {
-                Deflated::Pages(_) => Next::Again,
-                Deflated::Busy => Next::After(10),
-            },
+            Step::Deflate(n) => {
+                let last = held.saturating_sub(n as u64 * u64::from(sh.fpp)) <= target;
+                match deflate(core, n, Why::Host, last) {
+                    Deflated::Pages(_) => Next::Again,
+                    Deflated::Busy => Next::After(10),
+                }
+            }
             Step::Done => {
                 if sh.notes.clear(Note::Short) {
                     dev_info!(
@@ -715,7 +778,7 @@ impl OomHandler for OomDeflate {
         let round = logic::pages_per_round(sh.fpp);
         let mut freed = 0usize;
         while freed < want {
-            match deflate_locked(core, st, (want - freed).min(round), Why::Oom) {
+            match deflate_locked(core, st, (want - freed).min(round), Why::Oom, true) {
                 Deflated::Pages(0) | Deflated::Busy => break,
                 Deflated::Pages(n) => freed += n,
             }
@@ -1180,6 +1243,14 @@ impl virtio::Driver for Balloon {
         let stats = counters.clone();
         let knobs = Arc::new(Knobs::default(), GFP_KERNEL)?;
         let shared_knobs = knobs.clone();
+        let batch = Arc::pin_init(
+            new_mutex!(Batch::with_capacity(round)?, "Balloon::freeing"),
+            GFP_KERNEL,
+        )?;
+        let freer = Freer {
+            work: Work::new(work::system_unbound(), FreeDeflated(batch.clone()))?,
+            batch,
+        };
         let core = Arc::pin_init(
             BalloonPages::new(
                 account,
@@ -1191,8 +1262,10 @@ impl virtio::Driver for Balloon {
                     knobs: shared_knobs,
                     notes: Notes(AtomicU32::new(0)),
                     host_gone: AtomicBool::new(false),
+                    alloc_failures_in_a_row: AtomicU32::new(0),
                     oom_pause: AtomicBool::new(false),
                     state <- new_mutex!(state, "Balloon::state"),
+                    freer,
                     scratch <- new_mutex!(Batch::with_capacity(round)?, "Balloon::scratch"),
                     hint_cmd: HintCmd::new(),
                     hints_in_flight: AtomicU64::new(0),

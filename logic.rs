@@ -256,9 +256,33 @@ pub(crate) const fn inflate_budget(available: u64, total: u64, page_size: usize)
     available.saturating_sub(reserve)
 }
 
-/// How long to wait before trying to allocate balloon pages again after an
-/// allocation failed (the C driver sleeps as long).
+/// How long to wait before trying to allocate balloon pages again when
+/// the guest's reserve holds inflation back, and the longest wait after
+/// allocations failed (the C driver sleeps as long after each failure).
 pub(crate) const ALLOC_RETRY_MS: u32 = 200;
+
+/// The wait after the first of a run of failed allocation rounds.
+pub(crate) const ALLOC_RETRY_FIRST_MS: u32 = 20;
+
+/// How long to wait before the next inflation round after `failures`
+/// rounds in a row (at least one) ran out of memory: 20 ms, then twice as
+/// long each time, up to [`ALLOC_RETRY_MS`]. Allocation fails without
+/// retrying (as in C) while reclaim, kswapd's included, is still freeing
+/// page cache, which is soon there to take; the C driver's fixed 200 ms
+/// leaves it idle meanwhile. Memory that stays short gets 200 ms again
+/// after four quick tries.
+pub(crate) const fn alloc_retry_ms(failures: u32) -> u32 {
+    let doublings = if failures == 0 { 0 } else { failures - 1 };
+    if doublings >= 4 {
+        return ALLOC_RETRY_MS;
+    }
+    let ms = ALLOC_RETRY_FIRST_MS << doublings;
+    if ms > ALLOC_RETRY_MS {
+        ALLOC_RETRY_MS
+    } else {
+        ms
+    }
+}
 
 /// The largest balloon, in 4 KiB frames, that the 32-bit `actual` field can
 /// report, rounded down to whole kernel pages.

@@ -129,6 +129,13 @@ pub(crate) fn system_freezable() -> On {
     On::System(workqueue::system_freezable())
 }
 
+/// The system's unbound workqueue: its work runs on whichever CPU is free,
+/// not necessarily the one that queued it, and also while the system
+/// freezes.
+pub(crate) fn system_unbound() -> On {
+    On::System(workqueue::system_unbound())
+}
+
 /// # Invariants
 ///
 /// `dwork` was initialised by `init_delayed_work` with [`run_trampoline::<H>`]

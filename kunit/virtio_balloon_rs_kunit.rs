@@ -285,6 +285,14 @@ fn oom_deflates_one_mib_counted_in_kernel_pages() {
     check_eq!(oom::pages(1, 16, 0), 0);
 }
 
+fn allocation_retries_start_quick_and_back_off_to_200_ms() {
+    let waits: [u32; 7] = core::array::from_fn(|i| alloc_retry_ms(i as u32 + 1));
+    check_eq!(waits, [20, 40, 80, 160, 200, 200, 200]);
+    check_eq!(alloc_retry_ms(u32::MAX), ALLOC_RETRY_MS);
+    // Called with 0 (not a failure), still a wait, never 0 ms.
+    check_eq!(alloc_retry_ms(0), ALLOC_RETRY_FIRST_MS);
+}
+
 fn oom_ramp_doubles_within_a_burst_up_to_the_cap() {
     let mut r = oom::Ramp::new();
     let mut steps = [0u32; 10];
@@ -645,7 +653,7 @@ macro_rules! kunit_case {
     }};
 }
 
-const N_CASES: usize = 23;
+const N_CASES: usize = 24;
 
 /// The cases, terminated by an all-zero entry as KUnit requires.
 static mut CASES: [bindings::kunit_case; N_CASES + 1] = [
@@ -661,6 +669,7 @@ static mut CASES: [bindings::kunit_case; N_CASES + 1] = [
     kunit_case!(rounds_move_towards_the_target),
     kunit_case!(pages_fill_messages_of_at_most_256_frames),
     kunit_case!(oom_deflates_one_mib_counted_in_kernel_pages),
+    kunit_case!(allocation_retries_start_quick_and_back_off_to_200_ms),
     kunit_case!(oom_ramp_doubles_within_a_burst_up_to_the_cap),
     kunit_case!(oom_ramp_overshoot_stays_below_the_need_and_the_cap),
     kunit_case!(oom_ramp_starts_again_after_a_quiet_period),
