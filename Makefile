@@ -10,7 +10,7 @@
 #   make check           rustfmt, clippy, compile-fail, KUnit, virtme-ng, end-to-end
 #                        (x86_64), then KUnit and end-to-end on arm64 with 64k pages
 #   make check-arm64     KUnit and end-to-end on arm64 with 16k and with 4k pages
-#   make bench           Rust vs the in-tree C driver, side by side (REPS=5)
+#   make bench           Rust vs the in-tree C driver, side by side (REPS=11), and a plot
 #
 #   ARCH=x86_64|arm64 PAGE=4k|16k|64k select the guest for every target
 #   (arm64 defaults to 64k). `make check` with ARCH given checks that target only.
@@ -83,9 +83,12 @@ check-debug: debug-kernel
 	@cd $(ROOT)/tests && VBRS_KERNEL_KIND=debug VBRS_DEBUG_KERNEL=1 $(PYTEST) \
 		--ignore=test_build.py --ignore=test_install.py $(PYTEST_ARGS) .
 
-# Rust vs the in-tree C driver, side by side in one guest (REPS=5).
+# Rust vs the in-tree C driver, side by side in the same guests (REPS=11;
+# PARTS=resize,oom,cache,sweep picks parts); also writes
+# scripts/bench-<arch>.png, the balloon's size over time.
 bench: module
-	@REPS=$(or $(REPS),5) $(VENV_PY) $(ROOT)/scripts/bench.py
+	@$(ROOT)/scripts/deps.sh bench
+	@REPS=$(or $(REPS),11) $(VENV_PY) $(ROOT)/scripts/bench.py
 
 # Misuses of the safe layer that must not build (tests/compile_fail/).
 compile-fail: module

@@ -1,100 +1,118 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: GPL-2.0
 """`make bench`: the in-tree C virtio_balloon.ko and virtio_balloon_rs.ko
-side by side, in one guest, interleaved (the order alternates each
-repetition), with the same kernel and QEMU flags.
+side by side, in the same guests, interleaved (the order alternates each
+repetition), with the same kernel and QEMU flags. Every figure is a
+Rust/C ratio from one run; none is compared with a fixed time.
 
-Inflate: a 2 GiB guest is asked (QMP `balloon`) to shrink to 256 MiB, i.e. a
-balloon of 1792 MiB; the time runs from the QMP command until `query-balloon`
-reports the target. Deflate: back to 2 GiB, timed the same way. Medians and
-Rust/C ratios are printed; the goal is a ratio of at most 1.0.
+resize   A 2 GiB guest is asked (QMP `balloon`) for a 1792 MiB balloon
+         (inflate), then for none (deflate); timed from the QMP command
+         until `query-balloon` reports the target. Then the balloon is
+         filled again and the driver unloaded with it full (rmmod).
+oom      A guest with deflate-on-oom=on holds a balloon; a process then
+         needs SHORT MiB more than the guest has available (256 MiB in a
+         1 GiB guest, 1 GiB in a 2 GiB guest), which it can only get
+         through OOM deflation. Timed from the host around the process.
+         "floor" is the same process with the balloon empty: what it costs
+         without any OOM (faulting its memory in). The handler time is the
+         time inside the balloon's notifier, from tests/oom_stopwatch (two
+         notifiers that bracket the balloon's priority), per notification
+         and per rescue. The overshoot is what a driver gave back beyond
+         what C's fixed 1 MiB steps gave in the same repetition (those
+         match the need to within 1 MiB).
+cache    The 2 GiB guest (deflate-on-oom=on) reads a disk in a loop, so the
+         page cache holds most of its memory, while the balloon inflates to
+         1792 MiB: time to the target, and `balloon_deflate` meanwhile
+         (any is memory the balloon took and had to give back).
+sweep    Balloons of 256 MiB, 1, 4 and 8 GiB in guests 512 MiB plus 1/16
+         larger (the Rust driver leaves the guest 1/32 of its RAM):
+         inflation time per GiB, which should not grow with the balloon.
 
-OOM: a 1 GiB guest with deflate-on-oom=on holds an 800 MiB balloon; a guest
-process then allocates and touches OOM_MIB (256) MiB more than the guest has
-available, which it can only get through OOM deflation (1 MiB per
-notification). Timed from the host around the process. Most of that time
-is the kernel's own reclaim before each notification; the "oom handler" row
-shows the drivers' share: the time inside the balloon's OOM notifier per
-notification, measured by tests/oom_stopwatch (two notifiers that bracket
-the balloon's priority), for either driver alike.
+The table shows the ratio of medians, the median of the per-repetition
+ratios (both drivers run back to back in each repetition) and in how many
+repetitions Rust was faster. A plot of the balloon's size over time (QMP
+samples) during an inflate, a deflate and an OOM rescue, for both drivers,
+is written to scripts/bench-<arch>.png (BENCH_PNG overrides).
 
-Besides the ratio of medians (the goal), the table shows the median of the
-per-repetition ratios (both drivers run back to back in each repetition)
-and in how many repetitions Rust was faster.
-
-    make bench                  5 repetitions
-    make bench REPS=9           more
+    make bench                  11 repetitions (REPS=...), every part
+    make bench PARTS=resize,oom only some parts
 """
 
+import json
 import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import vm  # noqa: E402
 
-MEM_MIB = 2048
-LEFT_MIB = 256
-BALLOON_MIB = MEM_MIB - LEFT_MIB
+ROOT = Path(__file__).resolve().parent.parent
 DRIVERS = {"C": ("virtio_balloon", "/modules/virtio_balloon.ko"),
            "Rust": ("virtio_balloon_rs", "/modules/virtio_balloon_rs.ko")}
+MIB = vm.PAGES_PER_MIB  # kernel pages per MiB
+
+MEM_MIB = 2048
+BALLOON_MIB = MEM_MIB - 256
+OOM_CASES = ((1024, 800, 256), (2048, 1700, 1024))  # guest, balloon, short (MiB)
+SWEEP_MIB = (256, 1024, 4096, 8192)
 
 
-def timed_resize(g, balloon_mib, timeout=300):
+class Samples:
+    """The balloon's size over time, from QMP: (seconds, MiB) pairs."""
+
+    def __init__(self):
+        self.t0 = time.monotonic()
+        self.points = []
+
+    def add(self, mib):
+        self.points.append((time.monotonic() - self.t0, mib))
+
+
+class Sampler:
+    """Samples the balloon size from a thread while the main thread waits on
+    the guest's serial shell (it must not use QMP meanwhile)."""
+
+    def __init__(self, g, samples, every=0.005):
+        self.g, self.samples, self.every = g, samples, every
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self.stop.is_set():
+            self.samples.add(self.g.balloon_mib())
+            time.sleep(self.every)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
+def timed_resize(g, balloon_mib, samples=None, timeout=600):
     """Sets the balloon to `balloon_mib` and returns the seconds until the
-    device reports it."""
+    device reports it (sampling the size into `samples` if given)."""
     t0 = time.monotonic()
     g.set_balloon_mib(balloon_mib)
     deadline = t0 + timeout
     while True:
-        if g.balloon_mib() == balloon_mib:
+        size = g.balloon_mib()
+        if samples is not None:
+            samples.add(size)
+        if size == balloon_mib:
             return time.monotonic() - t0
         if time.monotonic() > deadline:
             raise vm.GuestError(f"balloon did not reach {balloon_mib} MiB in {timeout}s")
         time.sleep(0.002)
 
 
-OOM_MEM_MIB = 1024
-OOM_BALLOON_MIB = 800
-OOM_MIB = 256
-
-
-def one_oom_run(g, name):
-    mod, ko = DRIVERS[name]
-    g.set_balloon_mib(0)
-    g.run(f"insmod {ko}")
-    g.set_balloon_mib(OOM_BALLOON_MIB)
-    g.wait_balloon(lambda s: s == OOM_BALLOON_MIB, timeout=300)
-    g.run("sync; echo 3 > /proc/sys/vm/drop_caches")
-    need = g.meminfo()["MemAvailable"] // 1024 + OOM_MIB
-    kills = g.vmstat()["oom_kill"]
-    sw0 = stopwatch(g)
-    t0 = time.monotonic()
-    out = g.run(f"memhog {need}", timeout=600)
-    took = time.monotonic() - t0
-    sw1 = stopwatch(g)
-    if f"memhog: {need} MiB ok" not in out or g.vmstat()["oom_kill"] != kills:
-        raise vm.GuestError(f"{name}: the process was not rescued by the balloon")
-    calls = sw1["calls"] - sw0["calls"]
-    freed = sw1["freed"] - sw0["freed"]
-    if calls == 0 or freed == 0:
-        raise vm.GuestError(f"{name}: no OOM notification freed anything ({calls} calls)")
-    g.set_balloon_mib(0)
-    g.wait_balloon(lambda s: s == 0, timeout=300)
-    g.run(f"rmmod {mod}")
-    return took, (sw1["ns"] - sw0["ns"]) / calls / 1e9, calls, freed
-
-
-def stopwatch(g):
-    """The oom_stopwatch counters: notifications, nanoseconds, pages freed."""
-    out = g.run("cd /sys/kernel/debug/oom_stopwatch && cat calls ns freed").split()
-    return dict(zip(("calls", "ns", "freed"), map(int, out)))
-
-
-def one_run(g, name):
+def load(g, name):
     mod, ko = DRIVERS[name]
     g.set_balloon_mib(0)
     g.run(f"insmod {ko}")
@@ -102,75 +120,358 @@ def one_run(g, name):
     bound = g.run(f"basename $(readlink /sys/bus/virtio/devices/{dev}/driver)").strip()
     if bound != mod:
         raise vm.GuestError(f"{mod} did not bind (driver: {bound})")
-    g.run("sync; echo 3 > /proc/sys/vm/drop_caches")
-    inflate = timed_resize(g, BALLOON_MIB)
-    deflate = timed_resize(g, 0)
-    g.run(f"rmmod {mod}")
-    return inflate, deflate
+
+
+def unload(g, name):
+    g.set_balloon_mib(0)
+    g.wait_balloon(lambda s: s == 0, timeout=600)
+    g.run(f"rmmod {DRIVERS[name][0]}")
+
+
+def interleaved(reps, one):
+    """Runs one(rep, name) for both drivers in each repetition, the order
+    alternating, after one untimed warm-up round each (rep None)."""
+    for name in DRIVERS:
+        one(None, name)
+    for rep in range(reps):
+        order = list(DRIVERS) if rep % 2 == 0 else list(reversed(DRIVERS))
+        for name in order:
+            one(rep, name)
+
+
+# -- resize ---------------------------------------------------------------
+def bench_resize(ctx, reps, results, traces):
+    with ctx.guest(mem_mib=MEM_MIB) as g:
+        def one(rep, name):
+            mod = DRIVERS[name][0]
+            load(g, name)
+            g.run("sync; echo 3 > /proc/sys/vm/drop_caches")
+            trace = rep == 0
+            inf_s, dfl_s = Samples(), Samples()
+            inflate = timed_resize(g, BALLOON_MIB, inf_s if trace else None)
+            deflate = timed_resize(g, 0, dfl_s if trace else None)
+            timed_resize(g, BALLOON_MIB)
+            t0 = time.monotonic()
+            g.run(f"rmmod {mod}")
+            rmmod = time.monotonic() - t0
+            if g.balloon_mib() != 0:
+                raise vm.GuestError(f"{mod}: rmmod left {g.balloon_mib()} MiB in the balloon")
+            if rep is None:
+                return
+            if trace:
+                traces[("inflate", name)] = inf_s.points
+                traces[("deflate", name)] = dfl_s.points
+            results.add(f"inflate {BALLOON_MIB} MiB", name, inflate)
+            results.add(f"deflate {BALLOON_MIB} MiB", name, deflate)
+            results.add(f"rmmod, {BALLOON_MIB} MiB full", name, rmmod)
+            print(f"    rep {rep + 1} {name:<4} inflate {inflate * 1e3:7.1f} ms   deflate "
+                  f"{deflate * 1e3:7.1f} ms   rmmod {rmmod * 1e3:7.1f} ms", flush=True)
+        interleaved(reps, one)
+
+
+# -- oom ------------------------------------------------------------------
+def stopwatch(g):
+    """The oom_stopwatch counters: notifications, nanoseconds, pages freed."""
+    out = g.run("cd /sys/kernel/debug/oom_stopwatch && cat calls ns freed").split()
+    return dict(zip(("calls", "ns", "freed"), map(int, out)))
+
+
+def memhog(g, need):
+    out = g.run(f"memhog {need}", timeout=900)
+    if f"memhog: {need} MiB ok" not in out:
+        raise vm.GuestError(f"memhog {need} failed:\n{out}")
+
+
+def bench_oom(ctx, reps, results, traces):
+    for mem, balloon, short in OOM_CASES:
+        label = f"OOM: obtain {short} MiB"
+        print(f"==> {label}: {mem} MiB guest, deflate-on-oom=on, {balloon} MiB balloon",
+              flush=True)
+        with ctx.guest(mem_mib=mem, balloon="deflate-on-oom=on") as g:
+            g.run("insmod /modules/oom_stopwatch.ko")
+            fixed = {}
+
+            def one(rep, name):
+                load(g, name)
+                timed_resize(g, balloon)
+                g.run("sync; echo 3 > /proc/sys/vm/drop_caches")
+                need = g.meminfo()["MemAvailable"] // 1024 + short
+                kills = g.vmstat()["oom_kill"]
+                sw0, vm0 = stopwatch(g), g.vmstat()
+                samples = Samples()
+                trace = rep == 0 and short == OOM_CASES[0][2]
+                t0 = time.monotonic()
+                if trace:
+                    with Sampler(g, samples):
+                        memhog(g, need)
+                else:
+                    memhog(g, need)
+                took = time.monotonic() - t0
+                sw1, vm1 = stopwatch(g), g.vmstat()
+                if vm1["oom_kill"] != kills:
+                    raise vm.GuestError(f"{name}: a process was OOM-killed")
+                calls = sw1["calls"] - sw0["calls"]
+                gave = (vm1["balloon_deflate"] - vm0["balloon_deflate"]) / MIB
+                if calls == 0 or gave == 0:
+                    raise vm.GuestError(f"{name}: no OOM notification freed anything")
+                handler = (sw1["ns"] - sw0["ns"]) / 1e9
+                unload(g, name)
+                if rep is None:
+                    return
+                # The same process with an empty balloon: no OOM at all.
+                if name == "C":
+                    floor_t0 = time.monotonic()
+                    memhog(g, need)
+                    floor = time.monotonic() - floor_t0
+                    results.add(f"{label}: floor", "C", floor)
+                    print(f"    rep {rep + 1} floor {floor * 1e3:8.1f} ms   (the same process, "
+                          f"the balloon empty)", flush=True)
+                    fixed[rep] = gave
+                if trace:
+                    traces[("oom", name)] = samples.points
+                results.add(label, name, took)
+                results.add(f"{label}: handler per rescue", name, handler)
+                results.add(f"{label}: handler per call", name, handler / calls)
+                results.add(f"{label}: notifications", name, calls, unit="")
+                results.add(f"{label}: MiB given back", name, gave, unit="MiB")
+                print(f"    rep {rep + 1} {name:<4} {took * 1e3:8.1f} ms   {calls:4} "
+                      f"notifications, {gave:6.1f} MiB given back, {handler * 1e3:6.1f} ms "
+                      f"in the handler", flush=True)
+
+            interleaved(reps, one)
+            # The overshoot, per repetition: beyond what 1 MiB steps gave.
+            for name in DRIVERS:
+                gave = results.values(f"{label}: MiB given back", name)
+                over = [gv - fixed[rep] for rep, gv in enumerate(gave)]
+                results.add_all(f"{label}: overshoot", name, over, unit="MiB")
+
+
+# -- cache ----------------------------------------------------------------
+READER = ("(while :; do dd if=/dev/sda of=/dev/null bs=1M 2>/dev/null; done) "
+          "</dev/null >/dev/null 2>&1 & echo $! > /tmp/reader.pid")
+
+
+def cache_mib(g):
+    m = g.meminfo()
+    return (m["Buffers"] + m["Cached"]) // 1024
+
+
+def bench_cache(ctx, reps, results, traces):
+    disk = ctx.tmp / "cache-disk.raw"
+    with open(disk, "wb") as f:
+        f.truncate(1024 << 20)  # sparse: the host reads zeros fast
+    # virtio-scsi: the guest kernel has it built in (virtio-blk it lacks,
+    # and the page cache does not care which).
+    qemu_args = ("-device", "virtio-scsi-pci,id=scsi0",
+                 "-drive", f"file={disk},if=none,id=d0,format=raw",
+                 "-device", "scsi-hd,drive=d0")
+    with ctx.guest(mem_mib=MEM_MIB, balloon="deflate-on-oom=on", qemu_args=qemu_args) as g:
+        g.run("test -b /dev/sda")
+
+        def one(rep, name):
+            load(g, name)
+            g.run(READER)
+            # The reader has filled the page cache (a block device's pages
+            # count as Buffers).
+            vm.wait_until(lambda: cache_mib(g), lambda c: c >= 900, 300, 0.5, "page cache (MiB)")
+            free0, cache0 = g.meminfo()["MemFree"] // 1024, cache_mib(g)
+            vm0 = g.vmstat()
+            took = timed_resize(g, BALLOON_MIB)
+            deflated = (g.vmstat()["balloon_deflate"] - vm0["balloon_deflate"]) / MIB
+            g.run("kill $(cat /tmp/reader.pid); wait 2>/dev/null; sleep 0.2")
+            unload(g, name)
+            g.run("sync; echo 3 > /proc/sys/vm/drop_caches")
+            if rep is None:
+                return
+            results.add(f"inflate {BALLOON_MIB} MiB, busy page cache", name, took)
+            results.add("  balloon_deflate meanwhile", name, deflated, unit="MiB")
+            print(f"    rep {rep + 1} {name:<4} inflate {took * 1e3:7.1f} ms from "
+                  f"{free0} MiB free and {cache0} MiB cached, {deflated:.0f} MiB deflated "
+                  f"meanwhile", flush=True)
+        interleaved(reps, one)
+
+
+# -- sweep ----------------------------------------------------------------
+def bench_sweep(ctx, reps, results, traces):
+    for size in SWEEP_MIB:
+        with ctx.guest(mem_mib=size + 512 + size // 16) as g:
+            def one(rep, name):
+                load(g, name)
+                g.run("sync; echo 3 > /proc/sys/vm/drop_caches")
+                took = timed_resize(g, size)
+                unload(g, name)
+                if rep is not None:
+                    results.add(f"inflate {size} MiB, per GiB", name, took * 1024 / size)
+            interleaved(reps, one)
+        print(f"    {size} MiB: C {results.median(f'inflate {size} MiB, per GiB', 'C') * 1e3:.0f}"
+              f" ms/GiB, Rust {results.median(f'inflate {size} MiB, per GiB', 'Rust') * 1e3:.0f}"
+              f" ms/GiB", flush=True)
+
+
+# -- results --------------------------------------------------------------
+class Results:
+    def __init__(self):
+        self.rows = {}  # label -> {"unit": .., "C": [..], "Rust": [..]}
+
+    def add(self, label, name, value, unit="s"):
+        row = self.rows.setdefault(label, {"unit": unit, "C": [], "Rust": []})
+        row[name].append(value)
+
+    def add_all(self, label, name, values, unit="s"):
+        for v in values:
+            self.add(label, name, v, unit)
+
+    def values(self, label, name):
+        return self.rows[label][name]
+
+    def median(self, label, name):
+        return statistics.median(self.rows[label][name])
+
+    def table(self):
+        lines = [f"    {'':42} {'C':>10} {'Rust':>10} {'Rust/C':>7} {'paired':>7} "
+                 f"{'Rust faster':>12}"]
+        for label, row in self.rows.items():
+            unit = row["unit"]
+            c = statistics.median(row["C"]) if row["C"] else 0
+            r = statistics.median(row["Rust"]) if row["Rust"] else 0
+
+            def fmt(x):
+                if unit == "s":
+                    return f"{x * 1e3:7.1f} ms" if x >= 1e-3 else f"{x * 1e6:7.1f} us"
+                return f"{x:7.1f} {unit:2}"
+            ratio = paired = wins = ""
+            if (unit == "s" or unit == "") and row["C"] and row["Rust"]:
+                if c > 0:
+                    ratio = f"{r / c:7.2f}"
+                pairs = [rr / cc for rr, cc in zip(row["Rust"], row["C"]) if cc > 0]
+                if pairs and len(row["Rust"]) == len(row["C"]):
+                    paired = f"{statistics.median(pairs):7.2f}"
+                    wins = f"{sum(1 for x in pairs if x < 1.0):>6}/{len(pairs)}"
+            cs = fmt(c) if row["C"] else ""
+            rs = fmt(r) if row["Rust"] else ""
+            lines.append(f"    {label:42} {cs:>10} {rs:>10} {ratio:>7} {paired:>7} {wins:>12}")
+        return "\n".join(lines)
+
+    def ratio(self, label):
+        return self.median(label, "Rust") / self.median(label, "C")
+
+
+def goals(res):
+    """(description, met) for each target of the Rust/C ratios."""
+    out = []
+
+    def want(label, limit, what=None):
+        if label in res.rows:
+            r = res.ratio(label)
+            out.append((f"{what or label}: Rust/C {r:.2f} <= {limit}", r <= limit))
+    want(f"inflate {BALLOON_MIB} MiB", 0.7)
+    want(f"deflate {BALLOON_MIB} MiB", 0.6)
+    want(f"rmmod, {BALLOON_MIB} MiB full", 0.8)
+    for _, _, short in OOM_CASES:
+        want(f"OOM: obtain {short} MiB", 0.4 if short == 256 else 0.3)
+        label = f"OOM: obtain {short} MiB: overshoot"
+        if label in res.rows:
+            over = res.median(label, "Rust")
+            out.append((f"OOM {short} MiB: overshoot {over:.0f} MiB <= the need {short} MiB",
+                        over <= short))
+    want(f"inflate {BALLOON_MIB} MiB, busy page cache", 1.0)
+    label = "  balloon_deflate meanwhile"
+    if label in res.rows:
+        d = max(res.values(label, "Rust"))
+        out.append((f"page cache: Rust deflated {d:.0f} MiB while inflating (0)", d == 0))
+    per_gib = [res.median(f"inflate {s} MiB, per GiB", "Rust") for s in SWEEP_MIB
+               if s >= 1024 and f"inflate {s} MiB, per GiB" in res.rows]
+    if len(per_gib) > 1:
+        spread = max(per_gib) / min(per_gib)
+        out.append((f"Rust time per GiB from 1 to 8 GiB within 15%: {spread:.2f}x",
+                    spread <= 1.15))
+    return out
+
+
+def plot(traces, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("plot: matplotlib is missing (make deps installs it)")
+        return
+    panels = [("inflate", f"inflate to {BALLOON_MIB} MiB"), ("deflate", "deflate to 0"),
+              ("oom", f"OOM rescue of {OOM_CASES[0][2]} MiB")]
+    panels = [p for p in panels if any((p[0], n) in traces for n in DRIVERS)]
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels):
+        for name, style in (("C", "tab:gray"), ("Rust", "tab:orange")):
+            pts = traces.get((key, name))
+            if pts:
+                ax.plot([t * 1e3 for t, _ in pts], [m for _, m in pts], label=name,
+                        color=style, linewidth=1.8)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("ms since the request")
+        ax.set_ylabel("balloon (MiB)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"virtio balloon, C vs Rust ({vm.ARCH}, {vm.PAGE_KIB} KiB pages, QMP samples)",
+                 fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"==> plot: {path}")
+
+
+class Context:
+    def __init__(self, kdir, initrd, accel, tmp):
+        self.kdir, self.initrd, self.accel, self.tmp = kdir, initrd, accel, tmp
+        self.guests = []
+
+    def guest(self, **kw):
+        g = vm.Guest(self.kdir, self.initrd, accel=self.accel,
+                     workdir=self.tmp / f"g{len(self.guests)}", **kw)
+        self.guests.append(g)
+        return g
+
+
+PARTS = {"resize": bench_resize, "oom": bench_oom, "cache": bench_cache, "sweep": bench_sweep}
 
 
 def main():
-    reps = int(os.environ.get("REPS", "5"))
+    reps = int(os.environ.get("REPS", "11"))
+    parts = [p for p in os.environ.get("PARTS", ",".join(PARTS)).split(",") if p]
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        print(f"bench: unknown PARTS {unknown}; choose from {', '.join(PARTS)}", file=sys.stderr)
+        return 2
+    png = Path(os.environ.get("BENCH_PNG") or ROOT / "scripts" / f"bench-{vm.ARCH}.png")
     kdir = vm.kernel_dir()
     with tempfile.TemporaryDirectory(prefix="vbrs-bench-") as tmp:
-        initrd = vm.build_initramfs(kdir, Path(tmp) / "initramfs.cpio.gz")
+        tmp = Path(tmp)
+        initrd = vm.build_initramfs(kdir, tmp / "initramfs.cpio.gz")
         accel = "kvm" if vm.kvm_usable(kdir, initrd) else "tcg"
-        print(f"==> {MEM_MIB} MiB guest ({accel}), balloon 0 -> {BALLOON_MIB} MiB -> 0, "
-              f"{reps} repetitions per driver, interleaved", flush=True)
-        times = {n: {"inflate": [], "deflate": []} for n in DRIVERS}
-        with vm.Guest(kdir, initrd, mem_mib=MEM_MIB, accel=accel, workdir=Path(tmp) / "g") as g:
-            # One untimed round each, so both start from a warmed-up guest.
-            for name in DRIVERS:
-                one_run(g, name)
-            for rep in range(reps):
-                order = list(DRIVERS) if rep % 2 == 0 else list(reversed(DRIVERS))
-                for name in order:
-                    inf, dfl = one_run(g, name)
-                    times[name]["inflate"].append(inf)
-                    times[name]["deflate"].append(dfl)
-                    print(f"    rep {rep + 1} {name:<4} inflate {inf * 1000:7.1f} ms   "
-                          f"deflate {dfl * 1000:7.1f} ms", flush=True)
-            splats = g.splats()
-        print(f"==> OOM: {OOM_MEM_MIB} MiB guest, deflate-on-oom=on, {OOM_BALLOON_MIB} MiB "
-              f"balloon, a process needs {OOM_MIB} MiB more than is available", flush=True)
-        for name in DRIVERS:
-            times[name]["oom"] = []
-            times[name]["oom handler"] = []
-        with vm.Guest(kdir, initrd, mem_mib=OOM_MEM_MIB, accel=accel, balloon="deflate-on-oom=on",
-                      workdir=Path(tmp) / "g-oom") as g:
-            g.run("insmod /modules/oom_stopwatch.ko")
-            for name in DRIVERS:
-                one_oom_run(g, name)
-            for rep in range(reps):
-                order = list(DRIVERS) if rep % 2 == 0 else list(reversed(DRIVERS))
-                for name in order:
-                    took, handler, calls, freed = one_oom_run(g, name)
-                    times[name]["oom"].append(took)
-                    times[name]["oom handler"].append(handler)
-                    print(f"    rep {rep + 1} {name:<4} oom     {took * 1000:7.1f} ms   "
-                          f"{calls} notifications, {freed} pages, "
-                          f"{handler * 1e6:6.1f} us each in the handler", flush=True)
+        ctx = Context(kdir, initrd, accel, tmp)
+        results, traces = Results(), {}
+        splats = []
+        for part in parts:
+            print(f"==> {part} ({accel}, {reps} repetitions per driver, interleaved)", flush=True)
+            PARTS[part](ctx, reps, results, traces)
+        for g in ctx.guests:
             splats += g.splats()
+        # The raw figures, kept even if what follows fails.
+        raw = png.with_suffix(".json")
+        raw.write_text(json.dumps({"reps": reps, "accel": accel, "rows": results.rows,
+                                   "traces": {f"{k[0]} {k[1]}": v for k, v in traces.items()}}))
+        print(f"==> raw figures: {raw}")
         print()
-        print(f"    {'':11} {'C median':>11} {'Rust median':>12} {'Rust/C':>7} "
-              f"{'paired':>7} {'Rust faster':>12}")
-        ok = True
-        for op in ("inflate", "deflate", "oom", "oom handler"):
-            c = statistics.median(times["C"][op])
-            r = statistics.median(times["Rust"][op])
-            ratio = r / c
-            ok &= ratio <= 1.0
-            # Each repetition runs both drivers back to back: the median of
-            # the per-repetition ratios cancels drift between repetitions.
-            pairs = [rr / cc for rr, cc in zip(times["Rust"][op], times["C"][op])]
-            wins = sum(1 for x in pairs if x < 1.0)
-            unit, scale = ("us", 1e6) if op == "oom handler" else ("ms", 1e3)
-            print(f"    {op:11} {c * scale:8.1f} {unit} {r * scale:9.1f} {unit} {ratio:7.2f} "
-                  f"{statistics.median(pairs):7.2f} {wins:>6}/{len(pairs)}")
+        print(results.table())
+        plot(traces, png)
         if splats:
             print("console shows:\n" + "\n".join(splats))
             return 1
-        print(f"\n    goal (Rust/C <= 1.0): {'met' if ok else 'NOT met'}")
+        print()
+        met = True
+        for what, ok in goals(results):
+            print(f"    {'met    ' if ok else 'NOT met'}  {what}")
+            met &= ok
         return 0
 
 

@@ -86,4 +86,10 @@ if ! "$VBRS_VENV/bin/python" -c 'import qemu.qmp' 2>/dev/null; then
 	"$VBRS_VENV/bin/pip" install -q "qemu.qmp==$VBRS_QMP_VERSION" \
 		|| vbrs_die "pip install qemu.qmp failed (is PyPI reachable?)"
 fi
+# `deps.sh bench`: what `make bench` needs beyond the tests (the plot).
+if [ "${1:-}" = bench ] && ! "$VBRS_VENV/bin/python" -c 'import matplotlib' 2>/dev/null; then
+	vbrs_log "installing matplotlib $VBRS_MATPLOTLIB_VERSION into $VBRS_VENV (for the benchmark's plot)"
+	"$VBRS_VENV/bin/pip" install -q "matplotlib==$VBRS_MATPLOTLIB_VERSION" \
+		|| vbrs_die "pip install matplotlib failed (is PyPI reachable?)"
+fi
 exit 0
