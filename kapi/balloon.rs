@@ -170,10 +170,10 @@ impl Batch<NewPage> {
         let n = n.min(spare.len());
         // The allocator fills only the NULL entries of the array.
         let array = spare.as_mut_ptr().cast::<*mut bindings::page>();
-        // SAFETY: `array` has `n` entries (`NewPage` is a transparent
-        // `NonNull<page>`, so an entry is a `struct page *`), which we null
-        // first: `MaybeUninit` slots may hold any bit pattern, and nothing
-        // drops them.
+        // `NewPage` is a transparent `NonNull<page>`, so a slot is a
+        // `struct page *`; `MaybeUninit` slots may hold any bit pattern and
+        // nothing drops them, so nulling them first loses nothing.
+        // SAFETY: `array` has `n` writable entries (see above).
         let got = unsafe {
             for i in 0..n {
                 array.add(i).write(core::ptr::null_mut());
@@ -286,11 +286,12 @@ impl<T: Migrate> BalloonPages<T> {
         }
         let mut head = MaybeUninit::<bindings::list_head>::uninit();
         let head = head.as_mut_ptr();
-        // SAFETY: `head` is valid for writes and is not moved while in use.
         // Each page is live with our only reference (`NewPage`'s
         // invariant), which goes to the balloon with it (type invariant):
         // the batch forgets it first. A fresh page's `lru` is unused, so it
-        // may link the local list. `info` is initialised.
+        // may link the local list.
+        // SAFETY: as above; `head` is valid for writes and is not moved
+        // while in use, and `info` is initialised.
         let queued = unsafe {
             bindings::INIT_LIST_HEAD(head);
             let first = pages.items.as_ptr();

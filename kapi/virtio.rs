@@ -1048,10 +1048,11 @@ impl<T: Driver> Adapter<T> {
             if unsafe { (*bind.state.get()).reset } {
                 return Err(EIO);
             }
-            // SAFETY: valid device whose driver set its queues up;
-            // `DRIVER_OK` is not set yet (probe and restore are the only
-            // callers, and the core sets it only after they return). Under
-            // `life`, no reset can come in between.
+            // Probe and restore are the only callers, and the core sets
+            // `DRIVER_OK` only after they return; under `life`, no reset can
+            // come in between.
+            // SAFETY: valid device whose driver set its queues up, not yet
+            // `DRIVER_OK` (see above).
             unsafe { bindings::virtio_device_ready(dev.as_raw()) };
         }
         if T::HAS_READY {

@@ -147,8 +147,9 @@ def bench_resize(ctx, reps, results, traces):
             load(g, name)
             g.run("sync; echo 3 > /proc/sys/vm/drop_caches")
             trace = rep == 0
-            inf_s, dfl_s = Samples(), Samples()
+            inf_s = Samples()
             inflate = timed_resize(g, BALLOON_MIB, inf_s if trace else None)
+            dfl_s = Samples()
             deflate = timed_resize(g, 0, dfl_s if trace else None)
             timed_resize(g, BALLOON_MIB)
             t0 = time.monotonic()

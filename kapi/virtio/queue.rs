@@ -585,10 +585,11 @@ impl<'a> QueueSetup<'a> {
 unsafe extern "C" fn used_callback(vq: *mut bindings::virtqueue) {
     // SAFETY: `vq` is live for the call, and so is its device.
     let (vdev, index) = unsafe { ((*vq).vdev, (*vq).index as usize) };
+    // Teardown breaks the device (a broken ring's interrupt calls no
+    // callback) and synchronises with running callbacks before the entries,
+    // and only after `del_vqs` the cores, can go.
     // SAFETY: while the device has queues the driver is bound and `priv` is
-    // its binding. Teardown breaks the device (a broken ring's interrupt
-    // calls no callback) and synchronises with running callbacks before
-    // the entries, and only after `del_vqs` the cores, can go.
+    // its binding (see above).
     let bind = unsafe { &*(*vdev).priv_.cast::<Binding>() };
     let Some(q) = bind.queues.get(index).map(|s| s.load(Ordering::Acquire)) else {
         return;
@@ -701,10 +702,11 @@ impl SyncQueue {
         let life = self.core.bind.life.read();
         let vq = self.core.open_vq(&life)?;
         let token = vq.as_ptr().cast::<c_void>();
+        // We return only once the device gave `sg` back, or it was reset
+        // and the ring let go of the entries (`settle`).
         // SAFETY: `sg` is a terminated list of `nents` valid entries whose
-        // memory nobody else touches while it is borrowed (`LentSg`), and we
-        // return only once the device gave it back, or it was reset and the
-        // ring let go of the entries (`settle`). `vq` is open under `life`.
+        // memory nobody else touches while it is borrowed (`LentSg`), for as
+        // long as the device has it (see above); `vq` is open under `life`.
         to_result(unsafe {
             bindings::virtqueue_add_inbuf(
                 vq.as_ptr(),
