@@ -163,7 +163,8 @@ impl Batch<NewPage> {
     /// failure, as `balloon_page_alloc`) but in bulk: from the per-CPU free
     /// lists in one go while the zone is well above its low watermark,
     /// otherwise one page through the allocator's slow path. Returns how
-    /// many were added; 0 when memory is short.
+    /// many were added; 0 when memory is short. May sleep (reclaim):
+    /// process context only.
     pub(crate) fn alloc_bulk(&mut self, n: usize) -> usize {
         let len = self.items.len();
         let spare = self.items.spare_capacity_mut();
