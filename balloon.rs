@@ -306,7 +306,8 @@ type Freeing = Mutex<Batch<DeflatedPage>>;
 /// Deflated pages (the host told) and the work that gives them back to the
 /// guest on whichever CPU is idle (the system unbound queue). The batch's
 /// lock is taken under the balloon lock or by the work alone, and never
-/// the other way round.
+/// the other way round; what is left in the batch at teardown is freed
+/// when its last reference goes (after the work has stopped).
 struct Freer {
     batch: Arc<Freeing>,
     work: Work<FreeDeflated>,
@@ -543,22 +544,8 @@ fn inflate(core: &BalloonCore, pages: usize) -> Next {
     while fresh.len() > n {
         drop(fresh.pop());
     }
-    let queued = core.enqueue_all(&mut fresh);
+    core.enqueue_all(&mut fresh);
     drop(fresh);
-    if queued != n {
-        // Cannot happen (the balloon takes every page it is given); the
-        // host is not told of pages the balloon does not hold.
-        dev_err!(
-            sh.dev,
-            "balloon took {} of {} pages; giving them back\n",
-            queued,
-            n
-        );
-        let back = core.dequeue(queued, &mut st.out);
-        st.out.clear();
-        add(&sh.stats.deflated_pages, back as u64);
-        return Next::Idle;
-    }
     st.held += n as u64 * u64::from(sh.fpp);
     add(&sh.stats.inflated_pages, n as u64);
     if !sh.tell(&mut q.inflate, &st.msg, &lens, &sh.stats.inflate_msgs) {
@@ -571,6 +558,7 @@ fn inflate(core: &BalloonCore, pages: usize) -> Next {
     sh.publish(st);
     if held_back {
         // The next round decides whether anything more can be spared.
+        sh.alloc_failures_in_a_row.store(0, Ordering::Relaxed);
         return Next::Again;
     }
     if failed {
@@ -739,6 +727,7 @@ impl UpdateSize {
                 }
             }
             Step::Done => {
+                sh.alloc_failures_in_a_row.store(0, Ordering::Relaxed);
                 if sh.notes.clear(Note::Short) {
                     dev_info!(
                         sh.dev,

@@ -173,7 +173,9 @@ impl Batch<NewPage> {
         let array = spare.as_mut_ptr().cast::<*mut bindings::page>();
         // `NewPage` is a transparent `NonNull<page>`, so a slot is a
         // `struct page *`; `MaybeUninit` slots may hold any bit pattern and
-        // nothing drops them, so nulling them first loses nothing.
+        // nothing drops them, so nulling them first loses nothing. With
+        // every entry NULL, `alloc_pages_bulk_noprof` (mm/page_alloc.c)
+        // fills entries 0, 1, ... in order and returns how many.
         // SAFETY: `array` has `n` writable entries (see above).
         let got = unsafe {
             for i in 0..n {
@@ -181,8 +183,7 @@ impl Batch<NewPage> {
             }
             bindings::balloon_pages_alloc_bulk(n as _, array)
         } as usize;
-        // The allocator fills the array from its first NULL entry on, and
-        // all were NULL: the first `got` entries are pages.
+        // So the first `got` entries are pages (see above).
         let got = got.min(n);
         // SAFETY: the first `got` spare slots hold fresh pages with one
         // reference each, now owned by the batch (`NewPage`'s invariant);
@@ -279,21 +280,21 @@ impl<T: Migrate> BalloonPages<T> {
 
     /// Puts every page of `pages` in the balloon (where they stay movable),
     /// under one acquisition of the balloon's list lock, and empties the
-    /// batch. Counts a `balloon_inflate` event per page. Returns how many.
-    pub(crate) fn enqueue_all(&self, pages: &mut Batch<NewPage>) -> usize {
+    /// batch. Counts a `balloon_inflate` event per page.
+    pub(crate) fn enqueue_all(&self, pages: &mut Batch<NewPage>) {
         let n = pages.len();
         if n == 0 {
-            return 0;
+            return;
         }
         let mut head = MaybeUninit::<bindings::list_head>::uninit();
         let head = head.as_mut_ptr();
         // Each page is live with our only reference (`NewPage`'s
         // invariant), which goes to the balloon with it (type invariant):
-        // the batch forgets it first. A fresh page's `lru` is unused, so it
-        // may link the local list.
+        // the batch gives them up (its length is set to 0) before they go.
+        // A fresh page's `lru` is unused, so it may link the local list.
         // SAFETY: as above; `head` is valid for writes and is not moved
         // while in use, and `info` is initialised.
-        let queued = unsafe {
+        unsafe {
             bindings::INIT_LIST_HEAD(head);
             let first = pages.items.as_ptr();
             // Accounted before the pages become visible to migration.
@@ -305,22 +306,17 @@ impl<T: Migrate> BalloonPages<T> {
                 bindings::balloon_page_push(head, raw);
             }
             pages.items.set_len(0);
-            bindings::balloon_page_list_enqueue(self.info.get(), head)
-        };
-        // The C function takes every page of the list; if it ever left
-        // some, they would come back to the guest, never be leaked.
-        // SAFETY: a page still on the local list carries the reference the
-        // batch gave up and was taken out of the managed count above; it
-        // never reached the balloon, so both are simply undone.
-        unsafe {
-            while let Some(page) = NonNull::new(bindings::balloon_page_pop(head)) {
-                if self.account {
-                    bindings::adjust_managed_page_count(page.as_ptr(), 1);
-                }
-                bindings::put_page(page.as_ptr());
-            }
+            // It takes every page of the list (or BUG()s on one it cannot
+            // lock, which a fresh page never is).
+            bindings::balloon_page_list_enqueue(self.info.get(), head);
         }
-        queued
+        // If a kernel ever left some on the list, they stay there, held by
+        // nobody: the caller describes every page to the host, so freeing
+        // one would hand the guest memory the host may discard.
+        // SAFETY: `head` is initialised and only read.
+        if !unsafe { bindings::list_empty(head) } {
+            pr_err!("balloon pages were left off the balloon's list; leaking them\n");
+        }
     }
 
     /// Takes up to `n` pages out of the balloon into `out` (as many as it has
