@@ -28,7 +28,10 @@ use crate::kapi::{
     sync::{cond_resched, msleep, Mutex},
     virtio::{
         self,
-        queue::{Either, OutBuf, PolledQueue, PostedQueue, QueueId, QueueSetup, SyncQueue},
+        queue::{
+            Bundle, Either, OutBuf, PolledQueue, PostedQueue, QueueId, QueueSetup, SyncQueue,
+            WaitedQueue,
+        },
         Bound, Config, Core, Device, Feature, Validate,
     },
     virtio_balloon::{self as vb, feature},
@@ -176,9 +179,20 @@ impl Notes {
 /// hinted blocks (handed to the host).
 type FreePageBuf = Either<OutBuf, PageBlock>;
 
+/// An inflate message: the frames (what the host reads) and the kernel
+/// pages they describe, which stay with the message until the host has
+/// taken it. Migration sends one frame and no page.
+type InflateMsg = Bundle<OutBuf, Batch<NewPage>>;
+
 /// The device's virtqueues.
 struct Queues {
-    inflate: SyncQueue,
+    /// Inflate messages are handed over and collected after the next
+    /// round's pages are allocated ([`settle`]).
+    inflate: WaitedQueue<InflateMsg>,
+    /// [`MSGS_PER_KICK`] inflate messages, with room for a message's pages,
+    /// made with the queues (never while memory is short); those not on the
+    /// ring wait here.
+    inflate_spare: Batch<KBox<InflateMsg>>,
     deflate: SyncQueue,
     stats: Option<PostedQueue<OutBuf>>,
     free_page: Option<PolledQueue<FreePageBuf>>,
@@ -187,7 +201,17 @@ struct Queues {
 
 /// Declares the queues in the device's order and creates them.
 fn set_up_queues(dev: &Device<Core>, mut setup: QueueSetup<'_>) -> Result<Queues> {
-    let inflate = setup.sync(c_str!("inflate"))?;
+    let per_msg = logic::pages_per_msg(logic::frames_per_page(PAGE_SIZE).ok_or(EINVAL)?);
+    let mut inflate_spare = Batch::with_capacity(MSGS_PER_KICK)?;
+    for _ in 0..MSGS_PER_KICK {
+        let msg = Bundle {
+            buf: OutBuf::new(MSG_BYTES)?,
+            with: Batch::with_capacity(per_msg)?,
+        };
+        // The batch has room for exactly these.
+        let _ = inflate_spare.push(KBox::new(msg, GFP_KERNEL)?);
+    }
+    let inflate = setup.waited(c_str!("inflate"))?;
     let deflate = setup.sync(c_str!("deflate"))?;
     let stats = if dev.has_feature(feature::STATS_VQ) {
         Some(setup.posted(c_str!("stats"))?)
@@ -230,6 +254,7 @@ fn set_up_queues(dev: &Device<Core>, mut setup: QueueSetup<'_>) -> Result<Queues
     }
     Ok(Queues {
         inflate,
+        inflate_spare,
         deflate,
         stats,
         free_page,
@@ -243,6 +268,9 @@ struct State {
     queues: Option<Queues>,
     /// 4 KiB frames in the balloon, isolated pages included.
     held: u64,
+    /// 4 KiB frames on their way in: on the inflate queue, not yet taken by
+    /// the host, so neither in the balloon nor counted in `held`.
+    inflating: u64,
     /// Message buffer: [`MSGS_PER_KICK`] messages of [`MSG_BYTES`].
     msg: OutBuf,
     /// Pages on their way out of the balloon.
@@ -362,20 +390,57 @@ impl Shared {
                     first += sent.count;
                 }
                 Err(e) => {
-                    add(&self.stats.host_errors, (n - first) as u64);
-                    self.host_gone.store(true, Ordering::Release);
-                    if self.notes.first(Note::SendError) {
-                        dev_err!(
-                            self.dev,
-                            "cannot send to the host (error {}); pages go back to the guest without it\n",
-                            e.to_errno()
-                        );
-                    }
+                    self.lost_host(e, n - first);
                     return false;
                 }
             }
         }
         true
+    }
+
+    /// Sends one inflate message that carries no page (migration's) and
+    /// waits for the host to take it; false as for [`Shared::tell`].
+    fn tell_inflate(&self, q: &mut Queues, msg: KBox<InflateMsg>) -> bool {
+        if self.host_gone.load(Ordering::Acquire) {
+            let _ = q.inflate_spare.push(msg);
+            return false;
+        }
+        if let Err((msg, e)) = q.inflate.add(msg) {
+            let _ = q.inflate_spare.push(msg);
+            self.lost_host(e, 1);
+            return false;
+        }
+        q.inflate.kick();
+        add(&self.stats.inflate_msgs, 1);
+        match q.inflate.wait() {
+            Ok((msg, len)) => {
+                if len != 0 {
+                    add(&self.stats.host_odd_used_len, 1);
+                }
+                // The spare batch has room for every message there is.
+                let _ = q.inflate_spare.push(msg);
+                true
+            }
+            Err(e) => {
+                self.lost_host(e, 1);
+                false
+            }
+        }
+    }
+
+    /// `msgs` messages did not reach the host (or the host did not return
+    /// them) with error `e`: the device is broken or gone, and is sent
+    /// nothing more until the queues are set up again. Said once.
+    fn lost_host(&self, e: Error, msgs: usize) {
+        add(&self.stats.host_errors, msgs as u64);
+        self.host_gone.store(true, Ordering::Release);
+        if self.notes.first(Note::SendError) {
+            dev_err!(
+                self.dev,
+                "cannot send to the host (error {}); pages go back to the guest without it\n",
+                e.to_errno()
+            );
+        }
     }
 
     /// The kernel pages just dequeued into `st.out` (`got` of them), the
@@ -426,25 +491,37 @@ impl Migrate for Shared {
             return Err(EAGAIN);
         };
         let st = &mut *st;
+        let (new, old) = (m.new_pfn(), m.old_pfn());
+        if !logic::frame_fits(new, PAGE_SIZE) {
+            return Err(ENOSPC);
+        }
+        // The host must hear of the new page after any inflation in flight,
+        // and waiting for that here would hold up compaction with both
+        // pages locked: it retries once the round is collected.
+        if st.inflating != 0 {
+            add(&sh.stats.migrations_deferred, 1);
+            return Err(EAGAIN);
+        }
         let Some(q) = st.queues.as_mut() else {
             return Err(EAGAIN);
         };
         if sh.host_gone.load(Ordering::Acquire) {
             return Err(EAGAIN);
         }
-        let (new, old) = (m.new_pfn(), m.old_pfn());
-        if !logic::frame_fits(new, PAGE_SIZE) {
-            return Err(ENOSPC);
-        }
+        let Some(mut msg) = q.inflate_spare.pop() else {
+            return Err(EAGAIN);
+        };
         let done = m.commit();
-        let mut lens = [0usize; MSGS_PER_KICK];
+        let mut lens = [0usize; 1];
         logic::encode_pages(
             core::iter::once(new),
             PAGE_SIZE,
-            st.msg.as_mut_slice(),
+            msg.buf.as_mut_slice(),
             &mut lens,
         );
-        if sh.tell(&mut q.inflate, &st.msg, &lens, &sh.stats.inflate_msgs) {
+        msg.buf.set_len(lens[0]);
+        if sh.tell_inflate(q, msg) {
+            let mut lens = [0usize; MSGS_PER_KICK];
             logic::encode_pages(
                 core::iter::once(old),
                 PAGE_SIZE,
@@ -475,32 +552,110 @@ fn inflate_budget(core: &BalloonCore) -> u64 {
     logic::inflate_budget(available, total, PAGE_SIZE)
 }
 
-/// One round of inflation: up to `pages` kernel pages.
+/// Collects the inflate messages on the ring: the pages of each one the
+/// host took enter the balloon, and `held` and `actual` follow. If the host
+/// is lost meanwhile, the device was reset and the pages of the messages it
+/// had went back to the guest with them. Afterwards nothing is in flight.
+fn settle(core: &BalloonCore, st: &mut State) {
+    let sh = core.data();
+    let Some(q) = st.queues.as_mut() else {
+        st.inflating = 0;
+        return;
+    };
+    let mut got = 0usize;
+    while q.inflate.in_flight() != 0 {
+        let left = q.inflate.in_flight();
+        match q.inflate.wait() {
+            Ok((mut msg, len)) => {
+                if len != 0 {
+                    add(&sh.stats.host_odd_used_len, 1);
+                }
+                got += msg.with.len();
+                core.enqueue_all(&mut msg.with);
+                // The spare batch has room for every message there is.
+                let _ = q.inflate_spare.push(msg);
+            }
+            Err(e) => {
+                sh.lost_host(e, left);
+                break;
+            }
+        }
+    }
+    st.inflating = 0;
+    if got != 0 {
+        st.held += got as u64 * u64::from(sh.fpp);
+        add(&sh.stats.inflated_pages, got as u64);
+        sh.publish(st);
+    }
+}
+
+/// Hands the pages of `fresh` to the host, a message at a time (at most
+/// [`MSGS_PER_KICK`], one kick), without waiting: each message owns its
+/// pages until the host returns it ([`settle`]). Returns how many pages
+/// went; those left in `fresh` did not (no message or ring room left).
+fn post_inflate(sh: &Shared, q: &mut Queues, fresh: &mut Batch<NewPage>) -> usize {
+    let mut pages = 0usize;
+    let mut msgs = 0u64;
+    while fresh.len() != 0 {
+        let Some(mut msg) = q.inflate_spare.pop() else {
+            break;
+        };
+        while msg.with.room() != 0 {
+            let Some(page) = fresh.pop() else {
+                break;
+            };
+            // There is room: `push` cannot hand it back.
+            let _ = msg.with.push(page);
+        }
+        let mut lens = [0usize; 1];
+        let m = &mut *msg;
+        let n = logic::encode_pages(
+            m.with.as_slice().iter().map(|p| p.pfn()),
+            PAGE_SIZE,
+            m.buf.as_mut_slice(),
+            &mut lens,
+        );
+        // A message has room for the frames of as many pages as its batch
+        // holds, so every page was encoded; one that was not is freed here,
+        // never described to the host.
+        while msg.with.len() > n {
+            drop(msg.with.pop());
+        }
+        msg.buf.set_len(lens[0]);
+        match q.inflate.add(msg) {
+            Ok(()) => {
+                pages += n;
+                msgs += 1;
+            }
+            Err((mut msg, _)) => {
+                // Not on the ring (it is full, or gone): its pages go back.
+                msg.with.clear();
+                let _ = q.inflate_spare.push(msg);
+                break;
+            }
+        }
+    }
+    if msgs != 0 {
+        q.inflate.kick();
+        add(&sh.stats.inflate_msgs, msgs);
+    }
+    pages
+}
+
+/// One round of inflation: up to `pages` kernel pages. They are allocated
+/// while the host takes the last round's (on hosts that answer from another
+/// thread), handed to the host, and collected by the next round or by
+/// whatever needs the balloon lock next ([`settle`]).
 fn inflate(core: &BalloonCore, pages: usize) -> Next {
     let sh = core.data();
     // A host that cannot hear gets no more memory.
-    if sh.host_gone.load(Ordering::Acquire) {
-        return Next::Idle;
-    }
-    let budget = inflate_budget(core);
+    let budget = if sh.host_gone.load(Ordering::Acquire) {
+        0
+    } else {
+        inflate_budget(core)
+    };
     let held_back = (budget as usize) < pages;
     let pages = pages.min(budget as usize);
-    if pages == 0 {
-        add(&sh.stats.reserve_holds, 1);
-        // Holding at the reserve may last: it must not keep the system
-        // from sleeping (the retries go on).
-        sh.wakeup.finish();
-        if sh.notes.first(Note::Short) {
-            dev_info!(
-                sh.dev,
-                "balloon holds at {} KiB: the guest keeps its last {} KiB available; retrying every {} ms\n",
-                sh.stats.actual_frames.load(Ordering::Relaxed) * 4,
-                mm::available_pages() * (PAGE_SIZE as u64 / 1024),
-                logic::ALLOC_RETRY_MS
-            );
-        }
-        return Next::After(logic::ALLOC_RETRY_MS);
-    }
     let mut fresh = sh.scratch.lock();
     // Allocate outside the balloon lock, as the C driver does: allocation
     // may reclaim and compact, and the OOM path needs the lock meanwhile.
@@ -521,9 +676,11 @@ fn inflate(core: &BalloonCore, pages: usize) -> Next {
     failed |= fresh.len() < allocated;
     let mut st = sh.state.lock();
     let st = &mut *st;
-    // Frozen or going away, a host that stopped hearing meanwhile, or an
-    // OOM notification that freed memory while we allocated (the guest
-    // needs it more than the host): the pages go back at once.
+    // The last round's messages, which the host had while we allocated.
+    settle(core, st);
+    // Frozen or going away, a host that stopped hearing, or an OOM
+    // notification that freed memory while we allocated (the guest needs
+    // it more than the host): the pages go back at once.
     let Some(q) = st.queues.as_mut() else {
         fresh.clear();
         return Next::Idle;
@@ -532,30 +689,27 @@ fn inflate(core: &BalloonCore, pages: usize) -> Next {
         fresh.clear();
         return Next::Idle;
     }
-    let mut lens = [0usize; MSGS_PER_KICK];
-    let n = logic::encode_pages(
-        fresh.as_slice().iter().map(|p| p.pfn()),
-        PAGE_SIZE,
-        st.msg.as_mut_slice(),
-        &mut lens,
-    );
-    // The buffer holds a whole round, so every page was encoded; one that
-    // was not would be freed here, never leaked.
-    while fresh.len() > n {
-        drop(fresh.pop());
+    if pages == 0 {
+        add(&sh.stats.reserve_holds, 1);
+        // Holding at the reserve may last: it must not keep the system
+        // from sleeping (the retries go on).
+        sh.wakeup.finish();
+        if sh.notes.first(Note::Short) {
+            dev_info!(
+                sh.dev,
+                "balloon holds at {} KiB: the guest keeps its last {} KiB available; retrying every {} ms\n",
+                st.held * 4,
+                mm::available_pages() * (PAGE_SIZE as u64 / 1024),
+                logic::ALLOC_RETRY_MS
+            );
+        }
+        return Next::After(logic::ALLOC_RETRY_MS);
     }
-    core.enqueue_all(&mut fresh);
+    let sent = post_inflate(sh, q, &mut fresh);
+    // Whatever could not be handed over goes back to the guest now.
+    fresh.clear();
     drop(fresh);
-    st.held += n as u64 * u64::from(sh.fpp);
-    add(&sh.stats.inflated_pages, n as u64);
-    if !sh.tell(&mut q.inflate, &st.msg, &lens, &sh.stats.inflate_msgs) {
-        // The host did not get (all of) these pages and the device is gone
-        // or gave up: the round goes back to the guest at once.
-        let back = core.dequeue(n, &mut st.out);
-        sh.free_deflated(st, back, false);
-        return Next::Idle;
-    }
-    sh.publish(st);
+    st.inflating += sent as u64 * u64::from(sh.fpp);
     if held_back {
         // The next round decides whether anything more can be spared.
         sh.alloc_failures_in_a_row.store(0, Ordering::Relaxed);
@@ -568,11 +722,13 @@ fn inflate(core: &BalloonCore, pages: usize) -> Next {
             dev_info!(
                 sh.dev,
                 "out of memory for the balloon at {} KiB; retrying in {} to {} ms\n",
-                st.held * 4,
+                (st.held + st.inflating) * 4,
                 logic::ALLOC_RETRY_FIRST_MS,
                 logic::ALLOC_RETRY_MS
             );
         }
+        // Nothing stays in flight through the wait.
+        settle(core, st);
         return Next::After(logic::alloc_retry_ms(failures));
     }
     sh.alloc_failures_in_a_row.store(0, Ordering::Relaxed);
@@ -618,6 +774,8 @@ fn deflate_locked(
     if st.queues.is_none() {
         return Deflated::Busy;
     }
+    // Pages on their way in are the balloon's once the host has them.
+    settle(core, st);
     let pages = pages.min(logic::frames_to_pages(st.held, sh.fpp) as usize);
     let got = core.dequeue(pages, &mut st.out);
     if got == 0 {
@@ -658,7 +816,11 @@ fn drain(core: &BalloonCore) {
     let sh = core.data();
     let round = logic::pages_per_round(sh.fpp);
     loop {
-        let held = logic::frames_to_pages(sh.state.lock().held, sh.fpp) as usize;
+        let held = {
+            let mut st = sh.state.lock();
+            settle(core, &mut st);
+            logic::frames_to_pages(st.held, sh.fpp) as usize
+        };
         if held == 0 {
             break;
         }
@@ -681,6 +843,7 @@ fn drain_and_stop(core: &BalloonCore) {
 fn stop_queues(core: &BalloonCore) {
     let sh = core.data();
     let mut st = sh.state.lock();
+    settle(core, &mut st);
     sh.publish(&st);
     st.queues = None;
 }
@@ -713,12 +876,25 @@ impl UpdateSize {
             .target_frames
             .store(num_pages.into(), Ordering::Relaxed);
         let target = logic::target_frames(num_pages, sh.fpp);
-        let held = sh.state.lock().held;
-        match logic::next_step(target, held, sh.fpp) {
+        let (held, inflating) = {
+            let st = sh.state.lock();
+            (st.held, st.inflating)
+        };
+        // Pages on their way in count towards the target: the next round
+        // is allocated while the host takes them.
+        match logic::next_step(target, held + inflating, sh.fpp) {
             // After an OOM deflation the guest needs the memory more than
             // the host does; wait for the host to ask again.
-            Step::Inflate(_) if sh.oom_pause.load(Ordering::Acquire) => Next::Idle,
+            Step::Inflate(_) if sh.oom_pause.load(Ordering::Acquire) => {
+                settle(core, &mut sh.state.lock());
+                Next::Idle
+            }
             Step::Inflate(n) => inflate(core, n),
+            // Anything else is decided on what the host has taken.
+            _ if inflating != 0 => {
+                settle(core, &mut sh.state.lock());
+                Next::Again
+            }
             Step::Deflate(n) => {
                 let last = held.saturating_sub(n as u64 * u64::from(sh.fpp)) <= target;
                 match deflate(core, n, Why::Host, last) {
@@ -753,10 +929,14 @@ impl OomHandler for OomDeflate {
         let core = &*self.0;
         let sh = core.data();
         add(&sh.stats.oom_notifications, 1);
-        // Sleeps on the balloon lock at most one host round trip: inflation
-        // allocates before it takes the lock, never while holding it.
+        // Sleeps on the balloon lock for a few host round trips at most:
+        // inflation allocates before it takes the lock, never while holding
+        // it, and migration's two messages are one each. Then the round
+        // inflation left with the host joins the balloon (one more round
+        // trip at most), so that it can be given back too.
         let mut st = sh.state.lock();
         let st = &mut *st;
+        settle(core, st);
         let now = Ktime::ktime_get().to_ms();
         let quiet = crate::OOM_QUIET_MS.get();
         if !st.ramp.in_burst(now, quiet) {
@@ -1221,6 +1401,7 @@ impl virtio::Driver for Balloon {
         let state = State {
             queues: Some(queues),
             held: 0,
+            inflating: 0,
             msg: OutBuf::new(MSGS_PER_KICK * MSG_BYTES)?,
             out: Batch::with_capacity(round)?,
             ramp: logic::oom::Ramp::new(),
@@ -1409,7 +1590,11 @@ impl virtio::Driver for Balloon {
         let blocks = free_all_hints(sh);
         // No work will finish what is pending: let the system sleep.
         sh.wakeup.clear();
-        let pages = logic::frames_to_pages(sh.state.lock().held, sh.fpp);
+        let pages = {
+            let mut st = sh.state.lock();
+            settle(&self.core, &mut st);
+            logic::frames_to_pages(st.held, sh.fpp)
+        };
         // The OOM notifier stays on its chain while the balloon drains: an
         // OOM meanwhile still gets its MiB (both deflate under the balloon
         // lock, host told first) instead of a kill between unregistering
@@ -1441,6 +1626,8 @@ impl virtio::Driver for Balloon {
         let primer = StatsPrimer::new(dev)?;
         let mut st = sh.state.lock();
         st.queues = Some(queues);
+        // The old queues were collected before they went (`stop_queues`).
+        st.inflating = 0;
         // New queues, after a reset: the host can hear again, and the
         // blocks the old ones held were dropped with them.
         sh.host_gone.store(false, Ordering::Release);

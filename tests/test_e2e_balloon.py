@@ -311,7 +311,10 @@ def test_messages_the_device_receives(boot, tmp_path):
     # (virtio_balloon_handle_output). No message carries more than 256
     # frames, and the frames of each kernel page are consecutive, in one
     # message, starting at the page's first frame (16 of them with 64 KiB
-    # pages, 4 with 16 KiB, 1 with 4 KiB).
+    # pages, 4 with 16 KiB, 1 with 4 KiB). Inflation hands a round to the
+    # host without waiting and collects it later: the host must still hear
+    # of every page going in before it hears of it coming out, and of no
+    # page twice, also when the target turns round mid-inflation.
     trace = tmp_path / "qemu-trace.log"
     g = boot(mem_mib=1024, qemu_args=["-D", str(trace), "-trace", "virtqueue_pop",
                                       "-trace", "virtio_balloon_handle_output"])
@@ -325,22 +328,51 @@ def test_messages_the_device_receives(boot, tmp_path):
     assert g.counters()["actual_frames"] == 65 * FRAMES_PER_MIB + whole_pages(1)
     g.set_balloon_mib(0)
     assert g.wait_balloon(lambda s: s == 0) == 0
+    # Turning round while inflating (100 ms into a 600 MiB inflation).
+    g.set_balloon_mib(600)
+    time.sleep(0.1)
+    g.set_balloon_mib(10)
+    assert g.wait_balloon(lambda s: s == 10) == 10
+    c = g.counters()
     g.run("rmmod virtio_balloon_rs")
 
     messages, current = [], None
     for line in trace.read_text().splitlines():
         if "virtqueue_pop" in line:
-            current = []
+            vq = re.search(r"vq (0x[0-9a-f]+|\(nil\))", line)
+            assert vq, line
+            current = (vq.group(1), [])
             messages.append(current)
         elif "virtio_balloon_handle_output" in line:
             gpa = re.search(r"gpa: (0x[0-9a-f]+)", line)
             assert gpa and current is not None, line
-            current.append(int(gpa.group(1), 16))
+            current[1].append(int(gpa.group(1), 16))
     # Elements without frames are other queues' (stats, the serial port).
-    messages = [m for m in messages if m]
+    # The first queue with frames is the inflate queue (the balloon starts
+    # empty), the other the deflate queue.
+    messages = [m for m in messages if m[1]]
+    inflate_vq = messages[0][0]
+    assert len({vq for vq, _ in messages}) == 2
+    ballooned = set()
+    for vq, m in messages:
+        for gpa in m:
+            if vq == inflate_vq:
+                assert gpa not in ballooned, f"{gpa:#x} inflated twice"
+                ballooned.add(gpa)
+            else:
+                assert gpa in ballooned, f"{gpa:#x} deflated before the host had it"
+                ballooned.remove(gpa)
+    # rmmod gave back everything, host told (migration may have swapped
+    # pages meanwhile; each swap is an inflate and a deflate message).
+    assert not ballooned, len(ballooned)
+    moved = c["migrated_pages"] * vm.FRAMES_PER_PAGE
+    messages = [m for _, m in messages]
     frames = sum(len(m) for m in messages)
-    # In and out: 64 MiB, then one MiB and one page more, all back.
-    assert frames == 2 * (65 * FRAMES_PER_MIB + whole_pages(1)), frames
+    # In and out: 64 MiB, then one MiB and one page more, then the turn
+    # round, all back.
+    turned = c["inflated_pages"] * vm.FRAMES_PER_PAGE - 65 * FRAMES_PER_MIB - whole_pages(1)
+    assert turned >= 10 * FRAMES_PER_MIB, c
+    assert frames == 2 * (65 * FRAMES_PER_MIB + whole_pages(1) + turned) + 2 * moved, (frames, c)
     page_bytes = vm.PAGE_KIB * 1024
     for m in messages:
         assert len(m) <= 256, len(m)

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Virtqueues, in three disciplines, each its own type so that they cannot
+//! Virtqueues, in four disciplines, each its own type so that they cannot
 //! be mixed on one queue:
 //!
 //! - [`SyncQueue`]: the driver lends buffers and sleeps until the device
@@ -11,6 +11,10 @@
 //!   returns it when it likes; the driver hears of it through
 //!   [`super::Driver::buffers_used`] and takes it back.
 //! - [`PolledQueue`]: as posted, without interrupts; the driver reaps.
+//! - [`WaitedQueue`]: as posted, but the driver sleeps until the device
+//!   returns a buffer ([`WaitedQueue::wait`]): it can hand over several,
+//!   go on with other work while the device has them, and collect them
+//!   later.
 //!
 //! A buffer handed over is owned by the queue (the ring's token) until the
 //! device returns it or the layer resets the device and drops it. Handles
@@ -170,6 +174,30 @@ unsafe impl<A: Buffer, B: Buffer> Buffer for Either<A, B> {
     }
 }
 
+/// A buffer and a value that goes with it, for as long as the device has the
+/// buffer: the queue owns both until the device returns the buffer, so what
+/// the value stands for (pages the buffer describes to the host, say) is
+/// not reused before the host is done with it. If the device is reset
+/// first, both are dropped after the reset, with the binding's lifecycle
+/// lock held: a `with` whose `Drop` used that binding's queues or config
+/// would wait for itself (a hang, not unsoundness). The device sees only
+/// `buf`.
+pub(crate) struct Bundle<B, T> {
+    /// What the device is handed.
+    pub(crate) buf: B,
+    /// What goes with it.
+    pub(crate) with: T,
+}
+
+// SAFETY: the region is `buf`'s, which the bundle owns, so `B`'s guarantees
+// hold for it as they would for `buf` alone (moving the bundle moves `buf`,
+// whose memory does not move with it). The device never sees `with`.
+unsafe impl<B: Buffer, T: Send + 'static> Buffer for Bundle<B, T> {
+    fn region(&self) -> Region {
+        self.buf.region()
+    }
+}
+
 /// A scatterlist of memory a device may write, lent for one
 /// [`SyncQueue::lend`] call.
 ///
@@ -190,6 +218,7 @@ enum Kind {
     Sync,
     Posted,
     Polled,
+    Waited,
 }
 
 /// Whether a queue can be used, and its virtqueue.
@@ -207,8 +236,9 @@ struct Live {
 /// `live.vq` is this queue's virtqueue from `find` until the binding
 /// deletes the queues; while `live.open`, the device is not being reset and
 /// the virtqueue may be used. An operation holds `live` (posted and polled
-/// queues, which never sleep) or holds the binding's `life` for reading and
-/// saw `open` (synchronous queues, which sleep); closing takes both, so once
+/// queues, which never sleep, and a waited queue's `add` and `kick`) or
+/// holds the binding's `life` for reading and saw `open` (synchronous
+/// queues and a waited queue's `wait`, which sleep); closing takes both, so once
 /// a queue is closed no operation is using it. `drop_token` frees a token
 /// this queue's handle put on the ring.
 #[pin_data]
@@ -379,15 +409,16 @@ impl QueueCore {
         })
     }
 
-    /// Waits for the device to return a buffer; returns its used length.
+    /// Waits for the device to return a buffer; returns its token and used
+    /// length.
     /// Asks for the interrupt only if it has to sleep, and wakes up every
     /// second to notice a ring the core marked broken (its interrupts are
     /// ignored from then on) or a device that asked to be reset; fails
     /// with `EIO` then.
-    fn wait_used(&self, vq: NonNull<bindings::virtqueue>) -> Result<u32> {
+    fn wait_used(&self, vq: NonNull<bindings::virtqueue>) -> Result<(NonNull<c_void>, u32)> {
         loop {
-            if let Some((_, len)) = self.get_used(vq) {
-                return Ok(len);
+            if let Some(used) = self.get_used(vq) {
+                return Ok(used);
             }
             // SAFETY: an open virtqueue, serialised by the handle.
             if unsafe { bindings::virtqueue_is_broken(vq.as_ptr()) } {
@@ -492,6 +523,8 @@ impl<'a> QueueSetup<'a> {
             .ok_or(EINVAL)?;
         Ok(BufQueue {
             core,
+            in_flight: 0,
+            unkicked: false,
             _b: PhantomData,
         })
     }
@@ -503,6 +536,22 @@ impl<'a> QueueSetup<'a> {
             .ok_or(EINVAL)?;
         Ok(BufQueue {
             core,
+            in_flight: 0,
+            unkicked: false,
+            _b: PhantomData,
+        })
+    }
+
+    /// Declares a queue whose owned buffers the driver waits for
+    /// ([`WaitedQueue::wait`]); its interrupts wake the waiter only.
+    pub(crate) fn waited<B: Buffer>(&mut self, name: &'static CStr) -> Result<WaitedQueue<B>> {
+        let core = self
+            .declare(Some(name), Kind::Waited, drop_boxed::<B>)?
+            .ok_or(EINVAL)?;
+        Ok(BufQueue {
+            core,
+            in_flight: 0,
+            unkicked: false,
             _b: PhantomData,
         })
     }
@@ -732,7 +781,7 @@ impl SyncQueue {
         let inject = self.core.kick(vq);
         self.core.inject_break(inject);
         for _ in 0..n {
-            each(self.core.wait_used(vq)?);
+            each(self.core.wait_used(vq)?.1);
         }
         Ok(())
     }
@@ -756,6 +805,13 @@ pub(crate) const MAX_PARTS: usize = 16;
 /// context, [`super::Driver::buffers_used`] included.
 pub(crate) struct BufQueue<B: Buffer, K> {
     core: Arc<QueueCore>,
+    /// Buffers this handle put on the ring that it has not taken back (a
+    /// [`WaitedQueue`] keeps it exact: it sets it to 0 when the device was
+    /// reset and the ring dropped them).
+    in_flight: usize,
+    /// Buffers were added since the last kick (a [`WaitedQueue`]'s `wait`
+    /// kicks first: the device might not look at them otherwise).
+    unkicked: bool,
     _b: PhantomData<fn(B) -> (B, K)>,
 }
 
@@ -768,6 +824,11 @@ pub(crate) struct Polled;
 pub(crate) type PostedQueue<B> = BufQueue<B, Posted>;
 /// A queue the driver polls.
 pub(crate) type PolledQueue<B> = BufQueue<B, Polled>;
+/// Marker of [`WaitedQueue`].
+pub(crate) struct Waited;
+/// A queue whose sender hands over owned buffers, goes on, and later sleeps
+/// until the device returns them.
+pub(crate) type WaitedQueue<B> = BufQueue<B, Waited>;
 
 impl<B: Buffer, K> BufQueue<B, K> {
     /// Which queue this is (as [`super::Driver::buffers_used`] names it),
@@ -810,6 +871,7 @@ impl<B: Buffer, K> BufQueue<B, K> {
         });
         match posted {
             Ok(inject) => {
+                self.in_flight += 1;
                 core.inject_break(inject);
                 Ok(())
             }
@@ -824,8 +886,98 @@ impl<B: Buffer, K> BufQueue<B, K> {
             .core
             .with_open(|vq| self.core.get_used(vq).ok_or(ENOENT))
             .ok()?;
-        // SAFETY: every token on this ring is a `KBox<B>` from `post`, and
-        // the core hands each back once.
+        self.in_flight = self.in_flight.saturating_sub(1);
+        // SAFETY: every token on this ring is a `KBox<B>` from `post` (or
+        // `add`), and the core hands each back once.
         Some((unsafe { KBox::from_raw(token.as_ptr().cast::<B>()) }, len))
+    }
+}
+
+impl<B: Buffer> WaitedQueue<B> {
+    /// Puts `buf` on the ring without telling the device yet
+    /// ([`WaitedQueue::kick`] does). The queue owns the buffer from here
+    /// until [`WaitedQueue::wait`] returns it, or the device is reset and
+    /// it is dropped. On failure (`ENOSPC`: the ring is full; `ENODEV`:
+    /// the queue is gone) the buffer comes back with the error. Never
+    /// sleeps.
+    pub(crate) fn add(&mut self, buf: KBox<B>) -> core::result::Result<(), (KBox<B>, Error)> {
+        let region = buf.region();
+        let token = KBox::into_raw(buf).cast::<c_void>();
+        let core = &self.core;
+        // SAFETY: `vq` is open (under its lock). The box is the ring's from
+        // here (its token) until `wait` or the teardown's detach turns the
+        // token back into it.
+        match core.with_open(|vq| unsafe { core.add(vq, &region, token) }) {
+            Ok(()) => {
+                self.in_flight += 1;
+                self.unkicked = true;
+                Ok(())
+            }
+            // SAFETY: not added, so the box is still ours.
+            Err(e) => Err((unsafe { KBox::from_raw(token.cast::<B>()) }, e)),
+        }
+    }
+
+    /// Tells the device about the buffers added since the last kick. Never
+    /// sleeps.
+    pub(crate) fn kick(&mut self) {
+        self.unkicked = false;
+        let core = &self.core;
+        let inject = core.with_open(|vq| {
+            // The waiter asks for the interrupt only when it has to sleep.
+            core.quiet(vq);
+            Ok(core.kick(vq))
+        });
+        core.inject_break(inject.unwrap_or(false));
+    }
+
+    /// Buffers on the ring, added and not yet returned: 0 once the queue is
+    /// closed (its device reset, by this handle's `wait` or by anything
+    /// else, drops what the ring held).
+    pub(crate) fn in_flight(&self) -> usize {
+        if self.core.is_open() {
+            self.in_flight
+        } else {
+            0
+        }
+    }
+
+    /// Sleeps until the device returns one of the buffers on the ring (in
+    /// whatever order it uses them) and returns it with its used length;
+    /// kicks first if buffers were added since the last kick.
+    /// `ENOENT` at once if none is on the ring. On any other failure
+    /// (`EIO`: the ring broke or the device needs a reset; `ENODEV`: the
+    /// queue is gone) the device has been reset and every buffer it had
+    /// dropped before this returns: [`WaitedQueue::in_flight`] is 0 then.
+    /// Process context.
+    pub(crate) fn wait(&mut self) -> Result<(KBox<B>, u32)> {
+        if self.in_flight == 0 {
+            return Err(ENOENT);
+        }
+        if self.unkicked {
+            self.kick();
+        }
+        let life = self.core.bind.life.read();
+        let used = self
+            .core
+            .open_vq(&life)
+            .and_then(|vq| self.core.wait_used(vq));
+        drop(life);
+        match used {
+            Ok((token, len)) => {
+                self.in_flight -= 1;
+                // SAFETY: every token on this ring is a `KBox<B>` from
+                // `add` (or `post`), and the core hands each back once.
+                Ok((unsafe { KBox::from_raw(token.as_ptr().cast::<B>()) }, len))
+            }
+            Err(e) => {
+                // Reset (unless a teardown or an earlier reset closed the
+                // queue, which reset the device and dropped its buffers
+                // already): nothing of ours is on the ring after this.
+                self.core.bind.reset_after_error(&self.core);
+                self.in_flight = 0;
+                Err(e)
+            }
+        }
     }
 }
