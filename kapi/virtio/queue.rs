@@ -515,11 +515,14 @@ impl<'a> QueueSetup<'a> {
         Ok(SyncQueue { core })
     }
 
-    /// Declares a queue the device answers when it likes, with interrupts
-    /// ([`super::Driver::buffers_used`]).
-    pub(crate) fn posted<B: Buffer>(&mut self, name: &'static CStr) -> Result<PostedQueue<B>> {
+    /// Declares a queue of owned buffers of type `B`, of discipline `kind`.
+    fn buf_queue<B: Buffer, K>(
+        &mut self,
+        name: &'static CStr,
+        kind: Kind,
+    ) -> Result<BufQueue<B, K>> {
         let core = self
-            .declare(Some(name), Kind::Posted, drop_boxed::<B>)?
+            .declare(Some(name), kind, drop_boxed::<B>)?
             .ok_or(EINVAL)?;
         Ok(BufQueue {
             core,
@@ -529,31 +532,21 @@ impl<'a> QueueSetup<'a> {
         })
     }
 
+    /// Declares a queue the device answers when it likes, with interrupts
+    /// ([`super::Driver::buffers_used`]).
+    pub(crate) fn posted<B: Buffer>(&mut self, name: &'static CStr) -> Result<PostedQueue<B>> {
+        self.buf_queue(name, Kind::Posted)
+    }
+
     /// Declares a queue the driver polls (no interrupts).
     pub(crate) fn polled<B: Buffer>(&mut self, name: &'static CStr) -> Result<PolledQueue<B>> {
-        let core = self
-            .declare(Some(name), Kind::Polled, drop_boxed::<B>)?
-            .ok_or(EINVAL)?;
-        Ok(BufQueue {
-            core,
-            in_flight: 0,
-            unkicked: false,
-            _b: PhantomData,
-        })
+        self.buf_queue(name, Kind::Polled)
     }
 
     /// Declares a queue whose owned buffers the driver waits for
     /// ([`WaitedQueue::wait`]); its interrupts wake the waiter only.
     pub(crate) fn waited<B: Buffer>(&mut self, name: &'static CStr) -> Result<WaitedQueue<B>> {
-        let core = self
-            .declare(Some(name), Kind::Waited, drop_boxed::<B>)?
-            .ok_or(EINVAL)?;
-        Ok(BufQueue {
-            core,
-            in_flight: 0,
-            unkicked: false,
-            _b: PhantomData,
-        })
+        self.buf_queue(name, Kind::Waited)
     }
 
     /// Declares a queue position the driver does not use (the device does
