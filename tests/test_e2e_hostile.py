@@ -150,15 +150,20 @@ def test_device_breaking_while_free_pages_are_reported(boot):
     # Let the reports after boot settle, then break the device right after
     # the next kick: with no balloon target and no stats polling, that is a
     # free page report. Settled means no report for three times the
-    # reporting delay (2 s): a report already kicked when the knob is set
-    # completes normally and is counted, and it is not the broken one.
+    # reporting delay (2 s). The guest's own activity still frees pages
+    # now and then, so one report can start between the last look at the
+    # counter and the knob: it completes normally and is counted (seen
+    # once in CI and once on the debug kernel here), and it is not the
+    # broken one. The broken report is never counted, and nothing is sent
+    # after it.
     sent0 = wait_reports_settled(g)
     knob(g, "break_device", 1)
     g.run("memhog 400 1")
     g.wait_counters(lambda c: c["host_errors"] > 0, timeout=60)
     c = g.counters()
     assert knob(g, "break_device") == 0
-    assert c["reports_sent"] == sent0, c
+    assert sent0 <= c["reports_sent"] <= sent0 + 1, (sent0, c)
+    sent0 = c["reports_sent"]
     assert g.console_text().count("device reset before their memory is reused") == 1
     statuses = " ".join(g.virtio_status()["status"]["statuses"])
     assert "DRIVER_OK" not in statuses, statuses
