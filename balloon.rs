@@ -398,13 +398,10 @@ impl Shared {
         true
     }
 
-    /// Sends one inflate message that carries no page (migration's) and
-    /// waits for the host to take it; false as for [`Shared::tell`].
+    /// Sends one inflate message that carries no page (migration's, which
+    /// checked that the host can hear) and waits for the host to take it;
+    /// false as for [`Shared::tell`].
     fn tell_inflate(&self, q: &mut Queues, msg: KBox<InflateMsg>) -> bool {
-        if self.host_gone.load(Ordering::Acquire) {
-            let _ = q.inflate_spare.push(msg);
-            return false;
-        }
         if let Err((msg, e)) = q.inflate.add(msg) {
             let _ = q.inflate_spare.push(msg);
             self.lost_host(e, 1);

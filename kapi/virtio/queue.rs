@@ -852,21 +852,29 @@ impl<B: Buffer, K> BufQueue<B, K> {
     /// is dropped). On failure the buffer comes back with the error. The
     /// buffer comes boxed, so that posting never allocates.
     pub(crate) fn post(&mut self, buf: KBox<B>) -> core::result::Result<(), (KBox<B>, Error)> {
+        let inject = self.put(buf, true)?;
+        self.core.inject_break(inject);
+        Ok(())
+    }
+
+    /// Puts `buf` on the ring, and with `kick` kicks the device under the
+    /// same lock; returns what [`QueueCore::kick`] returned (false without
+    /// a kick). On failure the buffer comes back with the error.
+    fn put(&mut self, buf: KBox<B>, kick: bool) -> core::result::Result<bool, (KBox<B>, Error)> {
         let region = buf.region();
         let token = KBox::into_raw(buf).cast::<c_void>();
         let core = &self.core;
-        let posted = core.with_open(|vq| {
+        let put = core.with_open(|vq| {
             // SAFETY: `vq` is open (under its lock). The buffer is owned by
-            // the ring from here (its token) until `take` or the teardown's
-            // detach turns the token back into the box.
+            // the ring from here (its token) until `take`, `wait` or the
+            // teardown's detach turns the token back into the box.
             unsafe { core.add(vq, &region, token) }?;
-            Ok(core.kick(vq))
+            Ok(kick && core.kick(vq))
         });
-        match posted {
+        match put {
             Ok(inject) => {
                 self.in_flight += 1;
-                core.inject_break(inject);
-                Ok(())
+                Ok(inject)
             }
             // SAFETY: not added, so the box is still ours.
             Err(e) => Err((unsafe { KBox::from_raw(token.cast::<B>()) }, e)),
@@ -894,21 +902,9 @@ impl<B: Buffer> WaitedQueue<B> {
     /// the queue is gone) the buffer comes back with the error. Never
     /// sleeps.
     pub(crate) fn add(&mut self, buf: KBox<B>) -> core::result::Result<(), (KBox<B>, Error)> {
-        let region = buf.region();
-        let token = KBox::into_raw(buf).cast::<c_void>();
-        let core = &self.core;
-        // SAFETY: `vq` is open (under its lock). The box is the ring's from
-        // here (its token) until `wait` or the teardown's detach turns the
-        // token back into it.
-        match core.with_open(|vq| unsafe { core.add(vq, &region, token) }) {
-            Ok(()) => {
-                self.in_flight += 1;
-                self.unkicked = true;
-                Ok(())
-            }
-            // SAFETY: not added, so the box is still ours.
-            Err(e) => Err((unsafe { KBox::from_raw(token.cast::<B>()) }, e)),
-        }
+        self.put(buf, false)?;
+        self.unkicked = true;
+        Ok(())
     }
 
     /// Tells the device about the buffers added since the last kick. Never
