@@ -39,7 +39,7 @@ use crate::kapi::{
     work::{self, Next, OwnedQueue, Running, Work, WorkHandler},
 };
 use crate::logic::{self, hint, FeatureList, MemSnapshot, Step, MSGS_PER_KICK, MSG_BYTES};
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use kernel::{
     c_str,
     device::Device as GenericDevice,
@@ -89,6 +89,10 @@ counters! {
         deflate_msgs,
         /// Rounds cut short because no page could be allocated.
         alloc_failures,
+        /// Kernel pages an inflation round took from those allocated for
+        /// it ahead, on another CPU while the round before was handed to
+        /// the host.
+        pages_allocated_ahead,
         /// Rounds held back to keep the guest's reserve available.
         reserve_holds,
         /// Config-change interrupts seen.
@@ -308,6 +312,8 @@ struct Shared {
     /// (only the update work uses it; taken before the balloon lock).
     #[pin]
     scratch: Mutex<Batch<NewPage>>,
+    /// Allocates the round after this one on another CPU.
+    filler: Filler,
     hint_cmd: HintCmd,
     /// Hinted blocks on the free page queue (the host has not returned
     /// them yet); changed under the balloon lock.
@@ -349,6 +355,94 @@ impl WorkHandler for FreeDeflated {
     fn run(&self, _me: &Running<'_>) -> Next {
         self.0.lock().clear();
         Next::Idle
+    }
+}
+
+/// Pages allocated for the next inflation round by [`FillAhead`], on
+/// another CPU while this one hands the current round to the host, and
+/// how many more it should allocate.
+#[pin_data]
+struct Ahead {
+    /// Kernel pages the fill work is to allocate when it runs next.
+    want: AtomicUsize,
+    /// What it allocated. Its lock is taken by the update work (with at
+    /// most `scratch` held, never the balloon lock), by `stop_queues` and
+    /// `drain` (holding nothing), by the fill work while it allocates
+    /// (reclaim may then only try other locks), or tried by the OOM path.
+    #[pin]
+    pages: Mutex<Batch<NewPage>>,
+}
+
+/// Ahead-allocated pages and the work that allocates them, on the system
+/// unbound queue (so on whichever CPU is idle, not the one busy with the
+/// host). What is left at teardown is freed when the last reference goes
+/// (after the work has stopped).
+struct Filler {
+    ahead: Arc<Ahead>,
+    work: Work<FillAhead>,
+}
+
+/// The work that allocates the next inflation round. It owns only the
+/// batch, so the driver data can own the work.
+struct FillAhead(Arc<Ahead>);
+
+impl WorkHandler for FillAhead {
+    fn run(&self, _me: &Running<'_>) -> Next {
+        let mut pages = self.0.pages.lock();
+        // Read under the lock: whoever cleared the batch set it to 0
+        // first, so nothing is allocated for a round that will not come.
+        let want = self.0.want.swap(0, Ordering::AcqRel);
+        while pages.len() < want && pages.room() != 0 {
+            // Short of memory: the round itself tries again (and counts
+            // the failure).
+            let n = want - pages.len();
+            if pages.alloc_bulk(n) == 0 {
+                break;
+            }
+        }
+        Next::Idle
+    }
+}
+
+impl Filler {
+    /// Asks for `pages` kernel pages to be allocated on another CPU (0:
+    /// none).
+    fn request(&self, pages: usize) {
+        self.ahead.want.store(pages, Ordering::Release);
+        if pages != 0 {
+            self.work.queue();
+        }
+    }
+
+    /// Moves what was allocated ahead into `into` (empty), waiting for an
+    /// allocation running, and cancels what was asked for.
+    fn take(&self, into: &mut Batch<NewPage>) {
+        self.ahead.want.store(0, Ordering::Release);
+        let mut pages = self.ahead.pages.lock();
+        core::mem::swap(&mut *pages, into);
+    }
+
+    /// Gives back what was allocated ahead (waiting for an allocation
+    /// running), and cancels what was asked for.
+    fn clear(&self) {
+        self.ahead.want.store(0, Ordering::Release);
+        self.ahead.pages.lock().clear();
+    }
+
+    /// [`Filler::clear`] for the OOM path, which must not wait for an
+    /// allocation: returns how many pages went back (none if the fill work
+    /// is allocating; it allocates no more than it was asked, and the
+    /// round that takes them frees them during an OOM pause).
+    fn try_clear(&self) -> usize {
+        self.ahead.want.store(0, Ordering::Release);
+        match self.ahead.pages.try_lock() {
+            Some(mut pages) => {
+                let n = pages.len();
+                pages.clear();
+                n
+            }
+            None => 0,
+        }
     }
 }
 
@@ -533,10 +627,12 @@ impl Migrate for Shared {
 }
 
 /// Kernel pages inflation may take now without going below the guest's
-/// reserve (see `logic::inflate_budget`).
-fn inflate_budget(core: &BalloonCore) -> u64 {
+/// reserve (see `logic::inflate_budget`), counting `spare` pages the
+/// driver holds for inflation as available (they are the guest's again if
+/// the round does not take them).
+fn inflate_budget(core: &BalloonCore, spare: u64) -> u64 {
     let sh = core.data();
-    let available = mm::available_pages();
+    let available = mm::available_pages().saturating_add(spare);
     let managed = mm::meminfo().total;
     // Without DEFLATE_ON_OOM the balloon's pages left the managed count: the
     // reserve is a share of the guest's RAM with them.
@@ -639,21 +735,30 @@ fn post_inflate(sh: &Shared, q: &mut Queues, fresh: &mut Batch<NewPage>) -> usiz
     pages
 }
 
-/// One round of inflation: up to `pages` kernel pages. They are allocated
-/// while the host takes the last round's (on hosts that answer from another
-/// thread), handed to the host, and collected by the next round or by
-/// whatever needs the balloon lock next ([`settle`]).
-fn inflate(core: &BalloonCore, pages: usize) -> Next {
+/// One round of inflation: up to `pages` kernel pages. Most were allocated
+/// ahead, on another CPU while this one handed the last round to the host
+/// (which, on hosts that answer from another thread, takes it meanwhile);
+/// they are handed to the host, and collected by the next round or by
+/// whatever needs the balloon lock next ([`settle`]). Then `next` pages are
+/// asked of the fill work for the round after (0: none follows).
+fn inflate(core: &BalloonCore, pages: usize, next: usize) -> Next {
     let sh = core.data();
-    // A host that cannot hear gets no more memory.
+    let mut fresh = sh.scratch.lock();
+    // Round start: `fresh` is empty (every exit below empties it).
+    sh.filler.take(&mut fresh);
+    let ahead = fresh.len();
+    // A host that cannot hear gets no more memory. The pages allocated
+    // ahead count as available: what the round does not take goes back.
     let budget = if sh.host_gone.load(Ordering::Acquire) {
         0
     } else {
-        inflate_budget(core)
+        inflate_budget(core, ahead as u64)
     };
-    let held_back = (budget as usize) < pages;
+    let held_back = budget < pages as u64;
     let pages = pages.min(budget as usize);
-    let mut fresh = sh.scratch.lock();
+    while fresh.len() > pages {
+        drop(fresh.pop());
+    }
     // Allocate outside the balloon lock, as the C driver does: allocation
     // may reclaim and compact, and the OOM path needs the lock meanwhile.
     // In bulk: from the per-CPU lists while memory is plentiful, a page at
@@ -671,19 +776,37 @@ fn inflate(core: &BalloonCore, pages: usize) -> Next {
     let allocated = fresh.len();
     fresh.retain(|p| logic::frame_fits(p.pfn(), PAGE_SIZE));
     failed |= fresh.len() < allocated;
-    let mut st = sh.state.lock();
-    let st = &mut *st;
+    add(
+        &sh.stats.pages_allocated_ahead,
+        ahead.min(fresh.len()) as u64,
+    );
+    // The round after is allocated on another CPU while this one is handed
+    // to the host, within what the guest can spare once this one is gone.
+    // Not after a failure (the retry waits) or a hold (the next round
+    // decides again).
+    if !failed && !held_back && pages != 0 && !sh.oom_pause.load(Ordering::Acquire) {
+        let budget = inflate_budget(core, 0).min(usize::MAX as u64) as usize;
+        sh.filler.request(next.min(budget));
+    }
+    let mut guard = sh.state.lock();
+    let st = &mut *guard;
     // The last round's messages, which the host had while we allocated.
     settle(core, st);
     // Frozen or going away, a host that stopped hearing, or an OOM
     // notification that freed memory while we allocated (the guest needs
-    // it more than the host): the pages go back at once.
+    // it more than the host): the pages go back at once, and those of the
+    // round after once the balloon lock is free again (the OOM path may
+    // be waiting for it).
     let Some(q) = st.queues.as_mut() else {
         fresh.clear();
+        drop(guard);
+        sh.filler.clear();
         return Next::Idle;
     };
     if sh.host_gone.load(Ordering::Acquire) || sh.oom_pause.load(Ordering::Acquire) {
         fresh.clear();
+        drop(guard);
+        sh.filler.clear();
         return Next::Idle;
     }
     if pages == 0 {
@@ -811,6 +934,8 @@ fn deflate_locked(
 /// Deflates the whole balloon (remove, freeze), telling the host.
 fn drain(core: &BalloonCore) {
     let sh = core.data();
+    // No inflation round follows (the update work is stopped or frozen).
+    sh.filler.clear();
     let round = logic::pages_per_round(sh.fpp);
     loop {
         let held = {
@@ -839,6 +964,8 @@ fn drain_and_stop(core: &BalloonCore) {
 /// go of the queues (the layer resets the device and deletes them after).
 fn stop_queues(core: &BalloonCore) {
     let sh = core.data();
+    // No round follows: what was allocated for one goes back.
+    sh.filler.clear();
     let mut st = sh.state.lock();
     settle(core, &mut st);
     sh.publish(&st);
@@ -879,14 +1006,29 @@ impl UpdateSize {
         };
         // Pages on their way in count towards the target: the next round
         // is allocated while the host takes them.
-        match logic::next_step(target, held + inflating, sh.fpp) {
+        let step = logic::next_step(target, held + inflating, sh.fpp);
+        let oom_pause = sh.oom_pause.load(Ordering::Acquire);
+        if !matches!(step, Step::Inflate(_)) || oom_pause {
+            // No inflation round follows: what was allocated for one goes
+            // back (an OOM notification may have found it busy).
+            sh.filler.clear();
+        }
+        match step {
             // After an OOM deflation the guest needs the memory more than
             // the host does; wait for the host to ask again.
-            Step::Inflate(_) if sh.oom_pause.load(Ordering::Acquire) => {
+            Step::Inflate(_) if oom_pause => {
                 settle(core, &mut sh.state.lock());
                 Next::Idle
             }
-            Step::Inflate(n) => inflate(core, n),
+            Step::Inflate(n) => {
+                // And the round after, if this one leaves the balloon short.
+                let after = held + inflating + n as u64 * u64::from(sh.fpp);
+                let next = match logic::next_step(target, after, sh.fpp) {
+                    Step::Inflate(m) => m,
+                    _ => 0,
+                };
+                inflate(core, n, next)
+            }
             // Anything else is decided on what the host has taken.
             _ if inflating != 0 => {
                 settle(core, &mut sh.state.lock());
@@ -931,8 +1073,8 @@ impl OomHandler for OomDeflate {
         // it, and migration's two messages are one each. Then the round
         // inflation left with the host joins the balloon (one more round
         // trip at most), so that it can be given back too.
-        let mut st = sh.state.lock();
-        let st = &mut *st;
+        let mut guard = sh.state.lock();
+        let st = &mut *guard;
         settle(core, st);
         let now = Ktime::ktime_get().to_ms();
         let quiet = crate::OOM_QUIET_MS.get();
@@ -950,7 +1092,17 @@ impl OomHandler for OomDeflate {
             }
         }
         add(&sh.stats.oom_deflated_pages, freed as u64);
-        freed as u64
+        drop(guard);
+        // Pages allocated ahead for an inflation round go back too, unless
+        // the fill work is busy (the update work frees them then: the OOM
+        // pause stops inflation). They count only with a deflation, which
+        // set the pause: otherwise inflation would take them right back,
+        // and a kill may be what the guest needs.
+        let spared = sh.filler.try_clear();
+        if freed == 0 {
+            return 0;
+        }
+        (freed + spared) as u64
     }
 }
 
@@ -1418,6 +1570,17 @@ impl virtio::Driver for Balloon {
             work: Work::new(work::system_unbound(), FreeDeflated(batch.clone()))?,
             batch,
         };
+        let ahead = Arc::pin_init(
+            try_pin_init!(Ahead {
+                want: AtomicUsize::new(0),
+                pages <- new_mutex!(Batch::with_capacity(round)?, "Balloon::ahead"),
+            }? Error),
+            GFP_KERNEL,
+        )?;
+        let filler = Filler {
+            work: Work::new(work::system_unbound(), FillAhead(ahead.clone()))?,
+            ahead,
+        };
         let core = Arc::pin_init(
             BalloonPages::new(
                 account,
@@ -1433,6 +1596,7 @@ impl virtio::Driver for Balloon {
                     oom_pause: AtomicBool::new(false),
                     state <- new_mutex!(state, "Balloon::state"),
                     freer,
+                    filler,
                     scratch <- new_mutex!(Batch::with_capacity(round)?, "Balloon::scratch"),
                     hint_cmd: HintCmd::new(),
                     hints_in_flight: AtomicU64::new(0),

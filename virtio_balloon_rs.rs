@@ -6,6 +6,10 @@
 //! guest to give memory back (inflate) or lets it take memory again
 //! (deflate). See README.md for what is implemented.
 
+// The driver data's pin-initialiser (`try_pin_init!` in `balloon.rs`) has
+// more fields than the default macro recursion limit (128) expands.
+#![recursion_limit = "256"]
+
 #[macro_use]
 mod kapi;
 mod balloon;
