@@ -335,13 +335,40 @@ struct Shared {
 type BalloonCore = BalloonPages<Shared>;
 
 /// Deflated pages on their way back to the guest.
-type Freeing = Mutex<Batch<DeflatedPage>>;
+#[pin_data]
+struct Freeing {
+    /// The pages. Taken a chunk at a time ([`free_chunk`]), under the
+    /// balloon lock or by the free work (holding `busy`), and never held
+    /// while another lock is taken.
+    #[pin]
+    pages: Mutex<Batch<DeflatedPage>>,
+    /// Held by the free work while it frees: once it is free, so is every
+    /// page the work took.
+    #[pin]
+    busy: Mutex<()>,
+}
+
+/// Kernel pages a CPU takes from [`Freeing`] at a time.
+const FREE_CHUNK: usize = 64;
+
+/// Frees up to [`FREE_CHUNK`] pages of `pages`, outside its lock, so that
+/// the other CPU can take the next chunk meanwhile. False if none was left.
+fn free_chunk(pages: &Mutex<Batch<DeflatedPage>>) -> bool {
+    let chunk: [Option<DeflatedPage>; FREE_CHUNK] = {
+        let mut pages = pages.lock();
+        core::array::from_fn(|_| pages.pop())
+    };
+    let any = chunk[0].is_some();
+    // Dropping a page frees it.
+    drop(chunk);
+    any
+}
 
 /// Deflated pages (the host told) and the work that gives them back to the
-/// guest on whichever CPU is idle (the system unbound queue). The batch's
-/// lock is taken under the balloon lock or by the work alone, and never
-/// the other way round; what is left in the batch at teardown is freed
-/// when its last reference goes (after the work has stopped).
+/// guest on whichever CPU is idle (the system unbound queue). The next
+/// round, once its host is told, frees what is left beside the work. What
+/// is left in the batch at teardown is freed when its last reference goes
+/// (after the work has stopped).
 struct Freer {
     batch: Arc<Freeing>,
     work: Work<FreeDeflated>,
@@ -353,7 +380,8 @@ struct FreeDeflated(Arc<Freeing>);
 
 impl WorkHandler for FreeDeflated {
     fn run(&self, _me: &Running<'_>) -> Next {
-        self.0.lock().clear();
+        let _busy = self.0.busy.lock();
+        while free_chunk(&self.0.pages) {}
         Next::Idle
     }
 }
@@ -537,20 +565,21 @@ impl Shared {
     /// The kernel pages just dequeued into `st.out` (`got` of them), the
     /// host told, go back to the guest; the balloon's count, the counters
     /// and `actual` follow. With `later`, the free work gives them back on
-    /// another CPU while this one goes on with the next round (if it is
-    /// still busy with the last batch, this waits for it); otherwise they
-    /// are back, with any batch still waiting for the free work, before the
-    /// host sees the new size.
+    /// another CPU while this one goes on with the next round (what it has
+    /// not freed of the last batch by then, this CPU frees beside it);
+    /// otherwise they are back, with every page the free work had, before
+    /// the host sees the new size.
     fn free_deflated(&self, st: &mut State, got: usize, later: bool) {
-        let mut freeing = self.freer.batch.lock();
-        // What the free work has not got to yet goes now.
-        freeing.clear();
+        let freeing = &*self.freer.batch;
+        // What the free work has not got to yet: this CPU frees its share
+        // beside it.
+        while free_chunk(&freeing.pages) {}
         if later {
-            core::mem::swap(&mut st.out, &mut *freeing);
-            drop(freeing);
+            core::mem::swap(&mut st.out, &mut *freeing.pages.lock());
             self.freer.work.queue();
         } else {
-            drop(freeing);
+            // And the chunk the work may still be freeing.
+            drop(freeing.busy.lock());
             st.out.clear();
         }
         st.held -= got as u64 * u64::from(self.fpp);
@@ -1563,7 +1592,10 @@ impl virtio::Driver for Balloon {
         let knobs = Arc::new(Knobs::default(), GFP_KERNEL)?;
         let shared_knobs = knobs.clone();
         let batch = Arc::pin_init(
-            new_mutex!(Batch::with_capacity(round)?, "Balloon::freeing"),
+            try_pin_init!(Freeing {
+                pages <- new_mutex!(Batch::with_capacity(round)?, "Balloon::freeing"),
+                busy <- new_mutex!((), "Balloon::freeing_busy"),
+            }? Error),
             GFP_KERNEL,
         )?;
         let freer = Freer {
