@@ -279,6 +279,8 @@ struct State {
     msg: OutBuf,
     /// Pages on their way out of the balloon.
     out: Batch<DeflatedPage>,
+    /// The chunk of the free work's batch this CPU frees ([`free_chunk`]).
+    chunk: Batch<DeflatedPage>,
     /// How much the next OOM notification deflates.
     ramp: logic::oom::Ramp,
 }
@@ -337,30 +339,39 @@ type BalloonCore = BalloonPages<Shared>;
 /// Deflated pages on their way back to the guest.
 #[pin_data]
 struct Freeing {
-    /// The pages. Taken a chunk at a time ([`free_chunk`]), under the
-    /// balloon lock or by the free work (holding `busy`), and never held
-    /// while another lock is taken.
+    /// The pages: a round is swapped in whole under the balloon lock, and
+    /// taken out a chunk at a time ([`free_chunk`]) under the balloon lock
+    /// or by the free work (holding `busy`). Innermost: no other lock is
+    /// taken while it is held, and no page is freed.
     #[pin]
     pages: Mutex<Batch<DeflatedPage>>,
-    /// Held by the free work while it frees: once it is free, so is every
-    /// page the work took.
+    /// The free work's chunk, held while it frees: once this lock can be
+    /// taken, every page the work took is back.
     #[pin]
-    busy: Mutex<()>,
+    busy: Mutex<Batch<DeflatedPage>>,
 }
 
 /// Kernel pages a CPU takes from [`Freeing`] at a time.
 const FREE_CHUNK: usize = 64;
 
-/// Frees up to [`FREE_CHUNK`] pages of `pages`, outside its lock, so that
-/// the other CPU can take the next chunk meanwhile. False if none was left.
-fn free_chunk(pages: &Mutex<Batch<DeflatedPage>>) -> bool {
-    let chunk: [Option<DeflatedPage>; FREE_CHUNK] = {
+/// Moves up to a chunk's room of pages from `pages` into `chunk` (empty)
+/// and frees them outside the lock of `pages`, so that the other CPU can
+/// take the next chunk meanwhile. False if none was left. The chunk is
+/// preallocated: this runs in the OOM notifier too, deep in an allocation.
+fn free_chunk(pages: &Mutex<Batch<DeflatedPage>>, chunk: &mut Batch<DeflatedPage>) -> bool {
+    {
         let mut pages = pages.lock();
-        core::array::from_fn(|_| pages.pop())
-    };
-    let any = chunk[0].is_some();
+        while chunk.room() != 0 {
+            let Some(page) = pages.pop() else {
+                break;
+            };
+            // There is room: `push` cannot hand it back.
+            let _ = chunk.push(page);
+        }
+    }
+    let any = chunk.len() != 0;
     // Dropping a page frees it.
-    drop(chunk);
+    chunk.clear();
     any
 }
 
@@ -380,8 +391,8 @@ struct FreeDeflated(Arc<Freeing>);
 
 impl WorkHandler for FreeDeflated {
     fn run(&self, _me: &Running<'_>) -> Next {
-        let _busy = self.0.busy.lock();
-        while free_chunk(&self.0.pages) {}
+        let mut chunk = self.0.busy.lock();
+        while free_chunk(&self.0.pages, &mut chunk) {}
         Next::Idle
     }
 }
@@ -573,7 +584,7 @@ impl Shared {
         let freeing = &*self.freer.batch;
         // What the free work has not got to yet: this CPU frees its share
         // beside it.
-        while free_chunk(&freeing.pages) {}
+        while free_chunk(&freeing.pages, &mut st.chunk) {}
         if later {
             core::mem::swap(&mut st.out, &mut *freeing.pages.lock());
             self.freer.work.queue();
@@ -1582,6 +1593,7 @@ impl virtio::Driver for Balloon {
             inflating: 0,
             msg: OutBuf::new(MSGS_PER_KICK * MSG_BYTES)?,
             out: Batch::with_capacity(round)?,
+            chunk: Batch::with_capacity(FREE_CHUNK)?,
             ramp: logic::oom::Ramp::new(),
         };
         let counters = Arc::new(Counters::default(), GFP_KERNEL)?;
@@ -1594,7 +1606,7 @@ impl virtio::Driver for Balloon {
         let batch = Arc::pin_init(
             try_pin_init!(Freeing {
                 pages <- new_mutex!(Batch::with_capacity(round)?, "Balloon::freeing"),
-                busy <- new_mutex!((), "Balloon::freeing_busy"),
+                busy <- new_mutex!(Batch::with_capacity(FREE_CHUNK)?, "Balloon::freeing_busy"),
             }? Error),
             GFP_KERNEL,
         )?;
