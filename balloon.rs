@@ -359,16 +359,7 @@ const FREE_CHUNK: usize = 64;
 /// take the next chunk meanwhile. False if none was left. The chunk is
 /// preallocated: this runs in the OOM notifier too, deep in an allocation.
 fn free_chunk(pages: &Mutex<Batch<DeflatedPage>>, chunk: &mut Batch<DeflatedPage>) -> bool {
-    {
-        let mut pages = pages.lock();
-        while chunk.room() != 0 {
-            let Some(page) = pages.pop() else {
-                break;
-            };
-            // There is room: `push` cannot hand it back.
-            let _ = chunk.push(page);
-        }
-    }
+    chunk.fill_from(&mut pages.lock());
     let any = chunk.len() != 0;
     // Dropping a page frees it.
     chunk.clear();
@@ -733,13 +724,7 @@ fn post_inflate(sh: &Shared, q: &mut Queues, fresh: &mut Batch<NewPage>) -> usiz
         let Some(mut msg) = q.inflate_spare.pop() else {
             break;
         };
-        while msg.with.room() != 0 {
-            let Some(page) = fresh.pop() else {
-                break;
-            };
-            // There is room: `push` cannot hand it back.
-            let _ = msg.with.push(page);
-        }
+        msg.with.fill_from(fresh);
         let mut lens = [0usize; 1];
         let m = &mut *msg;
         let n = logic::encode_pages(

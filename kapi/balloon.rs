@@ -146,6 +146,18 @@ impl<T> Batch<T> {
         }
     }
 
+    /// Moves items from the end of `from` until this batch is full or
+    /// `from` is empty.
+    pub(crate) fn fill_from(&mut self, from: &mut Self) {
+        while self.room() != 0 {
+            let Some(item) = from.pop() else {
+                break;
+            };
+            // There is room: `push` cannot hand it back.
+            let _ = self.push(item);
+        }
+    }
+
     /// Drops every item.
     pub(crate) fn clear(&mut self) {
         while self.pop().is_some() {}
