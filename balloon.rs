@@ -422,6 +422,7 @@ impl WorkHandler for FillAhead {
         // Read under the lock: whoever cleared the batch set it to 0
         // first, so nothing is allocated for a round that will not come.
         let want = self.0.want.swap(0, Ordering::AcqRel);
+        let had = pages.len();
         while pages.len() < want && pages.room() != 0 {
             // Short of memory: the round itself tries again (and counts
             // the failure).
@@ -430,6 +431,10 @@ impl WorkHandler for FillAhead {
                 break;
             }
         }
+        // Only pages the host can be told of (see `inflate`), checked here
+        // rather than on the CPU busy with the host; the round allocates in
+        // place of any freed here, and counts its own misses.
+        pages.retain_from(had, |p| logic::frame_fits(p.pfn(), PAGE_SIZE));
         Next::Idle
     }
 }
@@ -784,6 +789,7 @@ fn inflate(core: &BalloonCore, pages: usize, next: usize) -> Next {
     while fresh.len() > pages {
         drop(fresh.pop());
     }
+    let kept = fresh.len();
     // Allocate outside the balloon lock, as the C driver does: allocation
     // may reclaim and compact, and the OOM path needs the lock meanwhile.
     // In bulk: from the per-CPU lists while memory is plentiful, a page at
@@ -797,9 +803,10 @@ fn inflate(core: &BalloonCore, pages: usize, next: usize) -> Next {
         }
     }
     // A page above 16 TiB cannot be described to the host; it is freed
-    // here and counts as a failed allocation.
+    // here and counts as a failed allocation (those allocated ahead were
+    // checked by the fill work).
     let allocated = fresh.len();
-    fresh.retain(|p| logic::frame_fits(p.pfn(), PAGE_SIZE));
+    fresh.retain_from(kept, |p| logic::frame_fits(p.pfn(), PAGE_SIZE));
     failed |= fresh.len() < allocated;
     add(
         &sh.stats.pages_allocated_ahead,

@@ -149,12 +149,20 @@ impl<T> Batch<T> {
     /// Moves items from the end of `from` until this batch is full or
     /// `from` is empty.
     pub(crate) fn fill_from(&mut self, from: &mut Self) {
-        while self.room() != 0 {
-            let Some(item) = from.pop() else {
-                break;
-            };
-            // There is room: `push` cannot hand it back.
-            let _ = self.push(item);
+        let n = self.room().min(from.len());
+        let left = from.items.len() - n;
+        let len = self.items.len();
+        let src = from.items.as_ptr();
+        let dst = self.items.spare_capacity_mut().as_mut_ptr().cast::<T>();
+        // SAFETY: `from`'s items `left..left + n` are initialised, and `dst`
+        // has room for `n` (`n` is at most `self.room()`); the two vectors
+        // are different allocations (two `&mut`). Shortening `from` first
+        // hands those items over, so each is owned exactly once: by `self`
+        // once its length covers them. Nothing in between can panic.
+        unsafe {
+            from.items.set_len(left);
+            core::ptr::copy_nonoverlapping(src.add(left), dst, n);
+            self.items.set_len(len + n);
         }
     }
 
@@ -204,9 +212,10 @@ impl Batch<NewPage> {
         got
     }
 
-    /// Keeps only the pages for which `keep` holds; the others are freed.
-    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&NewPage) -> bool) {
-        let mut i = 0;
+    /// Of the pages from index `from` on, keeps only those for which `keep`
+    /// holds; the others are freed. Those before `from` stay as they are.
+    pub(crate) fn retain_from(&mut self, from: usize, mut keep: impl FnMut(&NewPage) -> bool) {
+        let mut i = from;
         while let Some(page) = self.items.as_slice().get(i) {
             if keep(page) {
                 i += 1;

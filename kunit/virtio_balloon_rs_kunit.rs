@@ -639,6 +639,39 @@ impl core::fmt::Write for SliceWriter<'_> {
 // Suite registration.
 
 /// Defines a C-callable KUnit case for a plain Rust test function.
+fn batches_move_their_tail_and_filter_from_an_index() {
+    use kapi::balloon::{Batch, NewPage};
+    let (Ok(mut from), Ok(mut into)) = (Batch::with_capacity(8), Batch::with_capacity(3)) else {
+        check!(false);
+        return;
+    };
+    for i in 1..=5u32 {
+        check!(from.push(i).is_ok());
+    }
+    // The last items move, in order, up to the room there is.
+    into.fill_from(&mut from);
+    check_eq!(into.as_slice(), &[3, 4, 5][..]);
+    check_eq!(from.as_slice(), &[1, 2][..]);
+    into.fill_from(&mut from);
+    check_eq!(from.len(), 2);
+    // Real pages: those before the index are kept whatever `keep` says.
+    let Ok(mut pages) = Batch::<NewPage>::with_capacity(8) else {
+        check!(false);
+        return;
+    };
+    while pages.len() < 6 && pages.alloc_bulk(6 - pages.len()) != 0 {}
+    check_eq!(pages.len(), 6);
+    let first: [u64; 3] = core::array::from_fn(|i| pages.as_slice().get(i).map_or(0, |p| p.pfn()));
+    pages.retain_from(3, |_| false);
+    check_eq!(pages.len(), 3);
+    for (i, pfn) in first.iter().enumerate() {
+        check_eq!(pages.as_slice().get(i).map(|p| p.pfn()), Some(*pfn));
+    }
+    let odd = pages.as_slice().iter().filter(|p| p.pfn() % 2 == 1).count();
+    pages.retain_from(0, |p| p.pfn() % 2 == 1);
+    check_eq!(pages.len(), odd);
+}
+
 macro_rules! kunit_case {
     ($name:ident) => {{
         extern "C" fn run(_test: *mut bindings::kunit) {
@@ -653,7 +686,7 @@ macro_rules! kunit_case {
     }};
 }
 
-const N_CASES: usize = 24;
+const N_CASES: usize = 25;
 
 /// The cases, terminated by an all-zero entry as KUnit requires.
 static mut CASES: [bindings::kunit_case; N_CASES + 1] = [
@@ -681,6 +714,7 @@ static mut CASES: [bindings::kunit_case; N_CASES + 1] = [
     kunit_case!(work_dropped_by_its_own_handler_does_not_wait_for_itself),
     kunit_case!(work_stopped_by_its_own_handler_runs_no_more),
     kunit_case!(debugfs_entries_keep_their_parent),
+    kunit_case!(batches_move_their_tail_and_filter_from_an_index),
     // SAFETY: the all-zero terminator KUnit looks for.
     unsafe { core::mem::zeroed() },
 ];
