@@ -355,27 +355,27 @@ pub(crate) fn encode_pages(
     }
     let mut done = 0usize;
     let mut pfns = pfns;
-    loop {
-        let (m, k) = (done / per_msg, done % per_msg);
+    // A message at a time, so that no page costs a division. The room is
+    // checked before the next page is taken: the caller's iterator may
+    // have side effects (enqueueing the page).
+    for (m, len) in lens.iter_mut().enumerate() {
         let start = m * MSG_BYTES;
-        // Check for room before taking the next page: the caller's iterator
-        // may have side effects (enqueueing the page).
-        if m >= lens.len() || start + MSG_BYTES > out.len() {
-            break;
-        }
-        let Some(pfn) = pfns.next() else {
+        let Some(msg) = out.get_mut(start..start + MSG_BYTES) else {
             break;
         };
-        match encode_page_frames(
-            &mut out[start..start + MSG_BYTES],
-            k * fpp as usize,
-            pfn,
-            page_size,
-        ) {
-            Some(end) => lens[m] = end * 4,
-            None => break,
+        let mut slot = 0usize;
+        for _ in 0..per_msg {
+            let Some(pfn) = pfns.next() else {
+                return done;
+            };
+            // A message holds `per_msg` whole pages: there is room.
+            let Some(end) = encode_page_frames(msg, slot, pfn, page_size) else {
+                return done;
+            };
+            slot = end;
+            *len = slot * 4;
+            done += 1;
         }
-        done += 1;
     }
     done
 }
