@@ -146,8 +146,8 @@ impl<T> Batch<T> {
         }
     }
 
-    /// Moves items from the end of `from` until this batch is full or
-    /// `from` is empty.
+    /// Moves items from the end of `from`, keeping their order, until this
+    /// batch is full or `from` is empty.
     pub(crate) fn fill_from(&mut self, from: &mut Self) {
         let n = self.room().min(from.len());
         let left = from.items.len() - n;
@@ -156,9 +156,11 @@ impl<T> Batch<T> {
         let dst = self.items.spare_capacity_mut().as_mut_ptr().cast::<T>();
         // SAFETY: `from`'s items `left..left + n` are initialised, and `dst`
         // has room for `n` (`n` is at most `self.room()`); the two vectors
-        // are different allocations (two `&mut`). Shortening `from` first
-        // hands those items over, so each is owned exactly once: by `self`
-        // once its length covers them. Nothing in between can panic.
+        // are different allocations (two `&mut`), and `src` stays valid
+        // through `from.items.set_len`, which only writes the length.
+        // Shortening `from` first hands those items over, so each is owned
+        // exactly once: by `self` once its length covers them. Nothing in
+        // between can panic.
         unsafe {
             from.items.set_len(left);
             core::ptr::copy_nonoverlapping(src.add(left), dst, n);

@@ -635,25 +635,46 @@ impl core::fmt::Write for SliceWriter<'_> {
     }
 }
 
-// ---------------------------------------------------------------------------
-// Suite registration.
+/// An item that counts its drops, to check that moving items between
+/// batches neither drops nor loses any.
+struct Counted<'a>(u32, &'a AtomicU32);
 
-/// Defines a C-callable KUnit case for a plain Rust test function.
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.1.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 fn batches_move_their_tail_and_filter_from_an_index() {
     use kapi::balloon::{Batch, NewPage};
-    let (Ok(mut from), Ok(mut into)) = (Batch::with_capacity(8), Batch::with_capacity(3)) else {
+    let drops = AtomicU32::new(0);
+    let (Ok(mut from), Ok(mut into)) = (Batch::with_capacity(8), Batch::with_capacity(5)) else {
         check!(false);
         return;
     };
-    for i in 1..=5u32 {
-        check!(from.push(i).is_ok());
+    for i in 1..=6u32 {
+        check!(from.push(Counted(i, &drops)).is_ok());
     }
-    // The last items move, in order, up to the room there is.
+    check!(into.push(Counted(0, &drops)).is_ok());
+    let ids = |b: &Batch<Counted<'_>>| b.as_slice().iter().fold(0u32, |acc, c| acc * 10 + c.0);
+    // The last items move, in order, behind what the batch holds, up to
+    // the room there is.
     into.fill_from(&mut from);
-    check_eq!(into.as_slice(), &[3, 4, 5][..]);
-    check_eq!(from.as_slice(), &[1, 2][..]);
+    check_eq!(ids(&into), 3456);
+    check_eq!(ids(&from), 12);
+    // Full: nothing moves. Then `from` runs out before the room does.
     into.fill_from(&mut from);
     check_eq!(from.len(), 2);
+    let Ok(mut wide) = Batch::with_capacity(8) else {
+        check!(false);
+        return;
+    };
+    wide.fill_from(&mut from);
+    check_eq!(ids(&wide), 12);
+    check_eq!(from.len(), 0);
+    check_eq!(drops.load(Ordering::Relaxed), 0);
+    drop((from, into, wide));
+    check_eq!(drops.load(Ordering::Relaxed), 7);
     // Real pages: those before the index are kept whatever `keep` says.
     let Ok(mut pages) = Batch::<NewPage>::with_capacity(8) else {
         check!(false);
@@ -670,8 +691,13 @@ fn batches_move_their_tail_and_filter_from_an_index() {
     let odd = pages.as_slice().iter().filter(|p| p.pfn() % 2 == 1).count();
     pages.retain_from(0, |p| p.pfn() % 2 == 1);
     check_eq!(pages.len(), odd);
+    check!(pages.as_slice().iter().all(|p| p.pfn() % 2 == 1));
 }
 
+// ---------------------------------------------------------------------------
+// Suite registration.
+
+/// Defines a C-callable KUnit case for a plain Rust test function.
 macro_rules! kunit_case {
     ($name:ident) => {{
         extern "C" fn run(_test: *mut bindings::kunit) {
