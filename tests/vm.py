@@ -553,7 +553,10 @@ class Guest:
             if self.expect_oom and "Call Trace:" in l and any(
                     OOM_REPORT_RE.search(p) for p in lines[max(0, i - 6):i]):
                 continue
-            out.append(l)
+            if "Call Trace:" in l:
+                # A bare trace: the lines before it say what printed it.
+                out += [f"{self.dir.name}: {p}" for p in lines[max(0, i - 6):i]]
+            out.append(f"{self.dir.name}: {l}")
         return out
 
     def meminfo(self):
