@@ -154,13 +154,14 @@ impl<T> Batch<T> {
         let len = self.items.len();
         let src = from.items.as_ptr();
         let dst = self.items.spare_capacity_mut().as_mut_ptr().cast::<T>();
-        // SAFETY: `from`'s items `left..left + n` are initialised, and `dst`
-        // has room for `n` (`n` is at most `self.room()`); the two vectors
-        // are different allocations (two `&mut`), and `src` stays valid
-        // through `from.items.set_len`, which only writes the length.
-        // Shortening `from` first hands those items over, so each is owned
-        // exactly once: by `self` once its length covers them. Nothing in
-        // between can panic.
+        // `from`'s items `left..left + n` are initialised, and `dst` has
+        // room for `n` (`n` is at most `self.room()`); the two vectors are
+        // different allocations (two `&mut`), and `src` stays valid through
+        // `from.items.set_len`, which only writes the length. Shortening
+        // `from` first hands those items over, so each is owned exactly
+        // once: by `self` once its length covers them. Nothing in between
+        // can panic.
+        // SAFETY: as above.
         unsafe {
             from.items.set_len(left);
             core::ptr::copy_nonoverlapping(src.add(left), dst, n);
