@@ -236,9 +236,9 @@ struct Live {
 /// `live.vq` is this queue's virtqueue from `find` until the binding
 /// deletes the queues; while `live.open`, the device is not being reset and
 /// the virtqueue may be used. An operation holds `live` (posted and polled
-/// queues, which never sleep, and a waited queue's `add` and `kick`) or
-/// holds the binding's `life` for reading and saw `open` (synchronous
-/// queues and a waited queue's `wait`, which sleep); closing takes both, so once
+/// queues, which never sleep, and a waited queue's `add`) or holds the
+/// binding's `life` for reading and saw `open` (synchronous queues and a
+/// waited queue's `kick` and `wait`, which may sleep); closing takes both, so once
 /// a queue is closed no operation is using it. `drop_token` frees a token
 /// this queue's handle put on the ring.
 #[pin_data]
@@ -793,9 +793,10 @@ impl SyncQueue {
 /// Most parts one [`SyncQueue::send`] takes.
 pub(crate) const MAX_PARTS: usize = 16;
 
-/// A queue of owned buffers of type `B`; see [`PostedQueue`] and
-/// [`PolledQueue`]. Its operations never sleep: they may be used in any
-/// context, [`super::Driver::buffers_used`] included.
+/// A queue of owned buffers of type `B`; see [`PostedQueue`],
+/// [`PolledQueue`] and [`WaitedQueue`]. Its operations never sleep (but a
+/// waited queue's `kick` and `wait`): they may be used in any context,
+/// [`super::Driver::buffers_used`] included.
 pub(crate) struct BufQueue<B: Buffer, K> {
     core: Arc<QueueCore>,
     /// Buffers this handle put on the ring that it has not taken back (a
@@ -907,16 +908,23 @@ impl<B: Buffer> WaitedQueue<B> {
         Ok(())
     }
 
-    /// Tells the device about the buffers added since the last kick. Never
-    /// sleeps.
+    /// Tells the device about the buffers added since the last kick.
+    /// Process context: the kick runs with interrupts on and no spinlock
+    /// held (a host that answers during the kick, as QEMU does without
+    /// ioeventfd, does its work there), and it sleeps only while the
+    /// device is being reset or unbound.
     pub(crate) fn kick(&mut self) {
         self.unkicked = false;
         let core = &self.core;
-        let inject = core.with_open(|vq| {
+        // Holding `life` for reading keeps the queue from being closed, its
+        // device reset or its virtqueue deleted until the kick is over.
+        let life = core.bind.life.read();
+        let inject = core.open_vq(&life).map(|vq| {
             // The waiter asks for the interrupt only when it has to sleep.
             core.quiet(vq);
-            Ok(core.kick(vq))
+            core.kick(vq)
         });
+        drop(life);
         core.inject_break(inject.unwrap_or(false));
     }
 
