@@ -422,19 +422,11 @@ impl WorkHandler for FillAhead {
         // Read under the lock: whoever cleared the batch set it to 0
         // first, so nothing is allocated for a round that will not come.
         let want = self.0.want.swap(0, Ordering::AcqRel);
-        let had = pages.len();
-        while pages.len() < want && pages.room() != 0 {
-            // Short of memory: the round itself tries again (and counts
-            // the failure).
-            let n = want - pages.len();
-            if pages.alloc_bulk(n) == 0 {
-                break;
-            }
-        }
-        // Only pages the host can be told of (see `inflate`), checked here
-        // rather than on the CPU busy with the host; the round allocates in
-        // place of any freed here, and counts its own misses.
-        pages.retain_from(had, |p| logic::frame_fits(p.pfn(), PAGE_SIZE));
+        // Short of memory, the round itself tries again (and counts the
+        // failure). Pages the host cannot be told of are checked here
+        // rather than on the CPU busy with the host; the round allocates
+        // in place of any freed.
+        top_up(&mut pages, want);
         Next::Idle
     }
 }
@@ -681,6 +673,25 @@ fn inflate_budget(core: &BalloonCore, spare: u64) -> u64 {
     logic::inflate_budget(available, total, PAGE_SIZE)
 }
 
+/// Allocates pages into `pages` until it holds `want`: in bulk, from the
+/// per-CPU lists while memory is plentiful, a page at a time through the
+/// slow path when it is not. Of the new pages, those the host cannot be
+/// told of (a 4 KiB frame number above 32 bits, past 16 TiB) are freed
+/// again. Returns whether it fell short (memory, room, or such a page).
+fn top_up(pages: &mut Batch<NewPage>, want: usize) -> bool {
+    let had = pages.len();
+    let mut short = false;
+    while pages.len() < want {
+        if pages.room() == 0 || pages.alloc_bulk(want - pages.len()) == 0 {
+            short = true;
+            break;
+        }
+    }
+    let allocated = pages.len();
+    pages.retain_from(had, |p| logic::frame_fits(p.pfn(), PAGE_SIZE));
+    short || pages.len() < allocated
+}
+
 /// Collects the inflate messages on the ring: the pages of each one the
 /// host took enter the balloon, and `held` and `actual` follow. If the host
 /// is lost meanwhile, the device was reset and the pages of the messages it
@@ -789,25 +800,10 @@ fn inflate(core: &BalloonCore, pages: usize, next: usize) -> Next {
     while fresh.len() > pages {
         drop(fresh.pop());
     }
-    let kept = fresh.len();
     // Allocate outside the balloon lock, as the C driver does: allocation
     // may reclaim and compact, and the OOM path needs the lock meanwhile.
-    // In bulk: from the per-CPU lists while memory is plentiful, a page at
-    // a time through the slow path when it is not.
-    let mut failed = false;
-    while fresh.len() < pages {
-        let want = pages - fresh.len();
-        if fresh.alloc_bulk(want) == 0 {
-            failed = true;
-            break;
-        }
-    }
-    // A page above 16 TiB cannot be described to the host; it is freed
-    // here and counts as a failed allocation (those allocated ahead were
-    // checked by the fill work).
-    let allocated = fresh.len();
-    fresh.retain_from(kept, |p| logic::frame_fits(p.pfn(), PAGE_SIZE));
-    failed |= fresh.len() < allocated;
+    // A page the host cannot be told of counts as a failed allocation.
+    let failed = top_up(&mut fresh, pages);
     add(
         &sh.stats.pages_allocated_ahead,
         ahead.min(fresh.len()) as u64,
