@@ -238,8 +238,8 @@ struct Live {
 /// the virtqueue may be used. An operation holds `live` (posted and polled
 /// queues, which never sleep, and a waited queue's `add`) or holds the
 /// binding's `life` for reading and saw `open` (synchronous queues and a
-/// waited queue's `kick` and `wait`, which may sleep); closing takes both, so once
-/// a queue is closed no operation is using it. `drop_token` frees a token
+/// waited queue's `kick` and `wait`, which may sleep); closing takes both,
+/// so once a queue is closed no operation is using it. `drop_token` frees a token
 /// this queue's handle put on the ring.
 #[pin_data]
 pub(crate) struct QueueCore {
@@ -794,9 +794,9 @@ impl SyncQueue {
 pub(crate) const MAX_PARTS: usize = 16;
 
 /// A queue of owned buffers of type `B`; see [`PostedQueue`],
-/// [`PolledQueue`] and [`WaitedQueue`]. Its operations never sleep (but a
-/// waited queue's `kick` and `wait`): they may be used in any context,
-/// [`super::Driver::buffers_used`] included.
+/// [`PolledQueue`] and [`WaitedQueue`]. Its operations never sleep, except
+/// a waited queue's `kick` and `wait` (process context only): the others
+/// may be used in any context, [`super::Driver::buffers_used`] included.
 pub(crate) struct BufQueue<B: Buffer, K> {
     core: Arc<QueueCore>,
     /// Buffers this handle put on the ring that it has not taken back (a
@@ -820,6 +820,13 @@ pub(crate) type PostedQueue<B> = BufQueue<B, Posted>;
 pub(crate) type PolledQueue<B> = BufQueue<B, Polled>;
 /// Marker of [`WaitedQueue`].
 pub(crate) struct Waited;
+
+/// Disciplines whose `post` kicks at once, under the queue's lock, so that
+/// it never sleeps. A waited queue has no `post`: it adds, then kicks
+/// outside that lock ([`WaitedQueue::kick`]).
+pub(crate) trait KickOnPost {}
+impl KickOnPost for Posted {}
+impl KickOnPost for Polled {}
 /// A queue whose sender hands over owned buffers, goes on, and later sleeps
 /// until the device returns them.
 pub(crate) type WaitedQueue<B> = BufQueue<B, Waited>;
@@ -846,16 +853,6 @@ impl<B: Buffer, K> BufQueue<B, K> {
         self.core
             .with_open(|vq| Ok(unsafe { (*vq.as_ptr()).num_free }))
             .unwrap_or(0)
-    }
-
-    /// Hands `buf` to the device and kicks it. The queue owns the buffer
-    /// until [`BufQueue::take`] returns it (or the device is reset, when it
-    /// is dropped). On failure the buffer comes back with the error. The
-    /// buffer comes boxed, so that posting never allocates.
-    pub(crate) fn post(&mut self, buf: KBox<B>) -> core::result::Result<(), (KBox<B>, Error)> {
-        let inject = self.put(buf, true)?;
-        self.core.inject_break(inject);
-        Ok(())
     }
 
     /// Puts `buf` on the ring, and with `kick` kicks the device under the
@@ -895,6 +892,18 @@ impl<B: Buffer, K> BufQueue<B, K> {
     }
 }
 
+impl<B: Buffer, K: KickOnPost> BufQueue<B, K> {
+    /// Hands `buf` to the device and kicks it. The queue owns the buffer
+    /// until [`BufQueue::take`] returns it (or the device is reset, when it
+    /// is dropped). On failure the buffer comes back with the error. The
+    /// buffer comes boxed, so that posting never allocates.
+    pub(crate) fn post(&mut self, buf: KBox<B>) -> core::result::Result<(), (KBox<B>, Error)> {
+        let inject = self.put(buf, true)?;
+        self.core.inject_break(inject);
+        Ok(())
+    }
+}
+
 impl<B: Buffer> WaitedQueue<B> {
     /// Puts `buf` on the ring without telling the device yet
     /// ([`WaitedQueue::kick`] does). The queue owns the buffer from here
@@ -909,10 +918,10 @@ impl<B: Buffer> WaitedQueue<B> {
     }
 
     /// Tells the device about the buffers added since the last kick.
-    /// Process context: the kick runs with interrupts on and no spinlock
-    /// held (a host that answers during the kick, as QEMU does without
-    /// ioeventfd, does its work there), and it sleeps only while the
-    /// device is being reset or unbound.
+    /// Process context; may sleep (it takes the binding's `life`, which
+    /// setup, reset and teardown hold for writing). The kick runs with
+    /// interrupts on and no spinlock held: a host that answers during the
+    /// kick, as QEMU does without ioeventfd, does its work there.
     pub(crate) fn kick(&mut self) {
         self.unkicked = false;
         let core = &self.core;
@@ -964,7 +973,7 @@ impl<B: Buffer> WaitedQueue<B> {
             Ok((token, len)) => {
                 self.in_flight -= 1;
                 // SAFETY: every token on this ring is a `KBox<B>` from
-                // `add` (or `post`), and the core hands each back once.
+                // `add`, and the core hands each back once.
                 Ok((unsafe { KBox::from_raw(token.as_ptr().cast::<B>()) }, len))
             }
             Err(e) => {
