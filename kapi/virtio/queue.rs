@@ -239,8 +239,8 @@ struct Live {
 /// queues, which never sleep, and a waited queue's `add`) or holds the
 /// binding's `life` for reading and saw `open` (synchronous queues and a
 /// waited queue's `kick` and `wait`, which may sleep); closing takes both,
-/// so once a queue is closed no operation is using it. `drop_token` frees a token
-/// this queue's handle put on the ring.
+/// so once a queue is closed no operation is using it. `drop_token` frees a
+/// token this queue's handle put on the ring.
 #[pin_data]
 pub(crate) struct QueueCore {
     bind: Arc<Binding>,
@@ -820,6 +820,9 @@ pub(crate) type PostedQueue<B> = BufQueue<B, Posted>;
 pub(crate) type PolledQueue<B> = BufQueue<B, Polled>;
 /// Marker of [`WaitedQueue`].
 pub(crate) struct Waited;
+/// A queue whose sender hands over owned buffers, goes on, and later sleeps
+/// until the device returns them.
+pub(crate) type WaitedQueue<B> = BufQueue<B, Waited>;
 
 /// Disciplines whose `post` kicks at once, under the queue's lock, so that
 /// it never sleeps. A waited queue has no `post`: it adds, then kicks
@@ -827,9 +830,6 @@ pub(crate) struct Waited;
 pub(crate) trait KickOnPost {}
 impl KickOnPost for Posted {}
 impl KickOnPost for Polled {}
-/// A queue whose sender hands over owned buffers, goes on, and later sleeps
-/// until the device returns them.
-pub(crate) type WaitedQueue<B> = BufQueue<B, Waited>;
 
 impl<B: Buffer, K> BufQueue<B, K> {
     /// Which queue this is (as [`super::Driver::buffers_used`] names it),
