@@ -532,11 +532,7 @@ impl Shared {
         add(&self.stats.inflate_msgs, 1);
         match q.inflate.wait() {
             Ok((msg, len)) => {
-                if len != 0 {
-                    add(&self.stats.host_odd_used_len, 1);
-                }
-                // The spare batch has room for every message there is.
-                let _ = q.inflate_spare.push(msg);
+                self.returned(q, msg, len);
                 true
             }
             Err(e) => {
@@ -544,6 +540,17 @@ impl Shared {
                 false
             }
         }
+    }
+
+    /// An inflate message the host returned (its pages already dealt
+    /// with) waits for the next round; a used length other than 0 (the
+    /// device writes nothing into it) is counted and otherwise ignored.
+    fn returned(&self, q: &mut Queues, msg: KBox<InflateMsg>, len: u32) {
+        if len != 0 {
+            add(&self.stats.host_odd_used_len, 1);
+        }
+        // The spare batch has room for every message there is.
+        let _ = q.inflate_spare.push(msg);
     }
 
     /// `msgs` messages did not reach the host (or the host did not return
@@ -707,13 +714,9 @@ fn settle(core: &BalloonCore, st: &mut State) {
         let left = q.inflate.in_flight();
         match q.inflate.wait() {
             Ok((mut msg, len)) => {
-                if len != 0 {
-                    add(&sh.stats.host_odd_used_len, 1);
-                }
                 got += msg.with.len();
                 core.enqueue_all(&mut msg.with);
-                // The spare batch has room for every message there is.
-                let _ = q.inflate_spare.push(msg);
+                sh.returned(q, msg, len);
             }
             Err(e) => {
                 sh.lost_host(e, left);
