@@ -61,7 +61,8 @@ def test_page_allocation_failures_during_inflation(boot):
     # A third of the allocations fail while the balloon grows further.
     configure(g, FPA, probability=33, times=-1)
     g.set_balloon_mib(400)
-    g.run("sleep 2")
+    # At least one of them hit, however slow the guest.
+    g.wait_counters(lambda x: x["alloc_failures"] > c["alloc_failures"], timeout=120)
     configure(g, FPA, probability=0)
     g.wait_balloon(lambda s: s == 400, timeout=180)
     assert g.counters()["alloc_failures"] > c["alloc_failures"]

@@ -85,7 +85,8 @@ def rescue(g, need):
     g.run("sync; echo 3 > /proc/sys/vm/drop_caches")
     vm0, c0 = g.vmstat(), g.counters()
     avail = g.meminfo()["MemAvailable"] / 1024
-    out = g.run(f"memhog {need}", timeout=300)
+    # A notification per MiB in the first run: minutes on the debug kernel.
+    out = g.run(f"memhog {need}", timeout=900 if vm.DEBUG else 300)
     assert f"memhog: {need} MiB ok" in out
     vm1, c1 = g.vmstat(), g.counters()
     assert vm1["oom_kill"] == vm0["oom_kill"], "a process was OOM-killed"
@@ -211,7 +212,7 @@ def test_oom_storm_during_inflation_does_not_deadlock(boot):
     vm0 = g.vmstat()
     for _ in range(3):
         g.set_balloon_mib(420)
-        out = g.run("memhog 300", timeout=300)
+        out = g.run("memhog 300", timeout=900 if vm.DEBUG else 300)
         assert "memhog: 300 MiB ok" in out
     assert g.vmstat()["oom_kill"] == vm0["oom_kill"]
     g.set_balloon_mib(0)
