@@ -36,19 +36,24 @@ def test_rmmod_and_unbind_while_inflating(boot):
 def test_unbind_during_an_oom_storm(boot):
     g = boot(mem_mib=512, balloon="deflate-on-oom=on")
     dev = g.balloon_virtio_dev()
-    load(g)
+    # C's fixed 1 MiB per notification: the process needs about 150 of
+    # them, a storm long enough to unbind in the middle of.
+    g.run("insmod /modules/virtio_balloon_rs.ko oom_deflate_max_mib=1")
     vm0 = g.vmstat()
     g.set_balloon_mib(400)
     g.wait_balloon(lambda s: s == 400)
     avail = g.meminfo()["MemAvailable"] // 1024
     g.run(f"memhog {avail + 150} > /tmp/hog.out 2>&1 &")
-    time.sleep(0.3)
+    # The storm has begun (not merely the process), however slow the guest.
+    c = g.wait_counters(lambda c: c["oom_notifications"] > 0, timeout=120, poll=0.05)
     g.run(f"echo {dev} > {DRV}/unbind")
-    for _ in range(200):
-        if "memhog" in g.run("cat /tmp/hog.out"):
-            break
-        time.sleep(0.2)
-    assert "ok" in g.run("cat /tmp/hog.out")
+    print(f"unbound after {c['oom_notifications']} OOM notifications, "
+          f"{c['oom_deflated_pages'] // PAGES_PER_MIB} MiB")
+    # And was still going: far from the ~150 MiB it needs.
+    assert c["oom_deflated_pages"] < 100 * PAGES_PER_MIB, c
+    out = vm.wait_until(lambda: g.run("cat /tmp/hog.out"), lambda o: "memhog" in o,
+                        300 if vm.DEBUG else 60, 0.2, "memhog's output")
+    assert "ok" in out, out
     assert g.vmstat()["oom_kill"] == vm0["oom_kill"]
     inflated, deflated = g.balloon_moved_since(vm0)
     assert inflated == deflated == 400 * PAGES_PER_MIB
