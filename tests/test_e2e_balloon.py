@@ -170,8 +170,6 @@ def test_oversized_target_leaves_a_healthy_guest(boot):
     # The reserve is 1/32 of RAM; the last round may dig into it by up to
     # one round (8 MiB) of allocations and the reclaim they cause.
     assert g.meminfo()["MemAvailable"] >= g.mem_mib * 1024 // 64
-    c = g.counters()
-    assert c["reserve_holds"] + c["alloc_failures"] > 3
     # One message for the whole episode, not one per retry.
     text = g.console_text()
     assert text.count("balloon holds at") + text.count("out of memory for the balloon") == 1

@@ -65,7 +65,6 @@ def test_page_allocation_failures_during_inflation(boot):
     g.wait_counters(lambda x: x["alloc_failures"] > c["alloc_failures"], timeout=120)
     configure(g, FPA, probability=0)
     g.wait_balloon(lambda s: s == 400, timeout=180)
-    assert g.counters()["alloc_failures"] > c["alloc_failures"]
 
     g.set_balloon_mib(0)
     g.wait_balloon(lambda s: s == 0)
