@@ -79,12 +79,11 @@ PARAMS = "/sys/module/virtio_balloon_rs/parameters"
 def rescue(g, need):
     """Runs a process that needs `need` MiB with a full balloon of 350 MiB,
     in a guest that cannot give it that much without the balloon; returns
-    (MiB deflated, OOM notifications, bursts, MiB available before) for it."""
+    (MiB deflated, OOM notifications, bursts) for it."""
     g.set_balloon_mib(350)
     g.wait_balloon(lambda s: s == 350)
     g.run("sync; echo 3 > /proc/sys/vm/drop_caches")
     vm0, c0 = g.vmstat(), g.counters()
-    avail = g.meminfo()["MemAvailable"] / 1024
     # A notification per MiB in the first run: minutes on the debug kernel.
     out = g.run(f"memhog {need}", timeout=900 if vm.DEBUG else 300)
     assert f"memhog: {need} MiB ok" in out
@@ -94,7 +93,7 @@ def rescue(g, need):
     assert c1["oom_deflated_pages"] - c0["oom_deflated_pages"] == deflated
     assert g.balloon_mib() == 350 - deflated / PAGES_PER_MIB
     return (deflated / PAGES_PER_MIB, c1["oom_notifications"] - c0["oom_notifications"],
-            c1["oom_bursts"] - c0["oom_bursts"], avail)
+            c1["oom_bursts"] - c0["oom_bursts"])
 
 
 def test_oom_deflation_rescues_a_process_with_a_bounded_overshoot(boot):
@@ -108,13 +107,22 @@ def test_oom_deflation_rescues_a_process_with_a_bounded_overshoot(boot):
     # the default second apart); the reset after a quiet period is tested
     # below.
     g = boot(mem_mib=512, balloon="deflate-on-oom=on")
+    # Both runs must need the same. With watermark boosting (the default)
+    # they did not: with 16 KiB pages the fixed run, repeated, measured 119
+    # MiB the first time and 148 every time after, with or without
+    # reloading the module, while MemAvailable stayed within 3 MiB. Boosting
+    # raises a zone's watermarks by up to a pageblock (32 MiB there) after a
+    # fragmenting fallback, which the first shortage presumably causes.
+    # Without it, four runs in a row needed 116 to 118 MiB (16k), 114 to 115
+    # (4k) and 115 to 120 (x86).
+    g.run("echo 0 > /proc/sys/vm/watermark_boost_factor")
     g.run("insmod /modules/virtio_balloon_rs.ko oom_deflate_max_mib=1 oom_quiet_ms=30000")
     total0 = g.meminfo()["MemTotal"]
     g.set_balloon_mib(350)
     g.wait_balloon(lambda s: s == 350)
     g.run("sync; echo 3 > /proc/sys/vm/drop_caches")
     need = g.meminfo()["MemAvailable"] // 1024 + 120  # clearly more than is available
-    fixed, fixed_calls, fixed_bursts, fixed_avail = rescue(g, need)
+    fixed, fixed_calls, fixed_bursts = rescue(g, need)
     assert fixed >= 100, fixed
     # One MiB each: as many notifications as MiB (a notification that
     # came while the balloon was busy may have given nothing).
@@ -124,21 +132,20 @@ def test_oom_deflation_rescues_a_process_with_a_bounded_overshoot(boot):
     g.run("insmod /modules/virtio_balloon_rs.ko oom_quiet_ms=30000")
     cap = int(g.run(f"cat {PARAMS}/oom_deflate_max_mib"))
     assert cap == 64
-    ramp, ramp_calls, bursts, ramp_avail = rescue(g, need)
-    # What the same process needed from the balloon in the second run: what
-    # it needed in the first, plus what the guest had less available before
-    # it (a few MiB either way between runs).
-    drift = fixed_avail - ramp_avail
+    ramp, ramp_calls, bursts = rescue(g, need)
     print(f"need {need} MiB: fixed 1 MiB: {fixed:.0f} MiB in {fixed_calls} notifications; "
-          f"ramp: {ramp:.0f} MiB in {ramp_calls} notifications, {bursts} bursts; "
-          f"available before: {fixed_avail:.1f} then {ramp_avail:.1f} MiB")
-    needed = fixed + drift
-    # The overshoot, what the ramp gave beyond that, is below one step (at
-    # most the cap) and below the need; the slack is for what the kernel
-    # itself takes or frees between the reading and the process.
-    slack = 8
-    assert ramp - needed <= min(cap, needed) + slack, (ramp, fixed, drift)
-    assert ramp >= needed - slack, (ramp, fixed, drift)
+          f"ramp: {ramp:.0f} MiB in {ramp_calls} notifications, {bursts} bursts")
+    # The overshoot, what the ramp gave beyond what the fixed steps did, is
+    # below one step (at most the cap) and below the need. The need is not
+    # quite the same in both runs, presumably because the fixed run's
+    # hundred-odd reclaim passes (one before each notification) find more
+    # elsewhere than the ramp's seven or eight, and what they find comes in
+    # pages: with 16 KiB pages the ramp run needed up to 12 MiB more (191
+    # MiB where the fixed run measured 115, 1 run in 8). The slack is 8 MiB
+    # or 1024 pages.
+    slack = max(8, vm.PAGE_KIB)
+    assert ramp - fixed <= min(cap, fixed) + slack, (ramp, fixed)
+    assert ramp >= fixed - slack, (ramp, fixed)
     # One burst: 1, 2, 4, ..., 64 MiB, about log2(need) notifications, not
     # `need`.
     assert bursts == 1
