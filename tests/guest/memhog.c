@@ -2,6 +2,9 @@
 /*
  * memhog MIB [HOLD_SECONDS]: allocates MIB MiB of anonymous memory, touches
  * every page, optionally holds it, prints "memhog: MIB MiB ok" and exits 0.
+ * With MEMHOG_MEMFREE set in the environment it first prints the guest's
+ * MemFree line as it was once every page was touched ("memhog: MemFree: N
+ * kB"), while it still holds them all.
  * Built statically on the host and put in the test guests' initramfs.
  */
 #include <stdio.h>
@@ -9,6 +12,25 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
+
+static void print_memfree(void)
+{
+	char line[128];
+	FILE *f = fopen("/proc/meminfo", "r");
+
+	if (!f) {
+		perror("memhog: /proc/meminfo");
+		exit(1);
+	}
+	while (fgets(line, sizeof(line), f)) {
+		if (!strncmp(line, "MemFree:", 8)) {
+			printf("memhog: %s", line);
+			break;
+		}
+	}
+	fclose(f);
+	fflush(stdout);
+}
 
 int main(int argc, char **argv)
 {
@@ -31,6 +53,8 @@ int main(int argc, char **argv)
 	}
 	for (off = 0; off < len; off += 4096)
 		p[off] = (char)off | 1;
+	if (getenv("MEMHOG_MEMFREE"))
+		print_memfree();
 	if (hold)
 		sleep(hold);
 	printf("memhog: %zu MiB ok\n", mib);
