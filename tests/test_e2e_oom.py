@@ -139,15 +139,15 @@ def test_oom_deflation_rescues_a_process_with_a_bounded_overshoot(boot):
     # needed: it is still free once the process has touched all it asked
     # for, where the fixed run left only the zone's reserve and less than
     # its last MiB. It is measured so, and not as the difference between
-    # the two runs' totals, because the two runs do not need the same: on a
-    # KASAN kernel the ramp run needed at least 11 MiB more (more than 127
-    # MiB where the fixed run took 117, so an eighth step of 64 MiB), and
-    # with 16 KiB pages up to 12 MiB more; what the rest of the kernel holds
-    # (KASAN's quarantine of freed objects, the per-CPU free lists, slab)
-    # moves between runs by that much. What is free at the peak is steadier:
-    # the fixed run left 3.0 to 3.9 MiB every time (x86 with 4 KiB pages,
-    # arm64 with 64 KiB), the ramp run 5 to 17 MiB. The slack is 8 MiB or
-    # 1024 pages.
+    # the two runs' totals, because the two runs do not need the same: what
+    # the rest of the kernel holds (KASAN's quarantine of freed objects, the
+    # per-CPU free lists, slab) moves between runs. On the KASAN kernel the
+    # ramp run once needed about 28 MiB more than the fixed run (118 MiB
+    # fixed; 191 MiB in eight steps with 47.5 MiB left free), with 16 KiB
+    # pages up to 12 MiB more. What is free at the peak is steady: the fixed
+    # run left 2.6 to 3.9 MiB in all 10 runs measured (x86 with 4 KiB pages,
+    # normal and KASAN, arm64 with 64 KiB), the ramp run 5 to 17 MiB after
+    # seven steps. The slack is 8 MiB or 1024 pages.
     overshoot = ramp_free - fixed_free
     print(f"need {need} MiB: fixed 1 MiB: {fixed:.0f} MiB in {fixed_calls} notifications, "
           f"{fixed_free:.1f} MiB free at the peak; ramp: {ramp:.0f} MiB in {ramp_calls} "
@@ -156,8 +156,6 @@ def test_oom_deflation_rescues_a_process_with_a_bounded_overshoot(boot):
     # Below one step (at most the cap) and below the need.
     slack = max(8, vm.PAGE_KIB)
     assert -slack <= overshoot <= min(cap, fixed) + slack, (overshoot, ramp, fixed)
-    # The totals agree to within one step and the runs' difference in need.
-    assert abs(ramp - fixed) <= cap + 2 * slack, (ramp, fixed)
     # One burst: 1, 2, 4, ..., 64 MiB, about log2(need) notifications, not
     # `need`.
     assert bursts == 1
