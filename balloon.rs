@@ -1467,11 +1467,15 @@ fn hint_run(sh: &Shared, id: u32, me: &Running<'_>) {
 
 /// The free page hint work (FREE_PAGE_HINT), on its own freezable,
 /// CPU-intensive workqueue: a run may take all of the guest's free memory.
-struct FreePageHint(Arc<BalloonCore>);
+struct FreePageHint {
+    core: Arc<BalloonCore>,
+    /// Looks, since the host said done, for blocks it had not returned.
+    done_polls: AtomicU32,
+}
 
 impl WorkHandler for FreePageHint {
     fn run(&self, me: &Running<'_>) -> Next {
-        let sh = self.0.data();
+        let sh = self.core.data();
         let received = sh.hint_cmd_id();
         match sh.hint_cmd.action(received) {
             hint::Action::ReturnAll => {
@@ -1483,8 +1487,21 @@ impl WorkHandler for FreePageHint {
                     usize::MAX,
                     Some(&sh.stats.hint_blocks_done),
                 );
+                // Blocks still on the ring stay the queue's until the host
+                // returns them, which it may do after saying done (QEMU's
+                // hint thread empties the ring after the run's stop id,
+                // beside this work). The queue raises no interrupt: look
+                // again shortly, for a while.
+                if sh.hints_in_flight.load(Ordering::Relaxed) == 0 {
+                    self.done_polls.store(0, Ordering::Relaxed);
+                } else if self.done_polls.fetch_add(1, Ordering::Relaxed) < hint::DONE_POLLS {
+                    return Next::After(hint::DONE_POLL_MS);
+                }
             }
-            hint::Action::Start(id) => hint_run(sh, id, me),
+            hint::Action::Start(id) => {
+                self.done_polls.store(0, Ordering::Relaxed);
+                hint_run(sh, id, me)
+            }
             hint::Action::Nothing => {}
         }
         Next::Idle
@@ -1659,7 +1676,13 @@ impl virtio::Driver for Balloon {
         };
         let hint = if dev.has_feature(feature::FREE_PAGE_HINT) {
             let queue = OwnedQueue::freezable_cpu_intensive(c_str!("virtio_balloon_rs_hint"))?;
-            Some(Work::new(work::On::Own(queue), FreePageHint(core.clone()))?)
+            Some(Work::new(
+                work::On::Own(queue),
+                FreePageHint {
+                    core: core.clone(),
+                    done_polls: AtomicU32::new(0),
+                },
+            )?)
         } else {
             None
         };

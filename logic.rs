@@ -509,6 +509,11 @@ pub(crate) mod hint {
     pub(crate) const STALL_MS: u32 = 1000;
     /// How long a run sleeps while the hint ring is full.
     pub(crate) const STALL_POLL_MS: u32 = 5;
+    /// After done, how often the driver looks for blocks the host had not
+    /// returned yet, and how many times (then it leaves them to the next
+    /// run, the shrinker or removal): 10 s in all.
+    pub(crate) const DONE_POLL_MS: u32 = 50;
+    pub(crate) const DONE_POLLS: u32 = 200;
 
     /// What the hint work does when woken.
     #[derive(Clone, Copy, PartialEq, Eq, Debug)]
