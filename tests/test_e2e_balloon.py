@@ -168,8 +168,16 @@ def test_oversized_target_leaves_a_healthy_guest(boot):
     assert g.run("echo alive").strip() == "alive"
     g.run("ls /proc > /dev/null; cat /proc/meminfo > /dev/null")
     # The reserve is 1/32 of RAM; the last round may dig into it by up to
-    # one round (8 MiB) of allocations and the reclaim they cause.
-    assert g.meminfo()["MemAvailable"] >= g.mem_mib * 1024 // 64
+    # one round (8 MiB) of allocations and the reclaim they cause. Free
+    # pages on the per-CPU lists are not in MemAvailable, and with 64 KiB
+    # pages they come and go by up to 14 MiB while the balloon holds still
+    # (measured: MemAvailable 0 to 10.8 MiB, MemAvailable plus the lists
+    # 12.6 to 15.9 MiB, in a 512 MiB guest): they count here.
+    zoneinfo = g.run("cat /proc/zoneinfo").splitlines()
+    pcp_kib = vm.PAGE_KIB * sum(int(l.split()[1]) for l in zoneinfo
+                                if l.strip().startswith("count:"))
+    available = g.meminfo()["MemAvailable"] + pcp_kib
+    assert available >= g.mem_mib * 1024 // 64, (available, pcp_kib, sizes)
     # One message for the whole episode, not one per retry.
     text = g.console_text()
     assert text.count("balloon holds at") + text.count("out of memory for the balloon") == 1
