@@ -1326,14 +1326,15 @@ fn free_hints(
     n
 }
 
-/// Remove and freeze: frees every held hint block, the ones the host has
-/// returned now, the others when the layer resets the device. Returns how
-/// many the driver held.
-fn free_all_hints(sh: &Shared) -> u64 {
+/// Frees every held hint block the host has returned by now, counting them
+/// in `counter`; those still on the queue stay its own (until the host
+/// returns them, or the layer resets the device on remove and freeze).
+/// Returns how many the driver held, on the queue or not.
+fn free_all_hints(sh: &Shared, counter: Option<&AtomicU64>) -> u64 {
     // Whatever the host returned first (no queue when frozen: nothing then).
     let _ = with_free_page_queue(sh, |_| Ok(()));
     let held = sh.stats.hint_blocks_held.load(Ordering::Relaxed);
-    free_hints(sh, &mut sh.hints.lock(), usize::MAX, None);
+    free_hints(sh, &mut sh.hints.lock(), usize::MAX, counter);
     held
 }
 
@@ -1479,14 +1480,7 @@ impl WorkHandler for FreePageHint {
         let received = sh.hint_cmd_id();
         match sh.hint_cmd.action(received) {
             hint::Action::ReturnAll => {
-                // Take back what the host returned since, then free it all.
-                let _ = with_free_page_queue(sh, |_| Ok(()));
-                free_hints(
-                    sh,
-                    &mut sh.hints.lock(),
-                    usize::MAX,
-                    Some(&sh.stats.hint_blocks_done),
-                );
+                free_all_hints(sh, Some(&sh.stats.hint_blocks_done));
                 // Blocks still on the ring stay the queue's until the host
                 // returns them, which it may do after saying done (QEMU's
                 // hint thread empties the ring after the run's stop id,
@@ -1806,7 +1800,7 @@ impl virtio::Driver for Balloon {
         let sh = self.core.data();
         // With the shrinker gone, nothing else could give hinted memory
         // back while the balloon drains: do it first.
-        let blocks = free_all_hints(sh);
+        let blocks = free_all_hints(sh, None);
         // No work will finish what is pending: let the system sleep.
         sh.wakeup.clear();
         let pages = {
@@ -1834,7 +1828,7 @@ impl virtio::Driver for Balloon {
         // The freezable works are frozen already. The hinted blocks go back
         // (the image need not hold them), then every page, and the driver
         // lets go of the queues (restore sets them up again).
-        free_all_hints(self.core.data());
+        free_all_hints(self.core.data(), None);
         drain_and_stop(&self.core);
         Ok(())
     }
