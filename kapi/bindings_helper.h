@@ -7,12 +7,13 @@
  */
 #include <linux/balloon_compaction.h>
 #include <linux/debugfs.h>
+#include <linux/device.h>
+#include <linux/gfp.h>
 #include <linux/migrate.h>
 #include <linux/mm.h>
 #include <linux/notifier.h>
 #include <linux/oom.h>
 #include <linux/page_reporting.h>
-#include <linux/pm_wakeup.h>
 #include <linux/poison.h>
 #include <linux/scatterlist.h>
 #include <linux/shrinker.h>

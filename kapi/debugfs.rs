@@ -32,6 +32,7 @@ unsafe impl Send for Dir {}
 // SAFETY: no method mutates through `&self`.
 unsafe impl Sync for Dir {}
 
+#[cfg(CONFIG_DEBUG_FS)]
 fn is_err_or_null(d: *mut bindings::dentry) -> bool {
     d.is_null() || (d as usize) >= (-(bindings::MAX_ERRNO as isize)) as usize
 }
@@ -98,7 +99,9 @@ impl Drop for Dir {
 /// A set of named counters that can be shown in debugfs. Implemented by
 /// [`counters!`].
 pub(crate) trait Counters: Send + Sync + 'static {
-    /// Calls `f` with each counter's file name and value.
+    /// Calls `f` with each counter's file name and value (only to make
+    /// their files: unused on kernels without debugfs).
+    #[cfg_attr(not(CONFIG_DEBUG_FS), allow(dead_code))]
     fn each(&self, f: &mut dyn FnMut(&'static CStr, &AtomicU64));
 }
 

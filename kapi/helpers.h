@@ -9,11 +9,18 @@
 #ifndef VBRS_HELPERS_H
 #define VBRS_HELPERS_H
 
+/*
+ * Each header below declares something a helper uses (include what you
+ * use): none may count on another to bring in its declarations, which
+ * depends on the kernel's configuration. Wakeup sources are declared in
+ * <linux/pm_wakeup.h>, which may only be reached through <linux/device.h>.
+ */
 #include <linux/balloon_compaction.h>
 #include <linux/completion.h>
+#include <linux/device.h>
+#include <linux/gfp.h>
 #include <linux/list.h>
 #include <linux/mm.h>
-#include <linux/pm_wakeup.h>
 #include <linux/sched.h>
 #include <linux/spinlock.h>
 #include <linux/virtio.h>

@@ -60,12 +60,11 @@ impl VmEvent {
 }
 
 /// A snapshot of every VM event counter, summed over CPUs (`all_vm_events`).
-#[cfg(CONFIG_VM_EVENT_COUNTERS)]
+/// Only [`vm_events`] makes one, and only on kernels with the counters.
 pub(crate) struct VmEvents(
     [kernel::ffi::c_ulong; bindings::vm_event_item_NR_VM_EVENT_ITEMS as usize],
 );
 
-#[cfg(CONFIG_VM_EVENT_COUNTERS)]
 impl VmEvents {
     fn raw(&self, item: bindings::vm_event_item) -> u64 {
         self.0.get(item as usize).map_or(0, |&v| v as u64)

@@ -6,8 +6,7 @@
 //! Messages go through the C `_dev_*` functions with the `%pA` format, so
 //! they carry the driver and device name like any C driver's messages.
 
-use crate::kapi::bindings;
-use core::{ffi::c_void, fmt};
+use core::fmt;
 use kernel::device::Device;
 
 /// Severity of a device message.
@@ -30,8 +29,20 @@ impl AsDevice for Device {
     }
 }
 
-/// Prints `args` prefixed with the device's driver and name.
+/// Prints `args` prefixed with the device's driver and name. Without
+/// `CONFIG_PRINTK` the kernel prints nothing, and the C `_dev_*` functions
+/// are empty inline functions with no symbol: so is this one.
+#[cfg_attr(not(CONFIG_PRINTK), allow(unused_variables))]
 pub(crate) fn dev_print(dev: &Device, level: Level, args: fmt::Arguments<'_>) {
+    #[cfg(CONFIG_PRINTK)]
+    dev_print_on(dev, level, args);
+}
+
+#[cfg(CONFIG_PRINTK)]
+fn dev_print_on(dev: &Device, level: Level, args: fmt::Arguments<'_>) {
+    use crate::kapi::bindings;
+    use core::ffi::c_void;
+
     // `Device` is `#[repr(transparent)]` over `Opaque<bindings::device>`.
     let dev = core::ptr::from_ref(dev)
         .cast_mut()
