@@ -36,6 +36,20 @@ case "$release" in
 esac
 [ -f "$kdir/rust/libkernel.rmeta" ] \
 	|| vbrs_die "KDIR=$kdir: the Rust support of the tree is not built (no rust/libkernel.rmeta); run make there first"
+# The tree's architecture: the one to build for when make was given no
+# ARCH, and an error when it was given another.
+if grep -q '^CONFIG_X86_64=y' "$kdir/.config"; then
+	tree_arch=x86_64
+elif grep -q '^CONFIG_ARM64=y' "$kdir/.config"; then
+	tree_arch=arm64
+else
+	vbrs_die "KDIR=$kdir: a kernel for an architecture this driver is not built for (supported: x86_64, arm64)"
+fi
+if [ "$tree_arch" != "$VBRS_ARCH" ]; then
+	[ -z "${VBRS_ARCH_GIVEN:-}" ] \
+		|| vbrs_die "KDIR=$kdir: an $tree_arch kernel, but ARCH=$VBRS_ARCH_GIVEN; pass ARCH=$tree_arch, or no ARCH"
+	VBRS_ARCH=$tree_arch
+fi
 read -ra KMAKE <<<"${VBRS_KMAKE_VARS:-$(vbrs_kmake_vars)}"
 # The rustc used now must be the one the tree was built with: crate
 # metadata is tied to one compiler ("incompatible version" errors).
@@ -49,7 +63,29 @@ using=$("$rustc" --version 2>/dev/null) || vbrs_die "cannot run $rustc (set RUST
 # kernel generated its own (scripts/kbuild-bindgen.sh), from its record.
 [ -f "$kdir/rust/bindings/.bindings_generated.rs.cmd" ] && [ -f "$kdir/rust/bindings/bindings_generated.rs" ] \
 	|| vbrs_die "KDIR=$kdir: the tree has no record of how its Rust bindings were generated (rust/bindings/.bindings_generated.rs.cmd); the module needs the build directory of a Rust-enabled kernel, not a headers-only copy"
-[ -f "$kdir/Module.symvers" ] || vbrs_die "KDIR=$kdir: no Module.symvers; finish building the kernel there (make, then make modules)"
+# modpost checks every symbol the module uses against Module.symvers. A
+# tree made ready with `make modules_prepare` has none: kbuild's own
+# KBUILD_MODPOST_WARN=1 turns those checks into warnings, at the user's
+# explicit request only.
+modpost_warn=${KBUILD_MODPOST_WARN:-}
+for a in "$@"; do case "$a" in KBUILD_MODPOST_WARN=*) modpost_warn=${a#*=} ;; esac; done
+if [ ! -f "$kdir/Module.symvers" ]; then
+	[ -n "$modpost_warn" ] \
+		|| vbrs_die "KDIR=$kdir: no Module.symvers; finish building the kernel there (make, then make modules), or pass KBUILD_MODPOST_WARN=1 to build against a modules_prepare tree with modpost's symbol checks as warnings"
+	vbrs_log "KDIR=$kdir has no Module.symvers: modpost only warns about symbols it cannot check (KBUILD_MODPOST_WARN=1)"
+fi
+
+# The KUnit module needs the kernel crate's kunit support, which 6.12 has
+# only with CONFIG_KUNIT=y (built in). Most production kernels have no
+# KUnit: there the driver builds alone.
+driver_only=${VBRS_DRIVER_ONLY:-}
+for a in "$@"; do case "$a" in VBRS_DRIVER_ONLY=*) driver_only=${a#*=} ;; esac; done
+if ! grep -q '^CONFIG_KUNIT=y' "$kdir/.config"; then
+	kunit_why="KDIR=$kdir has $(grep -q '^CONFIG_KUNIT=m' "$kdir/.config" && echo 'CONFIG_KUNIT=m, and the kernel crate has KUnit support only with CONFIG_KUNIT=y' || echo 'no CONFIG_KUNIT')"
+	[ "${VBRS_KUNIT:-}" != required ] \
+		|| vbrs_die "$kunit_why: the KUnit module (kunit/virtio_balloon_rs_kunit.ko) cannot be built or run against it"
+	[ -n "$driver_only" ] || vbrs_log "$kunit_why: the KUnit module is skipped, the driver is built"
+fi
 
 vbrs_prune_stale_kernels "$kdir"
 
