@@ -10,6 +10,8 @@
 #   make check           rustfmt, clippy, compile-fail, KUnit, virtme-ng, end-to-end
 #                        (x86_64), then KUnit and end-to-end on arm64 with 64k pages
 #   make check-arm64     KUnit and end-to-end on arm64 with 16k and with 4k pages
+#   make check-configs   the module against Debian's 6.12 configurations and a
+#                        small one (modules_prepare trees; CONFIGS= picks)
 #   make bench           Rust vs the in-tree C driver, side by side (REPS=11), and a plot
 #
 #   ARCH=x86_64|arm64 PAGE=4k|16k|64k select the guest for every target
@@ -24,6 +26,7 @@ SHELL := /bin/bash
 # The target, for the scripts (lib.sh checks it). ARCH is also kbuild's
 # variable: the scripts pass it on to kbuild themselves.
 export VBRS_ARCH := $(or $(ARCH),x86_64)
+export VBRS_ARCH_GIVEN := $(ARCH)
 export VBRS_PAGE := $(PAGE)
 VENV_PY = $(shell bash -c '. $(ROOT)/scripts/lib.sh && echo $$VBRS_VENV')/bin/python
 # Guests at a time in the end-to-end suites (pytest-xdist workers; one TCG
@@ -32,7 +35,7 @@ JOBS ?= 2
 PYTEST = $(VENV_PY) -m pytest -v -p no:cacheprovider --durations=10 -n $(JOBS)
 
 .PHONY: all module deps kernel debug-kernel run check check-guest check-arm64 check-debug \
-	compile-fail kunit vng e2e bench fmt fmtcheck clippy install clean
+	check-configs compile-fail build-tests kunit vng e2e bench fmt fmtcheck clippy install clean
 
 all: module
 
@@ -53,6 +56,7 @@ check: module
 	@$(MAKE) --no-print-directory fmtcheck
 	@$(MAKE) --no-print-directory clippy
 	@$(MAKE) --no-print-directory compile-fail
+	@$(MAKE) --no-print-directory build-tests
 	@$(MAKE) --no-print-directory kunit
 	@$(MAKE) --no-print-directory vng
 	@$(MAKE) --no-print-directory e2e
@@ -95,9 +99,11 @@ compile-fail: module
 	@echo "==> compile-fail cases (kapi misuse must not build)"
 	@$(VENV_PY) $(ROOT)/tests/compile_fail/run.py
 
-kunit: module
+# With KDIR, that kernel must have CONFIG_KUNIT=y, and its image boots.
+kunit:
+	@VBRS_KUNIT=required $(ROOT)/scripts/build-module.sh "$(KDIR)"
 	@echo "==> KUnit ($(VBRS_ARCH) $(or $(PAGE),default pages) guest, parsed by kunit.py)"
-	@$(VENV_PY) $(ROOT)/tests/run_kunit.py
+	@$(VENV_PY) $(ROOT)/tests/run_kunit.py $(KDIR)
 
 # virtme-ng boots the host's root filesystem: x86_64 guests only.
 vng: module
@@ -105,9 +111,25 @@ vng: module
 	@if [ "$(VBRS_ARCH)" = x86_64 ]; then $(VENV_PY) $(ROOT)/tests/vng/boot_test.py; \
 	else echo "vng: skipped for $(VBRS_ARCH) (it boots the x86_64 host's root filesystem)"; fi
 
+# The guests' suite: everything but the build and install tests, which
+# build-tests runs on their own (their compiles would compete with the
+# guests for the CPUs, and they do not depend on the target).
 e2e: module
 	@echo "==> end-to-end tests (QEMU + QMP, $(VBRS_ARCH) $(or $(PAGE),default pages))"
-	@cd $(ROOT)/tests && $(PYTEST) $(PYTEST_ARGS) .
+	@cd $(ROOT)/tests && $(PYTEST) --ignore=test_build.py --ignore=test_install.py $(PYTEST_ARGS) .
+
+# make KDIR= with broken and foreign trees, Debian's cloud-amd64
+# configuration, make install and DKMS.
+build-tests: module
+	@echo "==> build and install tests (KDIR checks, Debian cloud-amd64, make install, DKMS)"
+	@cd $(ROOT)/tests && $(PYTEST) $(PYTEST_ARGS) test_build.py test_install.py
+
+# The build matrix: the module against kernels configured as users' are
+# (scripts/kernel/config-tree.sh --list; CONFIGS="name ..." picks some).
+check-configs: deps
+	@$(ROOT)/scripts/deps.sh configs
+	@echo "==> build matrix (Debian's 6.12 configurations and a small one, modules_prepare trees)"
+	@$(VENV_PY) $(ROOT)/tests/configs/run.py $(CONFIGS)
 
 fmt:
 	@$(ROOT)/scripts/rustfmt.sh fix

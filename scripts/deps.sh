@@ -51,6 +51,29 @@ if [ ! -x "$arm64_bb" ] || ! head -c 4 "$arm64_bb" | grep -q ELF; then
 	rm -rf "$dl"
 fi
 
+# `deps.sh configs`: Debian's own 6.12 kernel configurations, for the
+# build matrix (scripts/kernel/config-tree.sh), at the version of the
+# kernel source: amd64 and arm64 packages, downloaded and unpacked into the
+# cache, not installed.
+if [ "${1:-}" = configs ]; then
+	srcver=$(dpkg-query -W -f='${Version}' linux-source-6.12)
+	for darch in amd64 arm64; do
+		dir=$(vbrs_debian_config "$darch")
+		stamp=$VBRS_CACHE/debian-config/$darch/.version
+		[ "$(cat "$stamp" 2>/dev/null)" = "$srcver" ] && [ -d "$dir" ] && continue
+		vbrs_log "downloading linux-config-6.12:$darch $srcver into $VBRS_CACHE/debian-config/$darch"
+		dl=$(mktemp -d)
+		chmod 755 "$dl"
+		(cd "$dl" && apt-get download -qq "linux-config-6.12:$darch=$srcver" 2>/dev/null) \
+			|| vbrs_die "apt-get download linux-config-6.12:$darch=$srcver failed (the configurations must match linux-source-6.12 $srcver; run apt-get update?)"
+		rm -rf "$VBRS_CACHE/debian-config/$darch"
+		mkdir -p "$VBRS_CACHE/debian-config/$darch"
+		dpkg-deb -x "$dl"/linux-config-6.12_*_"$darch".deb "$VBRS_CACHE/debian-config/$darch"
+		echo "$srcver" >"$stamp"
+		rm -rf "$dl"
+	done
+fi
+
 # rustc-web must be the one the kernel uses; check the library source is there.
 sysroot=$(/usr/bin/rustc --print sysroot)
 [ -f "$sysroot/lib/rustlib/src/rust/library/core/src/lib.rs" ] \

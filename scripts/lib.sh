@@ -69,6 +69,15 @@ vbrs_log() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
 vbrs_die() { printf '\033[1;31merror:\033[0m %s\n' "$*" >&2; exit 1; }
 
 vbrs_bindgen() { echo "$VBRS_BINDGEN_ROOT/bin/bindgen"; }
+# The directory with Debian's 6.12 kernel configurations for Debian
+# architecture $1 (amd64, arm64): package linux-config-6.12 of that
+# architecture, at the linux-source-6.12 version, unpacked into the cache
+# by `deps.sh configs` (not installed: one architecture's package would
+# replace the other's).
+vbrs_debian_config() {
+	echo "$VBRS_CACHE/debian-config/$1/usr/src/linux-config-6.12"
+}
+
 
 # Make variables for building the kernel and the module with Debian's Rust,
 # for the target's architecture (clang cross-compiles by itself).

@@ -6,18 +6,34 @@ and an O= build directory (its Makefile only includes the source tree's,
 which is elsewhere), because the checks must only read what a build
 produces. The project's own guest kernel is the good tree."""
 
+import importlib.util
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
 import vm
 
+# The build matrix's runner (tests/configs/run.py), for its check of one
+# configuration.
+_spec = importlib.util.spec_from_file_location("configs", vm.ROOT / "tests/configs/run.py")
+configs = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(configs)
 
-def make_module(kdir, *args):
-    return subprocess.run(["make", "-s", "-C", str(vm.ROOT), f"KDIR={kdir}", *args],
+
+def make_module(kdir, *args, root=vm.ROOT):
+    return subprocess.run(["make", "-s", "-C", str(root), f"KDIR={kdir}", *args],
                           capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def cloud_tree():
+    """Debian's cloud-amd64 configuration with Rust on, made ready for
+    external modules (scripts/kernel/config-tree.sh): what a cloud guest
+    runs. It has no KUnit, and no Module.symvers."""
+    return config_tree("debian-cloud-amd64")
 
 
 def fake_tree(tmp_path, real, layout, drop=(), release=None, rustc=None, built=True,
@@ -163,3 +179,59 @@ def test_another_rustc_stops_a_direct_kbuild_build(kdir, tmp_path):
     assert r.returncode != 0
     assert f"but RUSTC={fake} is 'rustc 1.78.0 (imaginary)'" in r.stderr, r.stderr
     assert "E0514" not in r.stderr and "incompatible version" not in r.stderr, r.stderr
+
+
+def config_tree(name):
+    out = subprocess.run([str(vm.ROOT / "scripts/kernel/config-tree.sh"), name],
+                         check=True, stdout=subprocess.PIPE, text=True).stdout
+    return Path(out.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", ["debian-cloud-amd64", "small-x86_64"])
+def test_builds_against_a_configuration_of_the_matrix(name, tmp_path):
+    # Two configurations of the matrix (make check-configs has them all)
+    # that make check builds against: what cloud guests run (no KUnit), and
+    # a small one where no header pulls in another's declarations by
+    # chance. The driver builds warning-free; the KUnit module builds, or is
+    # skipped with one line saying why; the compile-fail control case
+    # builds.
+    ok, line = configs.check(name, "x86_64", config_tree(name), tmp_path)
+    print(line)
+    assert ok, line
+
+
+def test_kunit_needs_a_tree_with_kunit(cloud_tree, tmp_path):
+    # `make kunit` against a tree without KUnit stops before building, in
+    # one line of its own.
+    src = vm.project_copy(tmp_path / "src")
+    r = make_module(cloud_tree, "KBUILD_MODPOST_WARN=1", "kunit", root=src)
+    assert r.returncode != 0
+    ours = [l for l in r.stderr.splitlines() if "error:" in l]
+    assert len(ours) == 1, r.stderr
+    assert f"KDIR={cloud_tree} has no CONFIG_KUNIT" in ours[0], r.stderr
+    assert "KUnit module (kunit/virtio_balloon_rs_kunit.ko) cannot be built" in ours[0], r.stderr
+    assert "rustc" not in r.stderr and "Entering directory" not in r.stdout + r.stderr, r.stderr
+    assert not (src / "virtio_balloon_rs.ko").exists()
+
+
+def test_a_tree_without_module_symvers_needs_modpost_warn(cloud_tree, tmp_path):
+    # A modules_prepare tree has no Module.symvers, so modpost cannot check
+    # the module's symbols: refused, with the way out named, unless asked.
+    r = make_module(cloud_tree)
+    assert r.returncode != 0
+    assert f"KDIR={cloud_tree}: no Module.symvers" in r.stderr, r.stderr
+    assert "KBUILD_MODPOST_WARN=1" in r.stderr, r.stderr
+
+
+def test_the_tree_architecture_is_taken_or_checked(kdir, tmp_path):
+    # Without ARCH the build takes the tree's (the matrix builds the arm64
+    # trees that way); an ARCH that is not the tree's is named before
+    # kbuild's own errors, and so is an architecture the driver is not
+    # built for.
+    r = make_module(kdir, "ARCH=arm64")
+    assert r.returncode != 0
+    assert f"KDIR={kdir}: an x86_64 kernel, but ARCH=arm64; pass ARCH=x86_64, or no ARCH" in r.stderr, r.stderr
+    tree = fake_tree(tmp_path, kdir, "O=", drop=("CONFIG_X86_64",))
+    r = make_module(tree)
+    assert r.returncode != 0
+    assert "an architecture this driver is not built for (supported: x86_64, arm64)" in r.stderr, r.stderr

@@ -51,18 +51,18 @@ mod case;
 """
 
 
-def run_case(case, kdir, kvars, workdir):
+def run_case(case, kdir, kvars, workdir, extra=()):
     text = case.read_text()
     expects = re.findall(r"^// expect: (.+)$", text, re.M)
     want_ok = re.search(r"^// expect-ok$", text, re.M) is not None
     what = " ".join(l[4:] for l in text.splitlines() if l.startswith("//! ")) or case.stem
     d = Path(workdir) / case.stem
-    d.mkdir()
+    d.mkdir(parents=True)
     # Composite, as the driver is: the crate and the C helpers kapi calls.
     (d / "Kbuild").write_text("obj-m := vbrs_cf.o\nvbrs_cf-y := cf.o helpers.o\n")
     (d / "helpers.c").write_text(f'#include "{vm.ROOT}/kapi/helpers.c"\n')
     (d / "cf.rs").write_text(ROOT_RS.format(name=case.stem, repo=vm.ROOT, case=case))
-    r = subprocess.run(["make", "-C", str(kdir), f"M={d}", *kvars, "modules"],
+    r = subprocess.run(["make", "-C", str(kdir), f"M={d}", *kvars, *extra, "modules"],
                        capture_output=True, text=True, timeout=600)
     log = r.stdout + r.stderr
     if want_ok:
