@@ -3,6 +3,7 @@
 initramfs and QEMU guests that are always torn down and checked for splats."""
 
 import os
+import signal
 import subprocess
 import sys
 import warnings
@@ -12,6 +13,60 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import vm  # noqa: E402
+
+# Every test has a time limit, its teardown (the guests' checks) included:
+# `@pytest.mark.time_limit(seconds, debug=seconds)` sets it, else these.
+# They are about three times what the test takes here, so that a hang
+# fails the test in minutes instead of leaving it to CI's time-out.
+TIME_LIMIT = 300
+DEBUG_TIME_LIMIT = 1200
+
+
+class TimeLimit(Exception):
+    """A test ran out of its time: the message holds what its guests'
+    kernels said of their blocked tasks and CPUs."""
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "time_limit(seconds, debug=seconds): the test's time limit, "
+                            "on the guest kernel and on the debug kernel")
+    config.addinivalue_line("markers", "not_debug: the debug kernel would only repeat what the "
+                            "guest kernel's run shows (no locking, allocation or lifetime path "
+                            "of its own)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not vm.DEBUG:
+        return
+    for item in items:
+        if item.get_closest_marker("not_debug"):
+            item.add_marker(pytest.mark.skip(reason="checked on the guest kernel (make check); "
+                                             "nothing here for KASAN, lockdep or kmemleak"))
+
+
+@pytest.fixture(autouse=True)
+def time_limit(request):
+    """Fails the test when it runs past its limit; before its guests are
+    stopped, each dumps its blocked tasks and every CPU's stack (sysrq w
+    and l) into the failure message."""
+    mark = request.node.get_closest_marker("time_limit")
+    if vm.DEBUG:
+        limit = (mark.kwargs.get("debug") or mark.args[0] * 4) if mark else DEBUG_TIME_LIMIT
+    else:
+        limit = mark.args[0] if mark else TIME_LIMIT
+
+    def expired(signum, frame):
+        dumps = [g.hang_report() for g in list(vm.Guest.running)]
+        raise TimeLimit(f"{request.node.nodeid} ran past its time limit of {limit} s\n"
+                        + ("\n".join(dumps) if dumps else "(no guest was running)"))
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(int(limit))
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
 
 
 @pytest.fixture(scope="session")
