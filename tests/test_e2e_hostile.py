@@ -118,7 +118,7 @@ def test_device_that_needs_a_reset_is_given_up_on(boot):
     # uses no buffer on any queue.
     knob(g, "short_hint_cmd", 1)
     migrate(g, bandwidth_mib=1)
-    vm.wait_until(lambda: g.virtio_status()["status"], lambda s: "NEEDS_RESET" in str(s),
+    g.wait(lambda: g.virtio_status()["status"], lambda s: "NEEDS_RESET" in str(s),
                   25, 0.2, "device status")
     # The hinting run fills a ring the host no longer empties, waits a
     # second, and ends.

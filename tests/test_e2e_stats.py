@@ -4,6 +4,8 @@ PAGE_POISON negotiation."""
 
 import time
 
+import pytest
+
 import vm
 
 STATS_VQ, PAGE_POISON = 1, 4
@@ -64,6 +66,7 @@ def test_stats_reach_the_host(boot):
     g.run("rmmod virtio_balloon_rs")
 
 
+@pytest.mark.not_debug
 def test_page_poison_follows_init_on_free(boot):
     # Freed pages zeroed (init_on_free=1): the device offers PAGE_POISON
     # (page-poison=on is QEMU's default) and the driver takes it.
@@ -74,6 +77,7 @@ def test_page_poison_follows_init_on_free(boot):
     g.run("rmmod virtio_balloon_rs")
 
 
+@pytest.mark.not_debug
 def test_page_poison_refused_without_known_free_page_content(boot):
     g = boot(mem_mib=512)
     load(g)
@@ -118,4 +122,62 @@ def test_free_page_reporting_gives_memory_back_to_the_host(boot):
     assert low < peak - 350, (base, peak, low)
     c = g.counters()
     assert c["reports_sent"] > 0 and c["reported_ranges"] > 0
+    g.run("rmmod virtio_balloon_rs")
+
+
+def proc_figures(g):
+    """/proc/vmstat and /proc/meminfo, read in one command."""
+    out = g.run("cat /proc/vmstat; cat /proc/meminfo")
+    figs = {}
+    for line in out.splitlines():
+        k, _, v = line.partition(" ") if ":" not in line else line.partition(":")
+        if v.strip():
+            figs[k.strip()] = int(v.split()[0])
+    return figs
+
+
+def test_stats_figures_are_the_guests_own(boot):
+    # Each figure the host receives against the guest's own /proc, read
+    # just before the guest read its figures and just after the host got
+    # them. Event counts lie between the two readings; memory figures are
+    # within a little noise of them. QEMU 7.2 reads tags 0 to 9.
+    g = boot(mem_mib=1024)
+    load(g)
+    page = vm.PAGE_KIB * 1024
+    # Huge pages allocated (tags 8 and 9 count those allocations) and some
+    # page cache (tag 7), so that no figure is zero by default.
+    # (Four of the smallest size there is: 2 MiB on x86_64, 64 KiB with
+    # 16 KiB pages, 2 MiB with 64 KiB pages.)
+    g.run("h=$(ls /sys/kernel/mm/hugepages | sort -t- -k2 -n | head -n1); "
+          "echo 4 > /sys/kernel/mm/hugepages/$h/nr_hugepages; "
+          "dd if=/dev/zero of=/tmp/cache bs=1M count=32 2>/dev/null")
+    g.qmp.cmd("qom-set", path=BALLOON, property="guest-stats-polling-interval", value=1)
+    fresh_stats(g, 0)
+    before = proc_figures(g)
+    s = stats_taken_after_now(g)["stats"]
+    after = proc_figures(g)
+    counts = {
+        "stat-swap-in": ("pswpin", page),
+        "stat-swap-out": ("pswpout", page),
+        "stat-major-faults": ("pgmajfault", 1),
+        "stat-minor-faults": ("pgfault", 1),
+        "stat-htlb-pgalloc": ("htlb_buddy_alloc_success", 1),
+        "stat-htlb-pgfail": ("htlb_buddy_alloc_fail", 1),
+    }
+    for tag, (name, unit) in counts.items():
+        assert before[name] * unit <= s[tag] <= after[name] * unit, (tag, before[name], s[tag], after[name])
+    assert s["stat-htlb-pgalloc"] >= 4
+    # Memory figures: bytes, within 4 MiB or 64 pages of the readings.
+    noise = max(4 * 1024 * 1024, 64 * page)
+    memory = {
+        "stat-free-memory": lambda f: f["MemFree"] * 1024,
+        "stat-total-memory": lambda f: f["MemTotal"] * 1024,
+        "stat-available-memory": lambda f: f["MemAvailable"] * 1024,
+        "stat-disk-caches": lambda f: f["nr_file_pages"] * page,
+    }
+    for tag, read in memory.items():
+        lo, hi = sorted((read(before), read(after)))
+        assert lo - noise <= s[tag] <= hi + noise, (tag, read(before), s[tag], read(after))
+    assert s["stat-total-memory"] == after["MemTotal"] * 1024
+    assert s["stat-disk-caches"] >= 32 * 1024 * 1024
     g.run("rmmod virtio_balloon_rs")
