@@ -101,24 +101,26 @@ def test_rmmod_and_unbind_with_a_full_balloon_give_everything_back(boot):
     assert f"{dev}: unbound; {300 * PAGES_PER_MIB} pages given back" in g.console_text()
 
 
-@pytest.mark.time_limit(600, debug=2400)
+@pytest.mark.not_debug
 def test_an_8_gib_guest_inflates_and_deflates_exactly(boot):
     # A guest of the size users run: 7 GiB of its 8 in the balloon, and
     # back, exact to the page in MemTotal, vmstat and the driver's counts.
+    # Not on the debug kernel: the same paths as smaller balloons, and
+    # KASAN's shadow (1/8 of RAM) leaves no 7 GiB to give (it held at 6.5).
     g = boot(mem_mib=8192)
     load(g)
     total0 = mem_total_kib(g)
     vm0 = g.vmstat()
     big = 7 * 1024
     g.set_balloon_mib(big)
-    assert g.wait_balloon(lambda s: s == big, timeout=600 if vm.DEBUG else 180) == big
+    assert g.wait_balloon(lambda s: s == big, timeout=180) == big
     c = g.counters()
     assert c["actual_frames"] == c["target_frames"] == big * FRAMES_PER_MIB
     assert mem_total_kib(g) == total0 - big * 1024
     inflated, deflated = g.balloon_moved_since(vm0)
     assert (inflated, deflated) == (big * PAGES_PER_MIB, 0)
     g.set_balloon_mib(0)
-    assert g.wait_balloon(lambda s: s == 0, timeout=600 if vm.DEBUG else 180) == 0
+    assert g.wait_balloon(lambda s: s == 0, timeout=180) == 0
     assert mem_total_kib(g) == total0
     inflated, deflated = g.balloon_moved_since(vm0)
     assert inflated == deflated == big * PAGES_PER_MIB

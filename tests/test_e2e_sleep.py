@@ -53,6 +53,11 @@ def migrate_and_wait(g, timeout):
 
 @pytest.mark.skipif(vm.ARCH != "x86_64", reason="S3 with QMP system_wakeup is the pc machine's "
                     "(ACPI); free page hinting aborts QEMU 7.2 under aarch64 TCG")
+@pytest.mark.skipif(vm.DEBUG, reason="debug guests route PCI interrupts without ACPI (acpi=noirq), "
+                    "and after S3 nothing sets up the interrupt links again: the devices' "
+                    "interrupts stop (seen: the balloon's IO-APIC line counted nothing after "
+                    "resume; the driver went on by its 1 s wake-ups, stats stopped). The freeze "
+                    "test above runs there.")
 def test_real_sleep_with_a_new_target_and_every_feature_after_it(boot):
     # Suspend to RAM (ACPI S3) for real, the host's target changed while
     # the guest sleeps, then QMP system_wakeup.
