@@ -18,7 +18,8 @@
 #![forbid(unsafe_code)]
 
 use crate::kapi::{
-    balloon::{BalloonPages, Batch, DeflatedPage, Migrate, Migrated, Migration, NewPage},
+    balloon::{BalloonPages, DeflatedPage, Migrate, Migrated, Migration, NewPage},
+    batch::Batch,
     debugfs::CounterFiles,
     mm::{self, VmEvent},
     oom::{OomHandler, OomNotifier},
@@ -1613,7 +1614,11 @@ impl virtio::Driver for Balloon {
             GFP_KERNEL,
         )?;
         let freer = Freer {
-            work: Work::new(work::system_unbound(), FreeDeflated(batch.clone()))?,
+            work: new_work!(
+                work::system_unbound(),
+                FreeDeflated(batch.clone()),
+                "Balloon::free_deflated"
+            )?,
             batch,
         };
         let ahead = Arc::pin_init(
@@ -1624,7 +1629,11 @@ impl virtio::Driver for Balloon {
             GFP_KERNEL,
         )?;
         let filler = Filler {
-            work: Work::new(work::system_unbound(), FillAhead(ahead.clone()))?,
+            work: new_work!(
+                work::system_unbound(),
+                FillAhead(ahead.clone()),
+                "Balloon::fill_ahead"
+            )?,
             ahead,
         };
         let core = Arc::pin_init(
@@ -1659,23 +1668,29 @@ impl virtio::Driver for Balloon {
             let val = logic::poison_val(mm::want_init_on_free(), mm::PAGE_POISON);
             sh.config.write(vb::POISON_VAL, val)?;
         }
-        let update = Work::new(work::system_freezable(), UpdateSize(core.clone()))?;
+        let update = new_work!(
+            work::system_freezable(),
+            UpdateSize(core.clone()),
+            "Balloon::update_size"
+        )?;
         let stats = if dev.has_feature(feature::STATS_VQ) {
-            Some(Work::new(
+            Some(new_work!(
                 work::system_freezable(),
                 StatsRefresh(core.clone()),
+                "Balloon::stats_refresh"
             )?)
         } else {
             None
         };
         let hint = if dev.has_feature(feature::FREE_PAGE_HINT) {
             let queue = OwnedQueue::freezable_cpu_intensive(c_str!("virtio_balloon_rs_hint"))?;
-            Some(Work::new(
+            Some(new_work!(
                 work::On::Own(queue),
                 FreePageHint {
                     core: core.clone(),
                     done_polls: AtomicU32::new(0),
                 },
+                "Balloon::free_page_hint"
             )?)
         } else {
             None

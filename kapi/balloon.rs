@@ -13,7 +13,7 @@
 //! - [`DeflatedPage`]: taken out of the balloon; on drop it also restores
 //!   the managed page count if the balloon had taken it out.
 
-use super::sync::with_irq_locked;
+use super::{batch::Batch, sync::with_irq_locked, virtio::queue::DropsAnywhere};
 use crate::kapi::bindings;
 use core::{
     cell::Cell, marker::PhantomData, marker::PhantomPinned, mem::MaybeUninit, ptr::NonNull,
@@ -59,6 +59,10 @@ impl Drop for NewPage {
     }
 }
 
+// SAFETY: dropping a `NewPage` only frees a page (`put_page` of the only
+// reference: the page allocator's own locks, no sleeping).
+unsafe impl DropsAnywhere for NewPage {}
+
 /// A page taken out of the balloon. Dropping it returns it to the guest:
 /// first to the managed page count (if the balloon took it from there),
 /// then to the page allocator.
@@ -97,89 +101,6 @@ impl Drop for DeflatedPage {
     }
 }
 
-/// A vector with a fixed capacity, reserved up front, so that the balloon's
-/// hot paths never allocate bookkeeping memory while memory is short.
-pub(crate) struct Batch<T> {
-    items: KVec<T>,
-}
-
-impl<T> Batch<T> {
-    /// An empty batch with room for `capacity` items.
-    pub(crate) fn with_capacity(capacity: usize) -> Result<Self> {
-        Ok(Self {
-            items: KVec::with_capacity(capacity, GFP_KERNEL)?,
-        })
-    }
-
-    /// Number of items.
-    pub(crate) fn len(&self) -> usize {
-        self.items.len()
-    }
-
-    /// Room left.
-    pub(crate) fn room(&self) -> usize {
-        self.items.capacity() - self.items.len()
-    }
-
-    /// Appends `item`, or hands it back if the batch is full.
-    pub(crate) fn push(&mut self, item: T) -> core::result::Result<(), T> {
-        if self.room() == 0 {
-            return Err(item);
-        }
-        // Within the reserved capacity `push` does not allocate, so it
-        // cannot fail; the flags are never used.
-        self.items.push(item, GFP_NOWAIT).map_err(|_| ()).ok();
-        Ok(())
-    }
-
-    /// Removes and returns the last item.
-    pub(crate) fn pop(&mut self) -> Option<T> {
-        let len = self.items.len();
-        if len == 0 {
-            return None;
-        }
-        // SAFETY: index `len - 1` holds an initialised item; shrinking the
-        // length first hands its ownership to us, so it is read exactly once.
-        unsafe {
-            self.items.set_len(len - 1);
-            Some(self.items.as_ptr().add(len - 1).read())
-        }
-    }
-
-    /// Moves items from the end of `from`, keeping their order, until this
-    /// batch is full or `from` is empty.
-    pub(crate) fn fill_from(&mut self, from: &mut Self) {
-        let n = self.room().min(from.len());
-        let left = from.items.len() - n;
-        let len = self.items.len();
-        let src = from.items.as_ptr();
-        let dst = self.items.spare_capacity_mut().as_mut_ptr().cast::<T>();
-        // `from`'s items `left..left + n` are initialised, and `dst` has
-        // room for `n` (`n` is at most `self.room()`); the two vectors are
-        // different allocations (two `&mut`), and `src` stays valid through
-        // `from.items.set_len`, which only writes the length. Shortening
-        // `from` first hands those items over, so each is owned exactly
-        // once: by `self` once its length covers them. Nothing in between
-        // can panic.
-        // SAFETY: as above.
-        unsafe {
-            from.items.set_len(left);
-            core::ptr::copy_nonoverlapping(src.add(left), dst, n);
-            self.items.set_len(len + n);
-        }
-    }
-
-    /// Drops every item.
-    pub(crate) fn clear(&mut self) {
-        while self.pop().is_some() {}
-    }
-
-    /// The items.
-    pub(crate) fn as_slice(&self) -> &[T] {
-        self.items.as_slice()
-    }
-}
-
 impl Batch<NewPage> {
     /// Adds up to `n` pages (at most the room left), allocated the balloon
     /// way (movable, no retries, no emergency reserves, no warning on
@@ -189,8 +110,8 @@ impl Batch<NewPage> {
     /// many were added; 0 when memory is short. May sleep (reclaim):
     /// process context only.
     pub(crate) fn alloc_bulk(&mut self, n: usize) -> usize {
-        let len = self.items.len();
-        let spare = self.items.spare_capacity_mut();
+        let len = self.len();
+        let spare = self.spare_capacity_mut();
         let n = n.min(spare.len());
         // The allocator fills only the NULL entries of the array.
         let array = spare.as_mut_ptr().cast::<*mut bindings::page>();
@@ -211,24 +132,8 @@ impl Batch<NewPage> {
         // SAFETY: the first `got` spare slots hold fresh pages with one
         // reference each, now owned by the batch (`NewPage`'s invariant);
         // the slots after them hold nothing that needs dropping.
-        unsafe { self.items.set_len(len + got) };
+        unsafe { self.set_len(len + got) };
         got
-    }
-
-    /// Of the pages from index `from` on, keeps only those for which `keep`
-    /// holds; the others are freed. Those before `from` stay as they are.
-    pub(crate) fn retain_from(&mut self, from: usize, mut keep: impl FnMut(&NewPage) -> bool) {
-        let mut i = from;
-        while let Some(page) = self.items.as_slice().get(i) {
-            if keep(page) {
-                i += 1;
-            } else {
-                // The last page takes its place (order does not matter).
-                let last = self.items.len() - 1;
-                self.items.as_mut_slice().swap(i, last);
-                drop(self.pop());
-            }
-        }
     }
 }
 
@@ -320,16 +225,15 @@ impl<T: Migrate> BalloonPages<T> {
         // while in use, and `info` is initialised.
         unsafe {
             bindings::INIT_LIST_HEAD(head);
-            let first = pages.items.as_ptr();
             // Accounted before the pages become visible to migration.
-            for i in 0..n {
-                let raw = (*first.add(i)).page.as_ptr();
+            for page in pages.as_slice() {
+                let raw = page.page.as_ptr();
                 if self.account {
                     bindings::adjust_managed_page_count(raw, -1);
                 }
                 bindings::balloon_page_push(head, raw);
             }
-            pages.items.set_len(0);
+            pages.set_len(0);
             // It takes every page of the list (or BUG()s on one it cannot
             // lock, which a fresh page never is).
             bindings::balloon_page_list_enqueue(self.info.get(), head);
@@ -434,8 +338,10 @@ impl<T: Migrate> PinnedDrop for BalloonPages<T> {
 /// # Invariants
 ///
 /// `old` is an isolated page of `pages`, `new` a locked page with one
-/// reference owned by the migration code; both live for `'a`. `committed`
-/// is the trampoline's record of whether the swap happened.
+/// reference owned by the migration code; both live for `'a`, and both stay
+/// locked by the migration code until after the callback returns (it locked
+/// them before calling `migratepage` and unlocks them afterwards).
+/// `committed` is the trampoline's record of whether the swap happened.
 pub(crate) struct Migration<'a, T: Migrate> {
     pages: &'a BalloonPages<T>,
     new: NonNull<bindings::page>,
@@ -473,6 +379,12 @@ impl<'a, T: Migrate> Migration<'a, T> {
             }
         }
         self.pages.with_pages_locked(|| {
+            // Once on the list, `new` can be found by anyone who takes pages
+            // out of the balloon; `balloon_page_list_dequeue` only takes a
+            // page it can lock, and the migration code keeps `new` locked
+            // until after this callback (type invariant), so nobody takes it
+            // before the swap (the count and the caller's accounting) is
+            // complete.
             // SAFETY: the list and `isolated_pages` change under
             // `pages_lock`, held here; `new` is live and locked.
             unsafe {
@@ -506,6 +418,10 @@ pub(crate) struct Migrated<'a> {
 
 impl Drop for Migrated<'_> {
     fn drop(&mut self) {
+        // `balloon_page_finalize` clears the page's movable mapping, which
+        // needs the page locked: the migration code keeps `old` locked
+        // until after the callback, and a `Migrated` cannot outlive it
+        // (`'a`).
         // SAFETY: the page is locked by the migration code and carries the
         // balloon's reference (type invariant), which we drop here.
         unsafe {

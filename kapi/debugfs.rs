@@ -8,8 +8,19 @@
 //! is a directory with one file per counter of a set defined with
 //! [`counters!`]; it keeps the counters alive until its files are gone, so
 //! a reader never sees freed memory.
+//!
+//! The counters and knobs are Rust atomics, which the driver updates with
+//! atomic operations while a reader may read them: debugfs's own
+//! `debugfs_create_u64`/`u32` files would load and store them with plain C
+//! accesses, a data race (and a torn 64-bit read on 32-bit machines). The
+//! files here have file operations of their own, which load and store with
+//! atomic operations, as upstream Rust debugfs does for atomics.
 
 use crate::kapi::bindings;
+#[cfg(all(CONFIG_DEBUG_FS, CONFIG_FAULT_INJECTION_DEBUG_FS))]
+use atomic_files::KNOB;
+#[cfg(CONFIG_DEBUG_FS)]
+use atomic_files::{create_file, COUNTER};
 use core::sync::atomic::AtomicU64;
 use kernel::{str::CStr, sync::Arc};
 
@@ -171,12 +182,17 @@ impl<C: Counters> CounterFiles<C> {
         #[cfg(CONFIG_DEBUG_FS)]
         if !dentry.is_null() {
             counters.each(&mut |file, value| {
-                // debugfs reads the u64 with a plain load, which cannot
-                // tear on the 64-bit machines this driver is built for.
-                // SAFETY: `file` is a static C string; `value` lives in
-                // `counters`, which outlives the file (type invariant).
+                // SAFETY: `dentry` is our live directory; `value` lives in
+                // `counters`, which outlives the file (type invariant);
+                // `COUNTER` reads an `AtomicU64` at the file's data.
                 unsafe {
-                    bindings::debugfs_create_u64(file.as_char_ptr(), 0o444, dentry, value.as_ptr())
+                    create_file(
+                        file,
+                        0o444,
+                        dentry,
+                        core::ptr::from_ref(value).cast(),
+                        &COUNTER,
+                    )
                 };
             });
         }
@@ -190,9 +206,8 @@ impl<C: Counters> CounterFiles<C> {
         }
     }
 
-    /// Adds a writable (0600) file per knob of `knobs`. debugfs writes a
-    /// knob with a plain word-sized store while the driver updates it
-    /// atomically: fault-injection kernels only, where that is accepted.
+    /// Adds a writable (0600) file per knob of `knobs`, which reads and
+    /// writes it with atomic operations.
     #[cfg(CONFIG_FAULT_INJECTION_DEBUG_FS)]
     pub(crate) fn add_knobs(&mut self, knobs: Arc<dyn Knobs>) -> kernel::error::Result {
         if self.dentry.is_null() {
@@ -203,10 +218,10 @@ impl<C: Counters> CounterFiles<C> {
             .push(knobs.clone(), kernel::alloc::flags::GFP_KERNEL)?;
         let dir = self.dentry;
         knobs.each(&mut |file, value| {
-            // SAFETY: `file` is a static C string; `value` lives in
-            // `knobs`, kept below until the directory is removed (type
-            // invariant). debugfs stores and loads the u32 whole.
-            unsafe { bindings::debugfs_create_u32(file.as_char_ptr(), 0o600, dir, value.as_ptr()) };
+            // SAFETY: `dir` is our live directory; `value` lives in `knobs`,
+            // kept above until the directory is removed (type invariant);
+            // `KNOB` reads and writes an `AtomicU32` at the file's data.
+            unsafe { create_file(file, 0o600, dir, core::ptr::from_ref(value).cast(), &KNOB) };
         });
         Ok(())
     }
@@ -217,5 +232,235 @@ impl<C: Counters> Drop for CounterFiles<C> {
         // Removing waits for readers of the files; after it, the counters
         // and knobs may go (they drop with the fields, after this).
         remove(self.dentry);
+    }
+}
+
+// -- files over atomics ------------------------------------------------------
+
+/// debugfs files over Rust atomics, with file operations of the module's
+/// own that load and store them atomically.
+#[cfg(CONFIG_DEBUG_FS)]
+mod atomic_files {
+    use crate::kapi::bindings;
+    use core::{
+        fmt::Write,
+        sync::atomic::{AtomicU64, Ordering},
+    };
+    use kernel::{
+        ffi::{c_char, c_void},
+        prelude::*,
+        str::CStr,
+        types::Opaque,
+    };
+
+    // The module's own `struct module`, the owner of the operations below:
+    // an open file keeps the module, and so these operations, loaded. Only
+    // its address is taken (as the kernel crate's `module!` does), so the
+    // layout of its empty arch part does not matter.
+    #[allow(improper_ctypes)]
+    extern "C" {
+        static __this_module: Opaque<bindings::module>;
+    }
+
+    /// A `struct file_operations` in static memory, shared with C.
+    #[repr(transparent)]
+    pub(super) struct FileOps(bindings::file_operations);
+
+    // SAFETY: never written after its constant initialisation; C only
+    // reads it.
+    unsafe impl Sync for FileOps {}
+
+    type ReadFn = unsafe extern "C" fn(
+        *mut bindings::file,
+        *mut c_char,
+        usize,
+        *mut bindings::loff_t,
+    ) -> isize;
+    type WriteFn = unsafe extern "C" fn(
+        *mut bindings::file,
+        *const c_char,
+        usize,
+        *mut bindings::loff_t,
+    ) -> isize;
+
+    /// Operations with only the given read (and write) callbacks, owned by
+    /// this module; `simple_open` puts the file's data in `private_data`.
+    const fn file_ops(read: ReadFn, write: Option<WriteFn>) -> FileOps {
+        // SAFETY: all-zero is a valid `file_operations` (no callbacks, no
+        // owner).
+        let mut ops: bindings::file_operations =
+            unsafe { core::mem::MaybeUninit::zeroed().assume_init() };
+        // SAFETY: only the address of the module's own `struct module` is
+        // taken; the module loader defines it for every module, and it lives
+        // as long as the module's code.
+        ops.owner = unsafe { __this_module.get() };
+        ops.open = Some(bindings::simple_open);
+        ops.llseek = Some(bindings::default_llseek);
+        ops.read = Some(read);
+        ops.write = write;
+        FileOps(ops)
+    }
+
+    /// A read-only file showing an `AtomicU64`.
+    pub(super) static COUNTER: FileOps = file_ops(read_u64, None);
+
+    /// A file showing an `AtomicU32` and taking a new value for it.
+    #[cfg(CONFIG_FAULT_INJECTION_DEBUG_FS)]
+    pub(super) static KNOB: FileOps = file_ops(knob::read_u32, Some(knob::write_u32));
+
+    /// `debugfs_create_file` of `name` under `dir`, with `data` and `ops`.
+    /// Without the file, the value is simply not shown.
+    ///
+    /// # Safety
+    ///
+    /// `dir` is a live debugfs directory; `data` points to the kind of
+    /// value `ops` reads (and writes), which stays alive until the file is
+    /// removed (debugfs then waits for the callbacks running, and calls no
+    /// more).
+    pub(super) unsafe fn create_file(
+        name: &'static CStr,
+        mode: u16,
+        dir: *mut bindings::dentry,
+        data: *const c_void,
+        ops: &'static FileOps,
+    ) {
+        // SAFETY: `name` is a NUL-terminated string (debugfs copies it);
+        // `dir` and `data` are as the caller promises; `ops` is static.
+        // debugfs wraps the operations in its proxy, so none of them runs
+        // once the file is removed.
+        unsafe {
+            bindings::debugfs_create_file(name.as_char_ptr(), mode, dir, data.cast_mut(), &ops.0)
+        };
+    }
+
+    /// A number and a newline, as a reader gets it.
+    struct Line {
+        buf: [u8; 24],
+        len: usize,
+    }
+
+    impl Write for Line {
+        fn write_str(&mut self, s: &str) -> core::fmt::Result {
+            let end = self.len + s.len();
+            let dst = self.buf.get_mut(self.len..end).ok_or(core::fmt::Error)?;
+            dst.copy_from_slice(s.as_bytes());
+            self.len = end;
+            Ok(())
+        }
+    }
+
+    /// Hands `value` to a reader as text.
+    ///
+    /// # Safety
+    ///
+    /// `buf`, `count` and `ppos` are those of a `read` file operation.
+    unsafe fn read_value(
+        value: u64,
+        buf: *mut c_char,
+        count: usize,
+        ppos: *mut bindings::loff_t,
+    ) -> isize {
+        let mut line = Line {
+            buf: [0; 24],
+            len: 0,
+        };
+        if writeln!(line, "{}", value).is_err() {
+            return EINVAL.to_errno() as isize;
+        }
+        // SAFETY: `buf` and `ppos` are the user buffer and position of this
+        // read (caller's contract); the source is `line.len` initialised
+        // bytes.
+        unsafe {
+            bindings::simple_read_from_buffer(
+                buf.cast(),
+                count,
+                ppos,
+                line.buf.as_ptr().cast(),
+                line.len,
+            )
+        }
+    }
+
+    /// `read` of a [`COUNTER`] file.
+    ///
+    /// # Safety
+    ///
+    /// Called by debugfs for a file made by [`create_file`] with
+    /// [`COUNTER`]: `simple_open` put the `AtomicU64` it was made with, which
+    /// outlives the file, in `private_data`.
+    unsafe extern "C" fn read_u64(
+        file: *mut bindings::file,
+        buf: *mut c_char,
+        count: usize,
+        ppos: *mut bindings::loff_t,
+    ) -> isize {
+        // SAFETY: see the function's contract.
+        let value = unsafe { &*(*file).private_data.cast::<AtomicU64>() };
+        // SAFETY: the arguments of this read.
+        unsafe { read_value(value.load(Ordering::Relaxed), buf, count, ppos) }
+    }
+
+    /// The knob files' callbacks.
+    #[cfg(CONFIG_FAULT_INJECTION_DEBUG_FS)]
+    mod knob {
+        use super::read_value;
+        use crate::kapi::bindings;
+        use core::sync::atomic::{AtomicU32, Ordering};
+        use kernel::{error::to_result, ffi::c_char, prelude::*, uaccess::UserSlice};
+
+        /// `read` of a `KNOB` file.
+        ///
+        /// # Safety
+        ///
+        /// Called by debugfs for a file made by `create_file` with `KNOB`:
+        /// `private_data` is the `AtomicU32` it was made with, which outlives
+        /// the file.
+        pub(super) unsafe extern "C" fn read_u32(
+            file: *mut bindings::file,
+            buf: *mut c_char,
+            count: usize,
+            ppos: *mut bindings::loff_t,
+        ) -> isize {
+            // SAFETY: see the function's contract.
+            let value = unsafe { &*(*file).private_data.cast::<AtomicU32>() };
+            // SAFETY: the arguments of this read.
+            unsafe { read_value(value.load(Ordering::Relaxed).into(), buf, count, ppos) }
+        }
+
+        /// `write` of a `KNOB` file: a decimal or `0x` hexadecimal number
+        /// that fits 32 bits, optionally followed by a newline.
+        ///
+        /// # Safety
+        ///
+        /// As for [`read_u32`].
+        pub(super) unsafe extern "C" fn write_u32(
+            file: *mut bindings::file,
+            buf: *const c_char,
+            count: usize,
+            _ppos: *mut bindings::loff_t,
+        ) -> isize {
+            // SAFETY: see the function's contract.
+            let value = unsafe { &*(*file).private_data.cast::<AtomicU32>() };
+            match parse(buf as usize, count) {
+                Ok(v) => {
+                    value.store(v, Ordering::Relaxed);
+                    count as isize
+                }
+                Err(e) => e.to_errno() as isize,
+            }
+        }
+
+        /// The number a writer sent: `count` bytes at user address `buf`.
+        fn parse(buf: usize, count: usize) -> Result<u32> {
+            // Room for the number, a newline and the NUL `kstrtouint` needs.
+            let mut text = [0u8; 16];
+            let dst = text.get_mut(..count).filter(|_| count < 16).ok_or(EINVAL)?;
+            UserSlice::new(buf, count).reader().read_slice(dst)?;
+            let mut parsed = 0u32;
+            // SAFETY: `text` is NUL-terminated: at most 15 bytes were
+            // written. `kstrtouint` takes a trailing newline.
+            to_result(unsafe { bindings::kstrtouint(text.as_ptr().cast(), 0, &mut parsed) })?;
+            Ok(parsed)
+        }
     }
 }

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * The module's C helpers (declared, and explained, in helpers.h). Each one
- * only calls the inline function or macro it is named after.
+ * only calls the inline function or macro it is named after, or does what
+ * that macro does with the caller's lockdep class (the _key ones).
  */
 #include "helpers.h"
 
@@ -113,9 +114,16 @@ unsigned long vbrs_helper_global_node_page_state(enum node_stat_item item)
 	return global_node_page_state(item);
 }
 
-void vbrs_helper_init_completion(struct completion *x)
+/*
+ * init_completion() with the caller's lockdep class and name: the macro
+ * gives every completion it initialises one class, that of its single
+ * expansion here.
+ */
+void vbrs_helper_init_completion_key(struct completion *x, const char *name,
+				     struct lock_class_key *key)
 {
-	init_completion(x);
+	x->done = 0;
+	__init_swait_queue_head(&x->wait, name, key);
 }
 
 void vbrs_helper_reinit_completion(struct completion *x)
@@ -141,9 +149,16 @@ void vbrs_helper_spin_unlock_irqrestore(spinlock_t *lock, unsigned long flags)
 	spin_unlock_irqrestore(lock, flags);
 }
 
-void vbrs_helper_init_delayed_work(struct delayed_work *dwork, work_func_t func)
+/*
+ * The timer half of INIT_DELAYED_WORK(), with the caller's lockdep class and
+ * name (the work half is the kernel crate's init_work_with_key()).
+ */
+void vbrs_helper_init_delayed_work_timer_key(struct delayed_work *dwork,
+					     const char *name,
+					     struct lock_class_key *key)
 {
-	INIT_DELAYED_WORK(dwork, func);
+	init_timer_key(&dwork->timer, delayed_work_timer_fn, TIMER_IRQSAFE,
+		       name, key);
 }
 
 bool vbrs_helper_queue_delayed_work(struct workqueue_struct *wq,

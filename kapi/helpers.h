@@ -23,6 +23,8 @@
 #include <linux/mm.h>
 #include <linux/sched.h>
 #include <linux/spinlock.h>
+#include <linux/swait.h>
+#include <linux/timer.h>
 #include <linux/virtio.h>
 #include <linux/virtio_config.h>
 #include <linux/vmstat.h>
@@ -61,14 +63,17 @@ void vbrs_helper_count_vm_event(enum vm_event_item item);
 unsigned long vbrs_helper_global_node_page_state(enum node_stat_item item);
 
 /* completions, scheduling, irq-saving spinlocks */
-void vbrs_helper_init_completion(struct completion *x);
+void vbrs_helper_init_completion_key(struct completion *x, const char *name,
+				     struct lock_class_key *key);
 void vbrs_helper_reinit_completion(struct completion *x);
 void vbrs_helper_cond_resched(void);
 unsigned long vbrs_helper_spin_lock_irqsave(spinlock_t *lock);
 void vbrs_helper_spin_unlock_irqrestore(spinlock_t *lock, unsigned long flags);
 
 /* delayed work */
-void vbrs_helper_init_delayed_work(struct delayed_work *dwork, work_func_t func);
+void vbrs_helper_init_delayed_work_timer_key(struct delayed_work *dwork,
+					     const char *name,
+					     struct lock_class_key *key);
 bool vbrs_helper_queue_delayed_work(struct workqueue_struct *wq,
 				    struct delayed_work *dwork,
 				    unsigned long delay);

@@ -19,6 +19,7 @@ pub(crate) mod debugfs;
 #[macro_use]
 pub(crate) mod virtio;
 pub(crate) mod balloon;
+pub(crate) mod batch;
 pub(crate) mod mm;
 pub(crate) mod oom;
 pub(crate) mod pages;
@@ -28,4 +29,5 @@ pub(crate) mod reporting;
 pub(crate) mod shrinker;
 pub(crate) mod virtio_balloon;
 pub(crate) mod wakeup;
+#[macro_use]
 pub(crate) mod work;

@@ -17,6 +17,22 @@ pub(crate) enum Level {
     Info,
 }
 
+/// The raw `struct device` of `dev`.
+pub(crate) fn raw_device(dev: &Device) -> *mut crate::kapi::bindings::device {
+    // `Device` is `#[repr(transparent)]` over `Opaque<bindings::device>`
+    // (rust/kernel/device.rs); its own accessor is private to the kernel
+    // crate in 6.12.
+    core::ptr::from_ref(dev).cast_mut().cast()
+}
+
+// `raw_device` relies on the layout of a type whose field is private: a
+// kernel crate that changed it would fail to build here.
+const _: () = {
+    use core::mem::{align_of, size_of};
+    assert!(size_of::<Device>() == size_of::<crate::kapi::bindings::device>());
+    assert!(align_of::<Device>() == align_of::<crate::kapi::bindings::device>());
+};
+
 /// Something with a `struct device` to name in messages.
 pub(crate) trait AsDevice {
     /// The device.
@@ -43,10 +59,7 @@ fn dev_print_on(dev: &Device, level: Level, args: fmt::Arguments<'_>) {
     use crate::kapi::bindings;
     use core::ffi::c_void;
 
-    // `Device` is `#[repr(transparent)]` over `Opaque<bindings::device>`.
-    let dev = core::ptr::from_ref(dev)
-        .cast_mut()
-        .cast::<bindings::device>();
+    let dev = raw_device(dev);
     let fmt = c"%pA".as_ptr().cast::<kernel::ffi::c_char>();
     let arg = core::ptr::from_ref(&args).cast::<c_void>();
     // SAFETY: `dev` is a live device (borrowed); the format is NUL-terminated

@@ -22,14 +22,22 @@ use core::{
 use kernel::{prelude::*, str::CStr, sync::LockClassKey, types::Opaque};
 
 /// The C pointer behind a [`LockClassKey`].
-fn class_ptr(key: &'static LockClassKey) -> *mut bindings::lock_class_key {
+pub(crate) fn class_ptr(key: &'static LockClassKey) -> *mut bindings::lock_class_key {
     // `LockClassKey` is `#[repr(transparent)]` over
     // `Opaque<lock_class_key>` (rust/kernel/sync.rs); its own accessor is
-    // private to the kernel crate. Lockdep only uses the address.
+    // private to the kernel crate in 6.12. Lockdep only uses the address.
     core::ptr::from_ref(key)
         .cast_mut()
         .cast::<bindings::lock_class_key>()
 }
+
+// The cast above relies on the layout of a private type: a kernel crate
+// that changed it would fail here rather than hand lockdep a wrong pointer.
+const _: () = {
+    use core::mem::{align_of, size_of};
+    assert!(size_of::<LockClassKey>() == size_of::<bindings::lock_class_key>());
+    assert!(align_of::<LockClassKey>() == align_of::<bindings::lock_class_key>());
+};
 
 /// A `struct completion`: one side waits until the other signals.
 ///
@@ -49,14 +57,55 @@ unsafe impl Send for Completion {}
 // SAFETY: see `Send`; all methods take `&self` and the C side synchronises.
 unsafe impl Sync for Completion {}
 
+/// C's `might_sleep()` at the caller's file and line: with
+/// `CONFIG_DEBUG_ATOMIC_SLEEP` (the debug kernel), a call from atomic
+/// context is reported at once ("BUG: sleeping function called from
+/// invalid context"), also when the call would not have slept this time.
+/// Every operation of the layer that may sleep starts with it, so that a
+/// driver callback that runs in atomic context and reaches one is caught
+/// by the debug kernel's tests.
+macro_rules! might_sleep {
+    () => {
+        $crate::kapi::sync::might_sleep_at(::kernel::c_str!(::core::file!()), ::core::line!())
+    };
+}
+
+/// See [`might_sleep!`].
+#[cfg_attr(not(CONFIG_DEBUG_ATOMIC_SLEEP), allow(unused_variables))]
+pub(crate) fn might_sleep_at(file: &'static CStr, line: u32) {
+    #[cfg(CONFIG_DEBUG_ATOMIC_SLEEP)]
+    // SAFETY: a static NUL-terminated string and a line number, which the
+    // kernel only prints.
+    unsafe {
+        bindings::__might_sleep(file.as_char_ptr(), line as kernel::ffi::c_int)
+    };
+}
+
+/// Creates a [`Completion`] initialiser with a lockdep class of its own (one
+/// per call site) and an optional name.
+macro_rules! new_completion {
+    ($($name:literal)? $(,)?) => {
+        $crate::kapi::sync::Completion::new(
+            ::kernel::optional_name!($($name)?),
+            ::kernel::static_lock_class!(),
+        )
+    };
+}
+
 impl Completion {
-    /// Returns an initialiser for a fresh completion.
-    pub(crate) fn new() -> impl PinInit<Self> {
+    /// Returns an initialiser for a fresh completion, whose wait queue's
+    /// lock is named `name` for lockdep, in `key`'s class.
+    /// [`new_completion!`] makes both, one class per call site (C's
+    /// `init_completion` gives one per expansion of the macro).
+    pub(crate) fn new(name: &'static CStr, key: &'static LockClassKey) -> impl PinInit<Self> {
         pin_init!(Self {
-            // SAFETY: `init_completion` fully initialises the completion at
-            // `slot`, which is valid for writes and pinned.
+            // SAFETY: the helper fully initialises the completion at `slot`,
+            // which is valid for writes and pinned; `name` and `key` are
+            // static, as lockdep keeps them.
             // INVARIANT: the completion is initialised and pinned.
-            inner <- Opaque::ffi_init(|slot| unsafe { bindings::init_completion(slot) }),
+            inner <- Opaque::ffi_init(|slot| unsafe {
+                bindings::init_completion_key(slot, name.as_char_ptr(), class_ptr(key))
+            }),
         })
     }
 
@@ -83,6 +132,7 @@ impl Completion {
     /// Sleeps until signalled or until `ms` milliseconds have passed;
     /// returns whether it was signalled.
     pub(crate) fn wait_timeout(&self, ms: u32) -> bool {
+        might_sleep!();
         let j = kernel::time::msecs_to_jiffies(ms);
         // SAFETY: `inner` is an initialised completion (type invariant).
         unsafe { bindings::wait_for_completion_timeout(self.inner.get(), j) != 0 }
@@ -143,6 +193,7 @@ impl<T> Mutex<T> {
 
     /// Takes the lock, sleeping until it is free.
     pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
+        might_sleep!();
         // SAFETY: `raw` is an initialised mutex (type invariant).
         unsafe { bindings::mutex_lock(self.raw.get()) };
         // INVARIANT: the lock is held until the guard drops.
@@ -341,6 +392,7 @@ impl RwSem {
 
     /// Takes it for reading (shared), sleeping while a writer holds it.
     pub(crate) fn read(&self) -> RwSemRead<'_> {
+        might_sleep!();
         // SAFETY: initialised (type invariant).
         unsafe { bindings::down_read(self.raw.get()) };
         // INVARIANT: held for reading until the guard drops.
@@ -352,6 +404,7 @@ impl RwSem {
 
     /// Takes it for writing (exclusive), sleeping until nobody holds it.
     pub(crate) fn write(&self) -> RwSemWrite<'_> {
+        might_sleep!();
         // SAFETY: initialised (type invariant).
         unsafe { bindings::down_write(self.raw.get()) };
         // INVARIANT: held for writing until the guard drops.
@@ -398,6 +451,7 @@ impl Drop for RwSemWrite<'_> {
 
 /// Sleeps for at least `ms` milliseconds (process context only).
 pub(crate) fn msleep(ms: u32) {
+    might_sleep!();
     // SAFETY: no preconditions beyond being allowed to sleep, which every
     // caller (work items, remove, freeze) is.
     unsafe { bindings::msleep(ms) }

@@ -211,8 +211,9 @@ impl<C: DeviceContext> Device<C> {
 
     /// The bus index `N` of `virtioN`.
     pub(crate) fn index(&self) -> i32 {
-        // SAFETY: valid device; `index` is set before the device is
-        // registered and never changes.
+        // SAFETY: `self` is a registered device, valid while borrowed (type
+        // invariant); `index` is set before the device is registered and
+        // never changes.
         unsafe { (*self.as_raw()).index }
     }
 }
@@ -242,8 +243,9 @@ unsafe impl AlwaysRefCounted for Device<Normal> {
 impl Device<Validate> {
     /// Whether the device offers feature `f` (among those the driver lists).
     pub(crate) fn offers(&self, f: Feature) -> bool {
-        // SAFETY: valid device; during validate only this thread (the bus,
-        // then us) touches `features`.
+        // SAFETY: `self` is a registered device, valid while borrowed (type
+        // invariant); during validate only this thread (the bus, then us)
+        // touches `features`.
         unsafe { (*self.as_raw()).features & f.mask() != 0 }
     }
 
@@ -252,7 +254,8 @@ impl Device<Validate> {
         // `Device<Validate>` is neither `Send` nor `Sync`, and the bus is
         // waiting for validate to return: nobody else reads or writes the
         // word meanwhile.
-        // SAFETY: valid device; see above.
+        // SAFETY: `self` is valid while borrowed (type invariant); see
+        // above for why the plain write races with nothing.
         unsafe { (*self.as_raw()).features &= !f.mask() };
     }
 }
@@ -260,8 +263,8 @@ impl Device<Validate> {
 impl Device<Bound> {
     /// The negotiated feature bits.
     pub(crate) fn features(&self) -> u64 {
-        // SAFETY: valid device; the word does not change while the driver is
-        // bound (type invariant).
+        // SAFETY: `self` is valid while borrowed, and the word does not
+        // change while the driver is bound (type invariant).
         unsafe { (*self.as_raw()).features }
     }
 
@@ -281,7 +284,8 @@ impl Device<Core> {
     /// A handle on the device's config space with layout `L`, valid while
     /// the driver stays bound (reads and writes fail with `ENODEV` after).
     pub(crate) fn config<L: ConfigLayout>(&self) -> Result<Config<L>> {
-        // SAFETY: valid device with config ops (checked before probe).
+        // SAFETY: `self` is valid while borrowed (type invariant); `id` is
+        // set before the device is registered and never changes.
         let id = unsafe { (*self.as_raw()).id.device };
         if id != L::DEVICE_ID {
             return Err(EINVAL);
@@ -380,6 +384,15 @@ scalar!(u32);
 /// A field of config layout `L`, of type `T`: its offset and width come
 /// from the struct, and it knows which feature (if any) it needs. Made by
 /// [`config_field!`].
+///
+/// # Invariants
+///
+/// `offset` is the offset of a field of `L` that is `size_of::<T>()` bytes
+/// wide and exists in the config space of every device of `L`'s type that
+/// has negotiated `feature` (of every such device, for `None`): what
+/// [`Field::new_unchecked`]'s caller promised. [`Config`] reads and writes
+/// a field only after checking `feature`, so its accesses stay inside the
+/// device's config space.
 pub(crate) struct Field<L: ConfigLayout, T: ConfigScalar> {
     offset: u32,
     feature: Option<Feature>,
@@ -400,6 +413,7 @@ impl<L: ConfigLayout, T: ConfigScalar> Field<L, T> {
     /// bytes wide and exists in the config space of every device that has
     /// negotiated `feature` (or of every device, for `None`).
     pub(crate) const unsafe fn new_unchecked(offset: usize, feature: Option<Feature>) -> Self {
+        // INVARIANT: as the caller promises.
         Self {
             offset: offset as u32,
             feature,
@@ -436,19 +450,6 @@ macro_rules! config_field {
 }
 pub(crate) use config_field;
 
-/// `might_sleep()`: with `CONFIG_DEBUG_ATOMIC_SLEEP`, a call from atomic
-/// context is reported at once (as C's config accessors do).
-#[track_caller]
-fn might_sleep() {
-    #[cfg(CONFIG_DEBUG_ATOMIC_SLEEP)]
-    {
-        let at = core::panic::Location::caller();
-        // The file name needs a NUL; the line is enough to find the caller.
-        // SAFETY: a static NUL-terminated string and a line number.
-        unsafe { bindings::__might_sleep(c"kapi/virtio.rs".as_ptr().cast(), at.line() as i32) };
-    }
-}
-
 /// The config space of a bound device, with layout `L`. Its accessors may
 /// sleep: process context only.
 pub(crate) struct Config<L: ConfigLayout> {
@@ -481,7 +482,7 @@ impl<L: ConfigLayout> Config<L> {
     /// Reads field `f`, with one access of its width, retried until the
     /// device's config generation is stable. May sleep.
     pub(crate) fn read<T: ConfigScalar>(&self, f: Field<L, T>) -> Result<T> {
-        might_sleep();
+        might_sleep!();
         let (_life, vdev) = self.access(&f)?;
         let mut bytes = [0u8; 8];
         let len = core::mem::size_of::<T>() as u32;
@@ -506,7 +507,7 @@ impl<L: ConfigLayout> Config<L> {
 
     /// Writes field `f` with one access of its width. May sleep.
     pub(crate) fn write<T: ConfigScalar>(&self, f: Field<L, T>, value: T) -> Result {
-        might_sleep();
+        might_sleep!();
         let (_life, vdev) = self.access(&f)?;
         let bytes = value.to_le();
         let len = core::mem::size_of::<T>() as u32;
@@ -547,12 +548,32 @@ pub(crate) trait Driver: Sized + Send + Sync + 'static {
         kernel::build_error(kernel::error::VTABLE_DEFAULT_ERROR)
     }
 
-    /// The device's config space changed. Atomic context.
+    /// The device's config space changed.
+    ///
+    /// # Atomic context
+    ///
+    /// The virtio core calls this with a spinlock held (interrupts off):
+    /// the implementation must not sleep. The device it is handed offers
+    /// nothing that may ([`Device<Bound>`] has no config space), but the
+    /// driver's own data can reach sleeping calls, and nothing in the types
+    /// stops that: it must not take a [`sync::Mutex`](super::sync::Mutex)
+    /// or [`sync::RwSem`](super::sync::RwSem), wait on a completion or a
+    /// queue (`SyncQueue::send`, `WaitedQueue::wait`), use a [`Config`],
+    /// allocate with `GFP_KERNEL` or call `msleep`. It may queue work,
+    /// take irq-saving spinlocks and use atomics. Every sleeping operation
+    /// of this layer starts with `might_sleep!`, so on a kernel with
+    /// `CONFIG_DEBUG_ATOMIC_SLEEP` (the debug kernel's tests) a violation is
+    /// reported even when the call would not have slept that time.
     fn config_changed(&self, _dev: &Device<Bound>) {
         kernel::build_error(kernel::error::VTABLE_DEFAULT_ERROR)
     }
 
-    /// The device returned buffers on posted queue `queue`. Atomic context.
+    /// The device returned buffers on posted queue `queue`.
+    ///
+    /// # Atomic context
+    ///
+    /// Called from the queue's interrupt: the same rules as for
+    /// [`Driver::config_changed`] apply (no sleeping).
     fn buffers_used(&self, _dev: &Device<Bound>, _queue: queue::QueueId) {
         kernel::build_error(kernel::error::VTABLE_DEFAULT_ERROR)
     }
@@ -646,20 +667,24 @@ impl Binding {
     /// waiting for an answer that cannot come. Said once per binding.
     fn needs_reset(&self) -> bool {
         let vdev = self.vdev.as_ptr();
-        // SAFETY: valid device with config ops; `get_status` reads the
-        // status register.
+        // SAFETY: `vdev` is the bound device, kept allocated by `_dev`
+        // (type invariant); a registered device has its transport's config
+        // ops; `get_status` only reads the status register.
         let status = unsafe { (*(*vdev).config).get_status.map_or(0, |get| get(vdev)) };
         if u32::from(status) & bindings::VIRTIO_CONFIG_S_NEEDS_RESET == 0 {
             return false;
         }
         if !self.gave_up.swap(true, Ordering::AcqRel) {
-            // SAFETY: valid device; reading its generic part for a message.
+            // SAFETY: `vdev` is kept allocated by `_dev` (type invariant);
+            // `Normal` only reads its generic part, for a message.
             let dev = unsafe { Device::<Normal>::from_raw(vdev) };
             dev_err!(
                 dev,
                 "the device reports an error and needs a reset; giving up on it until it is bound again\n"
             );
-            // SAFETY: valid device, process context.
+            // SAFETY: `vdev` is kept allocated by `_dev` (type invariant);
+            // breaking only takes the device's queue list lock and sets
+            // flags, from process context.
             unsafe { bindings::virtio_break_device(vdev) };
         }
         true
@@ -670,11 +695,13 @@ impl Binding {
     /// interrupt calls none).
     fn break_device(&self) {
         let vdev = self.vdev.as_ptr();
-        // SAFETY: valid device; breaking takes a spinlock and sets flags.
+        // SAFETY: `vdev` is kept allocated by `_dev` (type invariant);
+        // breaking only takes the device's queue list lock and sets flags.
         unsafe { bindings::virtio_break_device(vdev) };
         // `virtio_synchronize_cbs`: the transport's, or an RCU grace
         // period (6.12's fallback).
-        // SAFETY: valid device with config ops, process context.
+        // SAFETY: `vdev` is kept allocated by `_dev` (type invariant) and,
+        // registered, has its transport's config ops; process context.
         match unsafe { (*(*vdev).config).synchronize_cbs } {
             // SAFETY: as above.
             Some(sync) => unsafe { sync(vdev) },
@@ -709,8 +736,9 @@ impl Binding {
             }
         }
         // The core wants the device reset after remove even with no queue.
-        // SAFETY: valid device, process context; every queue is closed and
-        // `life` is held for writing, so no kick is in progress.
+        // SAFETY: `vdev` is kept allocated by `_dev` (type invariant); we
+        // are in process context; every queue is closed and `life` is held
+        // for writing, so no kick is in progress.
         unsafe { bindings::virtio_reset_device(self.vdev.as_ptr()) };
         for slot in &self.queues {
             let q = slot.load(Ordering::Acquire);
@@ -750,7 +778,8 @@ impl Binding {
         }
         if core::mem::take(&mut state.found) {
             let vdev = self.vdev.as_ptr();
-            // SAFETY: valid device with config ops; reset above, every queue
+            // SAFETY: `vdev` is kept allocated by `_dev` (type invariant) and
+            // has its transport's config ops; reset above, every queue
             // closed and without buffers, no callback can run (broken).
             if let Some(del) = unsafe { (*(*vdev).config).del_vqs } {
                 // SAFETY: see above.
@@ -783,7 +812,8 @@ impl Binding {
             return;
         }
         if !self.reset_after_error.swap(true, Ordering::AcqRel) {
-            // SAFETY: valid device; its generic part, for a message.
+            // SAFETY: `vdev` is kept allocated by `_dev` (type invariant);
+            // `Normal` only reads its generic part, for a message.
             let dev = unsafe { Device::<Normal>::from_raw(self.vdev.as_ptr()) };
             dev_err!(
                 dev,
@@ -960,7 +990,8 @@ impl<T: Driver> Adapter<T> {
         // SAFETY: the bus passes a registered device and holds its lock.
         let dev = unsafe { Device::<Core>::from_raw(vdev) };
         from_result(|| {
-            // SAFETY: valid device, whose transport set its config ops.
+            // SAFETY: the bus calls probe with a registered device (valid for
+            // the call), whose transport set its config ops.
             if unsafe { (*(*vdev).config).get.is_none() } {
                 dev_err!(dev, "config space access is not available\n");
                 return Err(EINVAL);
@@ -1051,7 +1082,8 @@ impl<T: Driver> Adapter<T> {
             // Probe and restore are the only callers, and the core sets
             // `DRIVER_OK` only after they return; under `life`, no reset can
             // come in between.
-            // SAFETY: valid device whose driver set its queues up, not yet
+            // SAFETY: `dev` is the device being probed or restored (valid for
+            // the callback); its driver set its queues up and it is not yet
             // `DRIVER_OK` (see above).
             unsafe { bindings::virtio_device_ready(dev.as_raw()) };
         }

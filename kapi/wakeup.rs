@@ -12,12 +12,7 @@ use super::sync::SpinLockIrq;
 use crate::kapi::bindings;
 use kernel::{device::Device, prelude::*, types::ARef};
 
-/// The raw `struct device` of `dev`.
-fn raw(dev: &Device) -> *mut bindings::device {
-    // `Device` is `#[repr(transparent)]` over `Opaque<bindings::device>`
-    // (rust/kernel/device.rs); its own accessor is private to the crate.
-    core::ptr::from_ref(dev).cast_mut().cast()
-}
+use super::print::raw_device as raw;
 
 /// Pending events and whether the source is held.
 struct State {

@@ -9,13 +9,13 @@
 //! delay). Stopping (explicitly or by dropping it) cancels it, waits for a
 //! running handler, and keeps it from being queued again.
 
-use crate::kapi::bindings;
+use crate::kapi::{bindings, sync::class_ptr};
 use core::sync::atomic::{AtomicBool, Ordering};
 use kernel::{
     c_str,
     prelude::*,
     str::CStr,
-    sync::{Arc, ArcBorrow},
+    sync::{Arc, ArcBorrow, LockClassKey},
     time::msecs_to_jiffies,
     types::Opaque,
     workqueue::{self, Queue},
@@ -123,6 +123,14 @@ impl On {
     }
 }
 
+// `On::raw` relies on the layout of a type whose field is private: a kernel
+// crate that changed it would fail to build here.
+const _: () = {
+    use core::mem::{align_of, size_of};
+    assert!(size_of::<Queue>() == size_of::<bindings::workqueue_struct>());
+    assert!(align_of::<Queue>() == align_of::<bindings::workqueue_struct>());
+};
+
 /// The system's freezable workqueue, whose work does not run while the
 /// system is frozen for suspend or hibernation.
 pub(crate) fn system_freezable() -> On {
@@ -179,15 +187,51 @@ unsafe impl<H: WorkHandler> Send for Work<H> {}
 // SAFETY: see `Send`.
 unsafe impl<H: WorkHandler> Sync for Work<H> {}
 
+/// Creates a [`Work`] that runs `$handler` on `$queue`, named `$name` for
+/// lockdep, with lockdep classes of its own (one per call site, for the work
+/// and for its timer), as C's `INIT_DELAYED_WORK` gives one per expansion.
+macro_rules! new_work {
+    ($queue:expr, $handler:expr, $name:literal $(,)?) => {
+        $crate::kapi::work::Work::new(
+            $queue,
+            $handler,
+            ::kernel::c_str!($name),
+            ::kernel::static_lock_class!(),
+            ::kernel::static_lock_class!(),
+        )
+    };
+}
+
 impl<H: WorkHandler> Work<H> {
-    /// Creates a work item, not yet queued, that will run `handler` on `queue`.
-    pub(crate) fn new(queue: On, handler: H) -> Result<Self> {
+    /// Creates a work item, not yet queued, that will run `handler` on
+    /// `queue`. Lockdep knows the work as `name`, in `work_key`'s class, and
+    /// its timer in `timer_key`'s: [`new_work!`] makes them, one pair per
+    /// call site, so that lockdep tells the items apart.
+    pub(crate) fn new(
+        queue: On,
+        handler: H,
+        name: &'static CStr,
+        work_key: &'static LockClassKey,
+        timer_key: &'static LockClassKey,
+    ) -> Result<Self> {
         let init = pin_init!(Inner::<H> {
-            // SAFETY: `init_delayed_work` fully initialises the pinned slot;
-            // the trampoline matches the handler type stored alongside.
+            // SAFETY: `slot` is valid for writes and pinned. The kernel
+            // crate's `init_work_with_key` initialises the work half as
+            // `INIT_WORK` does (not on the stack), and the helper the timer
+            // half as `INIT_DELAYED_WORK` does: together they initialise the
+            // whole `delayed_work`. The trampoline matches the handler type
+            // stored alongside; `name` and the keys are static, as lockdep
+            // keeps them.
             // INVARIANT: initialised with `run_trampoline::<H>`, in an Arc.
-            dwork <- Opaque::ffi_init(|slot| unsafe {
-                bindings::init_delayed_work(slot, Some(run_trampoline::<H>))
+            dwork <- Opaque::ffi_init(|slot: *mut bindings::delayed_work| unsafe {
+                bindings::init_work_with_key(
+                    core::ptr::addr_of_mut!((*slot).work),
+                    Some(run_trampoline::<H>),
+                    false,
+                    name.as_char_ptr(),
+                    class_ptr(work_key),
+                );
+                bindings::init_delayed_work_timer_key(slot, name.as_char_ptr(), class_ptr(timer_key));
             }),
             queue,
             stopped: AtomicBool::new(false),

@@ -526,7 +526,7 @@ type Slot = Arc<Mutex<Option<Work<SelfEnding>>>>;
 
 fn self_ending(drop_it: bool) -> Option<(Slot, Arc<[AtomicU32; 2]>)> {
     let slot = Arc::pin_init(new_mutex!(None), GFP_KERNEL).ok()?;
-    let done = Arc::pin_init(Completion::new(), GFP_KERNEL).ok()?;
+    let done = Arc::pin_init(new_completion!("kunit::self_ending_done"), GFP_KERNEL).ok()?;
     let runs = Arc::new([AtomicU32::new(0), AtomicU32::new(0)], GFP_KERNEL).ok()?;
     let handler = SelfEnding {
         slot: slot.clone(),
@@ -534,7 +534,7 @@ fn self_ending(drop_it: bool) -> Option<(Slot, Arc<[AtomicU32; 2]>)> {
         runs: runs.clone(),
         drop_it,
     };
-    let work = Work::new(work::system_freezable(), handler).ok()?;
+    let work = new_work!(work::system_freezable(), handler, "kunit::self_ending").ok()?;
     let mut guard = slot.lock();
     let work = guard.insert(work);
     work.queue();
@@ -654,7 +654,7 @@ impl Drop for Counted<'_> {
 }
 
 fn batches_move_their_tail_and_filter_from_an_index() {
-    use kapi::balloon::{Batch, NewPage};
+    use kapi::{balloon::NewPage, batch::Batch};
     let drops = AtomicU32::new(0);
     let (Ok(mut from), Ok(mut into)) = (Batch::with_capacity(8), Batch::with_capacity(5)) else {
         check!(false);

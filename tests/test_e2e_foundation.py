@@ -177,3 +177,26 @@ def test_readme_lists_exactly_the_counters_in_debugfs(boot):
     readme = (vm.ROOT / "README.md").read_text()
     assert all(f"`{k}`" in readme for k in knobs), knobs
     g.run("rmmod virtio_balloon_rs")
+
+
+def test_each_work_item_and_completion_has_a_lockdep_class_of_its_own(boot):
+    # Lockdep tells locks apart by class. Work items and completions get one
+    # per place that creates them (as C's INIT_DELAYED_WORK and
+    # init_completion do per expansion), named after it: one shared class
+    # would make lockdep report false recursion and miss real inversions.
+    # Debug kernel only (/proc/lockdep).
+    g = boot(mem_mib=1024, balloon="guest-stats-polling-interval=1")
+    if g.run_rc("[ -e /proc/lockdep ]")[0] != 0:
+        pytest.skip("needs lockdep (the debug kernel: make check-debug)")
+    load(g)
+    g.set_balloon_mib(300)
+    g.wait_balloon(lambda s: s == 300)
+    g.wait_counters(lambda c: c["stats_sent"] >= 3)
+    g.set_balloon_mib(0)
+    g.wait_balloon(lambda s: s == 0)
+    classes = g.run("cat /proc/lockdep")
+    names = ["Balloon::update_size", "Balloon::fill_ahead", "Balloon::free_deflated",
+             "Balloon::stats_refresh", "virtio::queue::used"]
+    missing = [n for n in names if f": {n}\n" not in classes]
+    assert not missing, (missing, [l for l in classes.splitlines() if "Balloon" in l or "virtio" in l])
+    g.run("rmmod virtio_balloon_rs")

@@ -75,6 +75,29 @@ def test_odd_used_lengths_are_counted_and_ignored(boot):
     g.run(f"rmmod {DRV}")
 
 
+def test_knob_files_take_numbers_and_refuse_the_rest(boot):
+    # The knob files read and write their atomics through the layer's own
+    # file operations: decimal and 0x hexadecimal are taken; junk, a number
+    # past 32 bits, or more than 15 bytes are refused with EINVAL or
+    # ERANGE, and the old value stays.
+    g = boot(mem_mib=512)
+    load_with_knobs(g)
+    path = f"{knobs_dir(g)}/inject_odd_used_len"
+    assert knob(g, "odd_used_len") == 0
+    assert knob(g, "odd_used_len", 7) == 7
+    assert knob(g, "odd_used_len", "0x10") == 16
+    for bad in ("seven", "4294967296", "1" * 20, "-1"):
+        rc, out = g.run_rc(f"echo {bad} > {path}")
+        assert rc != 0, bad
+        assert "Invalid argument" in out or "Numerical result out of range" in out, (bad, out)
+        assert knob(g, "odd_used_len") == 16, bad
+    knob(g, "odd_used_len", 0)
+    # The counters read the same way: every file holds one number.
+    out = g.run(f"cd {knobs_dir(g)} && for f in *; do cat $f; done")
+    assert all(line.isdigit() for line in out.split()), out
+    g.run(f"rmmod {DRV}")
+
+
 def test_device_breaking_while_the_driver_waits(boot):
     g = boot(mem_mib=1024)
     total0, free0 = g.meminfo()["MemTotal"], g.free_kib()

@@ -174,15 +174,40 @@ unsafe impl<A: Buffer, B: Buffer> Buffer for Either<A, B> {
     }
 }
 
+/// A value whose `Drop` may run wherever a queue drops what it holds: after
+/// a reset, with the binding's lifecycle lock held for writing and under
+/// whatever lock the driver held when the failed transfer was made (a queue
+/// operation can find the device broken and reset it), in process context.
+///
+/// # Safety
+///
+/// Dropping a value of the type takes no lock but the kernel's own
+/// internal ones (the page and slab allocators'), never waits for other
+/// work or tasks, and uses no virtio queue or config space: otherwise a
+/// reset could deadlock on a lock its caller holds, or on itself.
+pub(crate) unsafe trait DropsAnywhere: Send + 'static {}
+
+// SAFETY: dropping a `KBox` or `KVec` frees kmalloc'd memory (the slab
+// allocator's own locks) after dropping its contents, which are
+// `DropsAnywhere` themselves.
+unsafe impl<T: DropsAnywhere> DropsAnywhere for KBox<T> {}
+// SAFETY: as for `KBox`.
+unsafe impl<T: DropsAnywhere> DropsAnywhere for KVec<T> {}
+
+// SAFETY: plain numbers have no `Drop`.
+unsafe impl DropsAnywhere for u8 {}
+// SAFETY: as for `u8`.
+unsafe impl DropsAnywhere for u32 {}
+// SAFETY: as for `u8`.
+unsafe impl DropsAnywhere for u64 {}
+
 /// A buffer and a value that goes with it, for as long as the device has the
 /// buffer: the queue owns both until the device returns the buffer, so what
 /// the value stands for (pages the buffer describes to the host, say) is
 /// not reused before the host is done with it. If the device is reset
-/// first, both are dropped after the reset, with the binding's lifecycle
-/// lock held: a `with` whose `Drop` used that binding's queues or config
-/// would wait for itself (a hang, not unsoundness). The device sees only
-/// `buf`.
-pub(crate) struct Bundle<B, T> {
+/// first, both are dropped after the reset, with locks held: `with` must be
+/// [`DropsAnywhere`]. The device sees only `buf`.
+pub(crate) struct Bundle<B, T: DropsAnywhere> {
     /// What the device is handed.
     pub(crate) buf: B,
     /// What goes with it.
@@ -192,7 +217,7 @@ pub(crate) struct Bundle<B, T> {
 // SAFETY: the region is `buf`'s, which the bundle owns, so `B`'s guarantees
 // hold for it as they would for `buf` alone (moving the bundle moves `buf`,
 // whose memory does not move with it). The device never sees `with`.
-unsafe impl<B: Buffer, T: Send + 'static> Buffer for Bundle<B, T> {
+unsafe impl<B: Buffer, T: DropsAnywhere> Buffer for Bundle<B, T> {
     fn region(&self) -> Region {
         self.buf.region()
     }
@@ -357,7 +382,9 @@ impl QueueCore {
     /// the core's list lock, which is taken elsewhere with interrupts on.
     fn inject_break(&self, now: bool) {
         if now {
-            // SAFETY: valid device.
+            // SAFETY: the binding keeps its device allocated (`Binding`'s
+            // invariant), and this queue's handle keeps the binding; breaking
+            // only takes the device's queue list lock and sets flags.
             unsafe { bindings::virtio_break_device(self.bind.vdev.as_ptr()) };
         }
     }
@@ -494,7 +521,7 @@ impl<'a> QueueSetup<'a> {
                     bind,
                     live <- new_spinlock_irq!(Live { vq: None, open: false }, "QueueCore::live"),
                     kind,
-                    used <- Completion::new(),
+                    used <- new_completion!("virtio::queue::used"),
                     drop_token,
                 }),
                 GFP_KERNEL,
@@ -556,9 +583,29 @@ impl<'a> QueueSetup<'a> {
     }
 
     /// Creates every declared queue; their handles work from now on.
+    ///
+    /// `virtio_find_vqs` allocates with `GFP_KERNEL`: it may reclaim,
+    /// compact or call the OOM killer, and those call the driver's
+    /// shrinkers, OOM notifier and page migration, which may take the
+    /// binding's `life` for reading (through a queue or config handle). So
+    /// `life` is not held across it, only to check that the binding has no
+    /// queues yet and, afterwards, to publish the new ones. Nothing else can
+    /// create or tear down this binding's queues meanwhile: a `QueueSetup`
+    /// exists only inside probe and restore, which the virtio core runs
+    /// under the device lock, as it does remove and freeze (the only
+    /// callers of teardown). Before the queues are published no operation
+    /// can use them, and no interrupt reaches their callbacks' entries.
     pub(crate) fn find(self) -> Result {
         let bind = self.bind;
-        let w = bind.life.write();
+        {
+            let _r = bind.life.read();
+            // The binding has no queues (probe, or restore after teardown),
+            // so creating them cannot duplicate any.
+            // SAFETY: `life` is held.
+            if unsafe { (*bind.state.get()).found } {
+                return Err(EBUSY);
+            }
+        }
         // SAFETY: all-zero `virtqueue_info` is valid (no name, no callback).
         let mut info: [bindings::virtqueue_info; MAX_VQS] = unsafe { core::mem::zeroed() };
         let mut vqs = [core::ptr::null_mut::<bindings::virtqueue>(); MAX_VQS];
@@ -570,16 +617,13 @@ impl<'a> QueueSetup<'a> {
                 }
             }
         }
-        // The binding has no queues (probe, or restore after teardown), so
-        // creating them cannot duplicate any.
-        // SAFETY: `life` is held for writing.
-        let state = unsafe { &mut *bind.state.get() };
-        if state.found {
-            return Err(EBUSY);
-        }
-        // SAFETY: valid device; `vqs` and `info` have `MAX_VQS >= n`
-        // entries; names are static strings. Callbacks can only fire once
-        // the device is live, after the entries are set below.
+        // SAFETY: `bind.vdev` is the device being probed or restored, kept
+        // allocated by the binding, with its features negotiated and no
+        // queues (checked above; see the method's docs for why that still
+        // holds); `vqs` and `info` have `MAX_VQS >= n` entries; names are
+        // static strings. A callback that fires before the entries are set
+        // below finds none and returns. On error the transport has freed
+        // what it created: nothing is owed.
         to_result(unsafe {
             bindings::virtio_find_vqs(
                 bind.vdev.as_ptr(),
@@ -589,6 +633,9 @@ impl<'a> QueueSetup<'a> {
                 core::ptr::null_mut(),
             )
         })?;
+        let w = bind.life.write();
+        // SAFETY: `life` is held for writing.
+        let state = unsafe { &mut *bind.state.get() };
         // From here the transport holds resources (interrupts at least, even
         // with no queue) until `del_vqs`, which teardown calls because of
         // this.
@@ -664,6 +711,14 @@ pub(crate) struct Sent {
 }
 
 /// A queue for synchronous round trips.
+///
+/// # Invariants
+///
+/// The buffers on this queue's ring are borrowed by the call that added
+/// them ([`SyncQueue::send`], [`SyncQueue::lend`]), which does not return
+/// before the device has used every one or has been reset: no token on the
+/// ring outlives its call, and none is owned (the queue's `drop_token` does
+/// nothing).
 pub(crate) struct SyncQueue {
     core: Arc<QueueCore>,
 }
@@ -685,6 +740,7 @@ impl SyncQueue {
     /// `EIO` if the ring broke, after resetting the device: when this
     /// returns, the device holds nothing of `buf`. Process context.
     pub(crate) fn send(&mut self, buf: &OutBuf, parts: &[(usize, usize)]) -> Result<Sent> {
+        might_sleep!();
         if parts.is_empty() {
             return Err(EINVAL);
         }
@@ -737,6 +793,7 @@ impl SyncQueue {
     /// (`GFP_NOWAIT`). As for [`SyncQueue::send`], when this returns the
     /// device holds nothing of `sg`, and the ring no longer maps it.
     pub(crate) fn lend(&mut self, sg: &dyn LentSg) -> Result {
+        might_sleep!();
         let (raw, nents) = sg.raw();
         if nents == 0 {
             return Err(EINVAL);
@@ -797,6 +854,15 @@ pub(crate) const MAX_PARTS: usize = 16;
 /// [`PolledQueue`] and [`WaitedQueue`]. Its operations never sleep, except
 /// a waited queue's `kick` and `wait` (process context only): the others
 /// may be used in any context, [`super::Driver::buffers_used`] included.
+///
+/// # Invariants
+///
+/// Every token on this queue's ring is a `KBox<B>` turned into a raw
+/// pointer by the add that put it there, owned by the ring until the
+/// device returns it (`take` and `wait` turn it back into the box) or the
+/// device is reset (the queue's `drop_token`, `drop_boxed::<B>`, drops it
+/// then). Only this handle adds to the ring, and only `B`s, so `take` and
+/// `wait` may read any token they get back as a `KBox<B>`.
 pub(crate) struct BufQueue<B: Buffer, K> {
     core: Arc<QueueCore>,
     /// Buffers this handle put on the ring that it has not taken back (a
@@ -923,6 +989,7 @@ impl<B: Buffer> WaitedQueue<B> {
     /// interrupts on and no spinlock held: a host that answers during the
     /// kick, as QEMU does without ioeventfd, does its work there.
     pub(crate) fn kick(&mut self) {
+        might_sleep!();
         self.unkicked = false;
         let core = &self.core;
         // Holding `life` for reading keeps the queue from being closed, its
@@ -957,6 +1024,7 @@ impl<B: Buffer> WaitedQueue<B> {
     /// dropped before this returns: [`WaitedQueue::in_flight`] is 0 then.
     /// Process context.
     pub(crate) fn wait(&mut self) -> Result<(KBox<B>, u32)> {
+        might_sleep!();
         if self.in_flight == 0 {
             return Err(ENOENT);
         }
