@@ -15,7 +15,7 @@
 #[allow(dead_code)]
 #[path = "../logic.rs"]
 mod logic;
-#[allow(dead_code, unused_macros)]
+#[allow(dead_code, unused_imports, unused_macros)]
 #[macro_use]
 #[path = "../kapi/mod.rs"]
 mod kapi;
