@@ -148,95 +148,8 @@ pub(crate) const OOM_FRAMES: u32 = 256;
 /// Priority of the balloon on the OOM notifier chain, as the C driver.
 pub(crate) const OOM_NOTIFY_PRIORITY: i32 = 80;
 
-/// Deflate on OOM: how much each OOM notification gives back.
-///
-/// The kernel runs a full reclaim pass before each OOM notification
-/// (several milliseconds), so a balloon that gives back a fixed 1 MiB per
-/// notification, as the C driver does, makes a process short of N MiB
-/// wait for N reclaim passes. Here the notifications of a burst (each less
-/// than the quiet period after the one before) give back 1 MiB, then twice
-/// the last each time, up to a cap: N MiB take about log2(N) passes up to
-/// the cap and N / cap beyond it. A notification after a quiet period
-/// starts again at 1 MiB.
-///
-/// The memory given back beyond what the burst needed (the overshoot) is
-/// less than the last step, because the step before it did not suffice:
-/// each step is at most one MiB more than all the steps before it in the
-/// burst, so the overshoot stays below both the need and the cap.
-pub(crate) mod oom {
-    use super::{frames_to_pages, OOM_FRAMES};
-
-    /// The default cap of one step, in MiB (`oom_deflate_max_mib`).
-    pub(crate) const DEFAULT_MAX_MIB: u32 = 64;
-    /// The largest cap the parameter takes.
-    pub(crate) const LIMIT_MAX_MIB: u32 = 1024;
-    /// The default quiet period that ends a burst (`oom_quiet_ms`).
-    pub(crate) const DEFAULT_QUIET_MS: u32 = 1000;
-    /// The longest quiet period the parameter takes.
-    pub(crate) const LIMIT_QUIET_MS: u32 = 60_000;
-
-    /// The state of the ramp between notifications.
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub(crate) struct Ramp {
-        /// The step of the next notification if it comes within the burst.
-        next_mib: u32,
-        /// When the last notification came (milliseconds, monotonic).
-        last_ms: Option<i64>,
-    }
-
-    impl Ramp {
-        /// No notification yet.
-        pub(crate) const fn new() -> Self {
-            Self {
-                next_mib: 1,
-                last_ms: None,
-            }
-        }
-
-        /// Whether a notification at `now_ms` belongs to the burst of the
-        /// last one (a clock that went backwards starts a new burst).
-        pub(crate) const fn in_burst(&self, now_ms: i64, quiet_ms: u32) -> bool {
-            match self.last_ms {
-                Some(t) => now_ms >= t && now_ms - t < quiet_ms as i64,
-                None => false,
-            }
-        }
-
-        /// A notification at `now_ms`: the MiB it deflates, with steps of at
-        /// most `max_mib` (at least 1) and bursts ended by `quiet_ms`.
-        pub(crate) fn step(&mut self, now_ms: i64, max_mib: u32, quiet_ms: u32) -> u32 {
-            let max = if max_mib == 0 { 1 } else { max_mib };
-            let mib = if self.in_burst(now_ms, quiet_ms) {
-                if self.next_mib > max {
-                    max
-                } else {
-                    self.next_mib
-                }
-            } else {
-                1
-            };
-            let next = mib.saturating_mul(2);
-            self.next_mib = if next > max { max } else { next };
-            self.last_ms = Some(now_ms);
-            mib
-        }
-    }
-
-    /// Kernel pages for a step of `mib` MiB, at least one page, and never
-    /// more than the `held_frames` 4 KiB frames the balloon holds. The
-    /// notifier reports what it freed in kernel pages, not in frames: the
-    /// conversion the C driver once got wrong.
-    pub(crate) const fn pages(mib: u32, frames_per_page: u32, held_frames: u64) -> u64 {
-        let want = frames_to_pages(mib as u64 * OOM_FRAMES as u64, frames_per_page);
-        let want = if want == 0 { 1 } else { want };
-        let held = frames_to_pages(held_frames, frames_per_page);
-        if want > held {
-            held
-        } else {
-            want
-        }
-    }
-}
+#[path = "logic/oom.rs"]
+pub(crate) mod oom;
 
 /// Inflation leaves the guest at least this fraction of its RAM available
 /// (`si_mem_available`): 1/32. Taking the guest below its watermarks gets
@@ -488,76 +401,8 @@ pub(crate) const fn poison_val(init_on_free: bool, poison_byte: u8) -> u32 {
     }
 }
 
-/// Free page hinting (FREE_PAGE_HINT): the command-id handshake with the
-/// host and the arithmetic of hinted blocks.
-///
-/// The host starts a hinting run by writing a new command id (2 or more)
-/// to `free_page_hint_cmd_id`. The driver echoes the id on the free page
-/// queue, hands the host free blocks for as long as the id stays the same,
-/// and ends with [`CMD_ID_STOP`]. The blocks stay out of the guest's free
-/// lists until the host writes [`CMD_ID_DONE`], or until memory pressure
-/// (the shrinker) or the driver's removal takes them back.
-pub(crate) mod hint {
-    /// `VIRTIO_BALLOON_CMD_ID_STOP`: the host wants no more hints for now.
-    pub(crate) const CMD_ID_STOP: u32 = 0;
-    /// `VIRTIO_BALLOON_CMD_ID_DONE`: the host is done with the hints; every
-    /// held block goes back to the guest.
-    pub(crate) const CMD_ID_DONE: u32 = 1;
-
-    /// Longest a run waits, in total, for room in a full hint ring before it
-    /// ends early (a host that stopped taking buffers).
-    pub(crate) const STALL_MS: u32 = 1000;
-    /// How long a run sleeps while the hint ring is full.
-    pub(crate) const STALL_POLL_MS: u32 = 5;
-    /// After done, how often the driver looks for blocks the host had not
-    /// returned yet, and how many times (then it leaves them to the next
-    /// run, the shrinker or removal): 10 s in all.
-    pub(crate) const DONE_POLL_MS: u32 = 50;
-    pub(crate) const DONE_POLLS: u32 = 200;
-
-    /// What the hint work does when woken.
-    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-    pub(crate) enum Action {
-        /// Give every held block back to the guest.
-        ReturnAll,
-        /// Start a run for this command id.
-        Start(u32),
-        /// Nothing: the host said stop, or repeated the id of the last run.
-        Nothing,
-    }
-
-    /// The action for the command id the host now shows, `received`, when
-    /// the last run the driver started was for `active`.
-    pub(crate) const fn action(received: u32, active: u32) -> Action {
-        match received {
-            CMD_ID_DONE => Action::ReturnAll,
-            CMD_ID_STOP => Action::Nothing,
-            id if id == active => Action::Nothing,
-            id => Action::Start(id),
-        }
-    }
-
-    /// Whether a run for `active` goes on while the host shows `received`:
-    /// a stop, a done or a newer id all end it.
-    pub(crate) const fn keep_going(active: u32, received: u32) -> bool {
-        received == active
-    }
-
-    /// Kernel pages in one hint block of `order`.
-    pub(crate) const fn block_pages(order: u32) -> u64 {
-        if order >= 63 {
-            1 << 62
-        } else {
-            1 << order
-        }
-    }
-
-    /// Blocks to give back when the shrinker asks for `pages` kernel pages:
-    /// whole blocks, rounded up, as a block cannot be split.
-    pub(crate) const fn blocks_for(pages: u64, order: u32) -> u64 {
-        pages.div_ceil(block_pages(order))
-    }
-}
+#[path = "logic/hint.rs"]
+pub(crate) mod hint;
 
 /// Names of the balloon feature bits, for messages and the sysfs readout.
 pub(crate) const fn feature_name(bit: u32) -> &'static str {
