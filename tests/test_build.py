@@ -142,9 +142,21 @@ def test_modinfo_documents_the_parameters(kdir):
     assert "1 keeps the C driver's fixed 1 MiB" in parms["oom_deflate_max_mib"]
     assert "(default 1000; 1 to 60000)" in parms["oom_quiet_ms"]
     assert all(p.endswith("(uint)") for p in parms.values()), parms
-    logic = (vm.ROOT / "logic.rs").read_text()
+    logic = (vm.ROOT / "logic/oom.rs").read_text()
     assert "DEFAULT_MAX_MIB: u32 = 64;" in logic and "LIMIT_MAX_MIB: u32 = 1024;" in logic
     assert "DEFAULT_QUIET_MS: u32 = 1000;" in logic and "LIMIT_QUIET_MS: u32 = 60_000;" in logic
+    # The README's table names exactly these parameters, with the same
+    # defaults and ranges.
+    table = (vm.ROOT / "README.md").read_text().split("### Module parameters", 1)[1].split("\n#", 1)[0]
+    rows = {}
+    for row in table.splitlines():
+        cells = [c.strip() for c in row.split("|")[1:-1]]
+        if len(cells) >= 3 and cells[0].startswith("`"):
+            rows[cells[0].strip("`")] = (cells[1], cells[2])
+    assert set(rows) == set(parms), (rows, parms)
+    for name, (default, limits) in rows.items():
+        low, high = limits.split(" to ")
+        assert f"(default {default}; {low} to {high})" in parms[name], (name, rows[name], parms[name])
 
 
 def test_c_flags_that_change_layouts_stop_the_build(kdir, tmp_path):
