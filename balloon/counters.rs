@@ -82,7 +82,7 @@ pub(super) struct Knobs {
 
 #[cfg(CONFIG_FAULT_INJECTION_DEBUG_FS)]
 impl crate::kapi::debugfs::Knobs for Knobs {
-    fn each(&self, f: &mut dyn FnMut(&'static CStr, &AtomicU32)) {
+    fn each<'a>(&'a self, f: &mut dyn FnMut(&'static CStr, &'a AtomicU32)) {
         f(c_str!("inject_short_hint_cmd"), &self.short_hint_cmd);
     }
 }

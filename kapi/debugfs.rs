@@ -113,14 +113,19 @@ pub(crate) trait Counters: Send + Sync + 'static {
     /// Calls `f` with each counter's file name and value (only to make
     /// their files: unused on kernels without debugfs).
     #[cfg_attr(not(CONFIG_DEBUG_FS), allow(dead_code))]
-    fn each(&self, f: &mut dyn FnMut(&'static CStr, &AtomicU64));
+    ///
+    /// The values handed to `f` live as long as `self` (the lifetime says
+    /// so): their files point at them for as long as the directory keeps
+    /// `self`.
+    fn each<'a>(&'a self, f: &mut dyn FnMut(&'static CStr, &'a AtomicU64));
 }
 
 /// A set of named knobs, writable by root, for fault injection.
 #[cfg(CONFIG_FAULT_INJECTION_DEBUG_FS)]
 pub(crate) trait Knobs: Send + Sync + 'static {
-    /// Calls `f` with each knob's file name and value.
-    fn each(&self, f: &mut dyn FnMut(&'static CStr, &core::sync::atomic::AtomicU32));
+    /// Calls `f` with each knob's file name and value, which lives as long
+    /// as `self`.
+    fn each<'a>(&'a self, f: &mut dyn FnMut(&'static CStr, &'a core::sync::atomic::AtomicU32));
 }
 
 /// Defines a struct of `AtomicU64` counters and its [`Counters`] listing,
@@ -139,9 +144,9 @@ macro_rules! counters {
         }
 
         impl $crate::kapi::debugfs::Counters for $name {
-            fn each(
-                &self,
-                f: &mut dyn FnMut(&'static ::kernel::str::CStr, &::core::sync::atomic::AtomicU64),
+            fn each<'a>(
+                &'a self,
+                f: &mut dyn FnMut(&'static ::kernel::str::CStr, &'a ::core::sync::atomic::AtomicU64),
             ) {
                 $( f(::kernel::c_str!(stringify!($field)), &self.$field); )*
             }

@@ -5,7 +5,7 @@
 //! [`PageBlocks`] holds any number of blocks of one order on an intrusive
 //! list (through their head pages' `lru`), so holding one never allocates.
 
-use super::virtio::queue::{Buffer, Region};
+use super::virtio::queue::{Buffer, DropsAnywhere, Region};
 use crate::kapi::bindings;
 use core::ptr::NonNull;
 use kernel::{page::PAGE_SIZE, prelude::*, types::Opaque};
@@ -61,6 +61,10 @@ impl Drop for PageBlock {
         unsafe { bindings::__free_pages(self.page.as_ptr(), self.order) };
     }
 }
+
+// SAFETY: dropping a block frees its pages (`__free_pages`: the page
+// allocator's own locks, no sleeping).
+unsafe impl DropsAnywhere for PageBlock {}
 
 // SAFETY: the block is owned, in the direct map and never moves; while it
 // is on a queue nothing else touches it (the value is the queue's).

@@ -43,8 +43,9 @@ const _: () = {
 ///
 /// # Invariants
 ///
-/// `inner` was initialised by `init_completion` and is pinned, so the wait
-/// queue inside it never moves.
+/// `inner` was initialised as `init_completion` does (with the caller's
+/// lockdep class: [`Completion::new`]) and is pinned, so the wait queue
+/// inside it never moves.
 #[pin_data]
 pub(crate) struct Completion {
     #[pin]
@@ -57,7 +58,9 @@ unsafe impl Send for Completion {}
 // SAFETY: see `Send`; all methods take `&self` and the C side synchronises.
 unsafe impl Sync for Completion {}
 
-/// C's `might_sleep()` at the caller's file and line: with
+/// C's `might_sleep()` at the caller's file and line (without its
+/// `might_resched()`, a scheduling point on kernels without preemption,
+/// which the layer's callers do not rely on): with
 /// `CONFIG_DEBUG_ATOMIC_SLEEP` (the debug kernel), a call from atomic
 /// context is reported at once ("BUG: sleeping function called from
 /// invalid context"), also when the call would not have slept this time.

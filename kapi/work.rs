@@ -146,7 +146,8 @@ pub(crate) fn system_unbound() -> On {
 
 /// # Invariants
 ///
-/// `dwork` was initialised by `init_delayed_work` with [`run_trampoline::<H>`]
+/// `dwork` was initialised as `INIT_DELAYED_WORK` does (work and timer,
+/// with lockdep classes of their own: [`Work::new`]) with [`run_trampoline::<H>`]
 /// as its function; the struct lives in an [`Arc`], so it is pinned.
 #[pin_data]
 struct Inner<H: WorkHandler> {

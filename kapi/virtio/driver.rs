@@ -159,6 +159,14 @@ impl<T: Driver> Adapter<T> {
     ///
     /// `drv` is valid for writes and not yet registered.
     pub(super) unsafe fn fill(drv: *mut bindings::virtio_driver) {
+        // The layer tears the queues down at freeze and sets them up again
+        // only through restore: a driver implements both or neither.
+        const {
+            assert!(
+                T::HAS_FREEZE == T::HAS_RESTORE,
+                "a virtio driver implements both freeze and restore, or neither"
+            )
+        };
         // SAFETY: per the function's contract. `Feature` is a transparent
         // `u32`; the tables are static.
         unsafe {
@@ -174,10 +182,9 @@ impl<T: Driver> Adapter<T> {
             if T::HAS_CONFIG_CHANGED {
                 (*drv).config_changed = Some(Self::config_changed_callback);
             }
-            // Both or neither: the layer tears the queues down at freeze and
-            // can only set them up again at restore.
+            // Both or neither (checked above).
             #[cfg(CONFIG_PM_SLEEP)]
-            if T::HAS_FREEZE || T::HAS_RESTORE {
+            if T::HAS_FREEZE {
                 (*drv).freeze = Some(Self::freeze_callback);
                 (*drv).restore = Some(Self::restore_callback);
             }

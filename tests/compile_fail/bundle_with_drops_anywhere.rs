@@ -4,7 +4,7 @@
 //! whose drop takes no lock (`DropsAnywhere`, an unsafe promise) may ride
 //! along. A value that takes a lock when dropped does not build.
 // expect: E0277
-// expect: the trait bound `Unlocks: DropsAnywhere` is not satisfied
+// expect: the trait bound `Unlocks: buffers::DropsAnywhere` is not satisfied
 
 use crate::kapi::sync::Mutex;
 use crate::kapi::virtio::queue::{Bundle, OutBuf, WaitedQueue};

@@ -14,9 +14,8 @@ use super::*;
 /// change when `self` is moved, and that nothing but the device reads or
 /// writes while the value sits on a queue. With `device_writes`, the device
 /// may write all of it. A buffer the device still held at a reset is dropped
-/// with the binding's lifecycle lock held: its `Drop` must not use that
-/// binding's queues or config space (it would wait for itself).
-pub(crate) unsafe trait Buffer: Send + 'static {
+/// with locks held, which is why a buffer must be [`DropsAnywhere`].
+pub(crate) unsafe trait Buffer: DropsAnywhere {
     /// The memory and whether the device may write it.
     fn region(&self) -> Region;
 }
@@ -63,6 +62,10 @@ impl OutBuf {
     }
 }
 
+// SAFETY: dropping an `OutBuf` frees its `KVec` of bytes (the slab
+// allocator's own locks).
+unsafe impl DropsAnywhere for OutBuf {}
+
 // SAFETY: `KVec` memory is kmalloc'd (direct map), owned, and does not move
 // with the `KVec`; `len` never exceeds it; the device only reads it.
 unsafe impl Buffer for OutBuf {
@@ -82,6 +85,10 @@ pub(crate) enum Either<A, B> {
     /// The second kind.
     Right(B),
 }
+
+// SAFETY: dropping it drops the one value it holds, which is
+// `DropsAnywhere` itself.
+unsafe impl<A: DropsAnywhere, B: DropsAnywhere> DropsAnywhere for Either<A, B> {}
 
 // SAFETY: delegates to the held buffer, which meets the contract itself.
 unsafe impl<A: Buffer, B: Buffer> Buffer for Either<A, B> {
@@ -132,6 +139,10 @@ pub(crate) struct Bundle<B, T: DropsAnywhere> {
     /// What goes with it.
     pub(crate) with: T,
 }
+
+// SAFETY: dropping a bundle drops `buf` and `with`, both `DropsAnywhere`
+// (`B: Buffer` implies it).
+unsafe impl<B: Buffer, T: DropsAnywhere> DropsAnywhere for Bundle<B, T> {}
 
 // SAFETY: the region is `buf`'s, which the bundle owns, so `B`'s guarantees
 // hold for it as they would for `buf` alone (moving the bundle moves `buf`,

@@ -48,7 +48,7 @@ impl HostFaults {
 
 #[cfg(CONFIG_FAULT_INJECTION_DEBUG_FS)]
 impl crate::kapi::debugfs::Knobs for HostFaults {
-    fn each(&self, f: &mut dyn FnMut(&'static CStr, &core::sync::atomic::AtomicU32)) {
+    fn each<'a>(&'a self, f: &mut dyn FnMut(&'static CStr, &'a core::sync::atomic::AtomicU32)) {
         f(kernel::c_str!("inject_odd_used_len"), &self.odd_used_len);
         f(kernel::c_str!("inject_break_device"), &self.break_device);
     }

@@ -110,10 +110,14 @@ impl<'a> QueueSetup<'a> {
     /// `life` is not held across it, only to check that the binding has no
     /// queues yet and, afterwards, to publish the new ones. Nothing else can
     /// create or tear down this binding's queues meanwhile: a `QueueSetup`
-    /// exists only inside probe and restore, which the virtio core runs
-    /// under the device lock, as it does remove and freeze (the only
-    /// callers of teardown). Before the queues are published no operation
-    /// can use them, and no interrupt reaches their callbacks' entries.
+    /// exists only inside probe and restore (it borrows an `Arc` local to
+    /// their callbacks, so it cannot be kept in the driver's `'static` data
+    /// or handed to work), which the virtio core runs under the device lock,
+    /// as it does remove and freeze (the only callers of teardown). Handles
+    /// from before a freeze were closed by its teardown, so a failed
+    /// operation on one (`reset_after_error`) returns without touching the
+    /// device. Before the queues are published no operation can use them,
+    /// and no interrupt reaches their callbacks' entries.
     pub(crate) fn find(self) -> Result {
         let bind = self.bind;
         {
