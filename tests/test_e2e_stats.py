@@ -136,6 +136,7 @@ def proc_figures(g):
     return figs
 
 
+@pytest.mark.not_debug
 def test_stats_figures_are_the_guests_own(boot):
     # Each figure the host receives against the guest's own /proc, read
     # just before the guest read its figures and just after the host got
