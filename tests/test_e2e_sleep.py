@@ -76,7 +76,10 @@ def test_real_sleep_with_a_new_target_and_every_feature_after_it(boot):
     vm0 = g.vmstat()
     c0 = g.counters()
 
-    g.run("(echo mem > /sys/power/state; echo $? > /tmp/resumed) > /dev/null 2>&1 &")
+    # The suspend starts 2 s after this command has answered: started at
+    # once, it froze the shell before the answer left the guest (seen in CI:
+    # the command "timed out" while the guest slept).
+    g.run("(sleep 2; echo mem > /sys/power/state; echo $? > /tmp/resumed) > /dev/null 2>&1 &")
     g.wait(lambda: g.qmp.cmd("query-status")["status"], lambda s: s == "suspended",
                   120, 0.2, "the guest to be suspended")
     g.set_balloon_mib(300)

@@ -649,11 +649,19 @@ class Guest:
             time.sleep(0.5)
         dump = self.console_text()[start:]
         if not dump.strip():
-            return f"guest {self.dir}: no answer to sysrq w/l\n" + self.console_text()[-3000:]
+            return (f"guest {self.dir}: no answer to sysrq w/l (QEMU: {self._run_state()})\n"
+                    + self.console_text()[-3000:])
         lines = dump.splitlines()
         if len(lines) > 400:
             lines = lines[:400] + [f"... ({len(lines) - 400} more lines in {self.console})"]
         return f"sysrq w and l on {self.dir}:\n" + "\n".join(lines)
+
+    def _run_state(self):
+        """QEMU's run state ("running", "suspended", ...) for a report."""
+        try:
+            return self.qmp.cmd("query-status")["status"]
+        except Exception as e:  # noqa: BLE001 - a report never raises
+            return f"unknown ({e!r})"
 
     # -- observations -----------------------------------------------------
     def console_text(self):
