@@ -354,7 +354,12 @@ mod atomic_files {
         }
     }
 
-    /// Hands `value` to a reader as text.
+    /// Hands `value` to a reader as text, whole, in one read from offset
+    /// 0; a read from any other offset is the end of the file. Formatting
+    /// again for a later offset would splice two values when the counter
+    /// moved in between ("123\n5\n" seen by `cat` in a test loop); a
+    /// buffer too small for the whole line (at most 21 bytes) gets `EINVAL`
+    /// rather than a cut number.
     ///
     /// # Safety
     ///
@@ -365,11 +370,15 @@ mod atomic_files {
         count: usize,
         ppos: *mut bindings::loff_t,
     ) -> isize {
+        // SAFETY: `ppos` is this read's position (caller's contract).
+        if unsafe { *ppos } != 0 {
+            return 0;
+        }
         let mut line = Line {
             buf: [0; 24],
             len: 0,
         };
-        if writeln!(line, "{}", value).is_err() {
+        if writeln!(line, "{}", value).is_err() || count < line.len {
             return EINVAL.to_errno() as isize;
         }
         // SAFETY: `buf` and `ppos` are the user buffer and position of this
