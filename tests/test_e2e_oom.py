@@ -244,16 +244,24 @@ def test_oom_storm_during_inflation_does_not_deadlock(boot):
                       "the holding process")
         c0 = g.counters()
         g.set_balloon_mib(420)
-        # The work is inflating, held at the reserve and retrying.
+        # The work is inflating, held at the reserve and retrying; or an
+        # OOM notification already stopped it on its way there (seen with
+        # 16 KiB pages after the first round: the balloon then waits for the
+        # host to ask again, as designed, and the storm below meets a work
+        # that stopped short of its target).
         c1 = g.wait_counters(lambda c: c["reserve_holds"] + c["alloc_failures"]
-                             > c0["reserve_holds"] + c0["alloc_failures"] + 1, timeout=wait)
+                             > c0["reserve_holds"] + c0["alloc_failures"] + 1
+                             or c["oom_notifications"] > c0["oom_notifications"],
+                             timeout=wait // 5)
         size = g.balloon_mib()
         assert 0 < size < 420, size
         out = g.run("memhog 150", timeout=wait)
         assert "memhog: 150 MiB ok" in out
         c2 = g.counters()
         print(f"round {i}: inflated to {size:.0f} of 420 MiB and held "
-              f"{c1['reserve_holds'] - c0['reserve_holds']} times, then "
+              f"{c1['reserve_holds'] - c0['reserve_holds']} times "
+              f"({c1['oom_notifications'] - c0['oom_notifications']} OOM notifications "
+              "on the way), then "
               f"{c2['oom_notifications'] - c1['oom_notifications']} OOM notifications gave back "
               f"{(c2['oom_deflated_pages'] - c1['oom_deflated_pages']) // PAGES_PER_MIB} MiB")
         # The storm came while the target was still out of reach.

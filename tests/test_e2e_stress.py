@@ -66,14 +66,16 @@ def test_unbind_during_an_oom_storm(boot):
     # The storm has begun (not merely the process), however slow the guest.
     c = g.wait_counters(lambda c: c["oom_notifications"] > 0, timeout=120, poll=0.05)
     g.run(f"echo {dev} > {DRV}/unbind")
-    # It was still going when the driver went: remove found far more than
-    # the ~250 MiB the storm would have left (the notifier stays on its
-    # chain while remove drains, so the storm's end is answered too).
+    # It was still going when the driver went: remove found more than the
+    # 250 MiB the storm leaves once the process has its 150 (the notifier
+    # stays on its chain while remove drains, so the storm's end is
+    # answered too). With 16 KiB pages the guest gets further before the
+    # unbind: 288 MiB were seen, so the margin is 10 MiB, not 50.
     given = re.findall(r"unbound; (\d+) pages given back", g.console_text())
     assert len(given) == 1, given
     print(f"{c['oom_notifications']} OOM notifications before the unbind; "
           f"remove gave back {int(given[0]) // PAGES_PER_MIB} MiB")
-    assert int(given[0]) > 300 * PAGES_PER_MIB, (given, c)
+    assert int(given[0]) > 260 * PAGES_PER_MIB, (given, c)
     out = g.wait(lambda: g.run("cat /tmp/hog.out"), lambda o: "memhog" in o,
                         300 if vm.DEBUG else 60, 0.2, "memhog's output")
     assert "ok" in out, out
@@ -101,10 +103,11 @@ def test_a_hundred_load_inflate_unload_cycles(boot):
         # Load, wait until the balloon holds the target, unload: all in the
         # guest, so that one cycle costs one command.
         frames = mib * FRAMES_PER_MIB
-        g.run("insmod /modules/virtio_balloon_rs.ko; "
-              "f=$(ls -d /sys/kernel/debug/virtio_balloon_rs/virtio*)/actual_frames; "
-              f"i=0; while [ $(cat $f) != {frames} ] && [ $i -lt 500 ]; do sleep 0.02; i=$((i+1)); done; "
-              f"[ $(cat $f) = {frames} ]; rmmod virtio_balloon_rs")
+        out = g.run("insmod /modules/virtio_balloon_rs.ko; "
+                    "f=$(ls -d /sys/kernel/debug/virtio_balloon_rs/virtio*)/actual_frames; "
+                    f"i=0; while [ \"$(cat $f)\" != {frames} ] && [ $i -lt 500 ]; do sleep 0.02; i=$((i+1)); done; "
+                    f"a=\"$(cat $f)\"; rmmod virtio_balloon_rs; echo \"cycle: $a frames after $i waits\"")
+        assert f"cycle: {frames} frames" in out, (i, mib, out)
         moved += mib * PAGES_PER_MIB
         if i % 10 == 9:
             assert g.meminfo()["MemTotal"] == total0, i
