@@ -181,6 +181,23 @@ def test_readme_lists_exactly_the_counters_in_debugfs(boot):
     g.run("rmmod virtio_balloon_rs")
 
 
+def test_a_counter_file_is_read_whole_or_not_at_all(boot):
+    # One read from offset 0 gets the whole line and the next read is the
+    # end of the file (dd reads until then), so a counter moving between two
+    # reads cannot splice two values; a buffer too small for the line is
+    # refused, not cut.
+    g = boot(mem_mib=512)
+    load(g)
+    g.set_balloon_mib(64)
+    assert g.wait_balloon(lambda s: s == 64) == 64
+    f = f"/sys/kernel/debug/virtio_balloon_rs/{g.balloon_virtio_dev()}/actual_frames"
+    frames = str(64 * vm.FRAMES_PER_MIB)
+    assert g.run(f"dd if={f} bs=64 2>/dev/null").split() == [frames]
+    rc, out = g.run_rc(f"dd if={f} bs={len(frames)} 2>&1 >/dev/null")
+    assert rc != 0 and "Invalid argument" in out, out
+    g.run("rmmod virtio_balloon_rs")
+
+
 def test_each_work_item_and_completion_has_a_lockdep_class_of_its_own(boot):
     # Lockdep tells locks apart by class. Work items and completions get one
     # per place that creates them (as C's INIT_DELAYED_WORK and
