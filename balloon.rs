@@ -26,6 +26,7 @@
 //! | `driver.rs` | probe, remove, freeze, restore, the config and queue callbacks |
 //! | `size.rs` | the work that follows the host's target |
 //! | `inflate.rs` | inflation rounds, allocated ahead on another CPU |
+//! | `floor.rs` | the guest floor inflation stops at |
 //! | `deflate.rs` | deflation, freeing on both CPUs, draining |
 //! | `migrate.rs` | balloon pages moved by compaction or offlining |
 //! | `oom.rs` | deflate-on-OOM |
@@ -88,6 +89,7 @@ const WAKE_STATS: u32 = 1 << 1;
 mod counters;
 mod deflate;
 mod driver;
+mod floor;
 mod free_page_hinting;
 mod free_page_reporting;
 mod inflate;
@@ -97,8 +99,8 @@ mod size;
 mod stats;
 
 use self::{
-    counters::*, deflate::*, free_page_hinting::*, free_page_reporting::*, inflate::*, oom::*,
-    size::*, stats::*,
+    counters::*, deflate::*, floor::*, free_page_hinting::*, free_page_reporting::*, inflate::*,
+    oom::*, size::*, stats::*,
 };
 pub(crate) use driver::Balloon;
 
@@ -228,6 +230,8 @@ struct Shared {
     /// Set when an OOM notification deflated the balloon: inflation waits
     /// for the host's next target instead of taking the memory right back.
     oom_pause: AtomicBool,
+    /// Whether inflation is held at the guest floor.
+    floor: Floor,
     /// The balloon lock.
     #[pin]
     state: Mutex<State>,

@@ -151,23 +151,8 @@ pub(crate) const OOM_NOTIFY_PRIORITY: i32 = 80;
 #[path = "logic/oom.rs"]
 pub(crate) mod oom;
 
-/// Inflation leaves the guest at least this fraction of its RAM available
-/// (`si_mem_available`): 1/32. Taking the guest below its watermarks gets
-/// every process OOM-killed and can panic it; the host only sees a balloon
-/// that stops short of a target the guest could not meet anyway.
-pub(crate) const RESERVE_DIVISOR: u64 = 32;
-
-/// ... and at least this many bytes.
-pub(crate) const MIN_RESERVE_BYTES: u64 = 4 << 20;
-
-/// Kernel pages inflation may still take when the guest has `available`
-/// of `total` pages available (pages of `page_size` bytes).
-pub(crate) const fn inflate_budget(available: u64, total: u64, page_size: usize) -> u64 {
-    let min = MIN_RESERVE_BYTES / (if page_size == 0 { 1 } else { page_size as u64 });
-    let share = total / RESERVE_DIVISOR;
-    let reserve = if share > min { share } else { min };
-    available.saturating_sub(reserve)
-}
+#[path = "logic/floor.rs"]
+pub(crate) mod floor;
 
 /// How long to wait before trying to allocate balloon pages again when
 /// the guest's reserve holds inflation back, and the longest wait after
@@ -313,6 +298,11 @@ pub(crate) mod stat {
     pub(crate) const DIRECT_RECLAIM: u16 = 15;
     /// Number of tags (`VIRTIO_BALLOON_S_NR`).
     pub(crate) const NR: usize = 16;
+    /// The tags every host knows: 0 to 9, what the virtio spec listed and
+    /// QEMU read before 9.2 (`stats_tags=10`). 10 to 15 came with Linux
+    /// 6.12; the spec says a device ignores tags it does not know, but not
+    /// every host does.
+    pub(crate) const KNOWN_EVERYWHERE: u32 = 10;
     /// One entry: packed `{ le16 tag; le64 val; }`.
     pub(crate) const ENTRY_BYTES: usize = 10;
     /// The whole buffer.
@@ -344,17 +334,17 @@ pub(crate) struct MemSnapshot {
     pub(crate) cache_pages: u64,
 }
 
-/// Writes the stats entries for `s` into `out` in the order and units of
-/// the 6.12 C driver (memory in bytes, events as counts) and returns the
-/// number of bytes used (a multiple of [`stat::ENTRY_BYTES`]); stops early
-/// if `out` is too small.
-pub(crate) fn encode_stats(s: &MemSnapshot, page_shift: u32, out: &mut [u8]) -> usize {
+/// Writes the stats entries for `s` whose tags are below `tags` into `out`
+/// in the order and units of the 6.12 C driver (memory in bytes, events as
+/// counts) and returns the number of bytes used (a multiple of
+/// [`stat::ENTRY_BYTES`]); stops early if `out` is too small.
+pub(crate) fn encode_stats(s: &MemSnapshot, page_shift: u32, tags: u32, out: &mut [u8]) -> usize {
     let unit = 1u64.checked_shl(page_shift).unwrap_or(0);
     let bytes = |pages: u64| pages.saturating_mul(unit);
     let mut entries = [(0u16, 0u64); stat::NR];
     let mut n = 0usize;
     let mut put = |tag: u16, val: u64| {
-        if n < entries.len() {
+        if u32::from(tag) < tags && n < entries.len() {
             entries[n] = (tag, val);
             n += 1;
         }

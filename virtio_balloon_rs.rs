@@ -50,6 +50,31 @@ module_param!(
     "Milliseconds without an OOM notification that end a burst, so the next one deflates 1 MiB again (default 1000; 1 to 60000)"
 );
 
+// The guest floor (README.md, "For operators"): inflation stops while the
+// guest's available memory is at it. May be changed at any time.
+pub(crate) static FLOOR_MIB: UintParam =
+    UintParam::new(logic::floor::DEFAULT_MIB, 0, logic::floor::LIMIT_MIB);
+module_param!(
+    crate::FLOOR_MIB,
+    "floor_mib",
+    0o644,
+    "MiB of available memory (MemAvailable) inflation leaves the guest (default 0; 0 to 16777216). 0 is automatic: 1/32 of RAM, at least 4 MiB. Held at the floor, inflation resumes when a quarter more (1 to 64 MiB) is available"
+);
+
+// The stats tags the host is sent (README.md, "For operators"); read at
+// each stats request.
+pub(crate) static STATS_TAGS: UintParam = UintParam::new(
+    logic::stat::NR as u32,
+    logic::stat::KNOWN_EVERYWHERE,
+    logic::stat::NR as u32,
+);
+module_param!(
+    crate::STATS_TAGS,
+    "stats_tags",
+    0o644,
+    "Send the host the memory stats whose tags are below this (default 16; 10 to 16). 16 sends all, as the C driver; 10 sends tags 0 to 9, which every host knows"
+);
+
 struct BalloonModule {
     _driver: Registration<balloon::Balloon>,
 }

@@ -32,8 +32,11 @@ counters! {
         /// it ahead, on another CPU while the round before was handed to
         /// the host.
         pages_allocated_ahead,
-        /// Rounds held back to keep the guest's reserve available.
-        reserve_holds,
+        /// Times inflation stopped at the guest floor (`floor_mib`): it
+        /// resumes only a margin above it.
+        floor_holds,
+        /// Inflation rounds that waited at the floor.
+        floor_waits,
         /// Config-change interrupts seen.
         config_changes,
         /// Buffers the host returned with a used length other than 0.
@@ -98,7 +101,7 @@ pub(super) struct Notes(pub(super) AtomicU32);
 #[derive(Clone, Copy)]
 #[repr(u32)]
 pub(super) enum Note {
-    /// Inflation is held back (no memory, or the guest's reserve).
+    /// Inflation is held back (no memory, or the guest floor).
     Short = 1 << 0,
     /// A message could not be sent to the host.
     SendError = 1 << 1,

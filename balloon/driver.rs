@@ -120,6 +120,7 @@ impl virtio::Driver for Balloon {
                     host_gone: AtomicBool::new(false),
                     alloc_failures_in_a_row: AtomicU32::new(0),
                     oom_pause: AtomicBool::new(false),
+                    floor: Floor::new(),
                     state <- new_mutex!(state, "Balloon::state"),
                     freer,
                     filler,

@@ -90,25 +90,6 @@ impl Filler {
     }
 }
 
-/// Kernel pages inflation may take now without going below the guest's
-/// reserve (see `logic::inflate_budget`), counting `spare` pages the
-/// driver holds for inflation as available (they are the guest's again if
-/// the round does not take them).
-pub(super) fn inflate_budget(core: &BalloonCore, spare: u64) -> u64 {
-    let sh = core.data();
-    let available = mm::available_pages().saturating_add(spare);
-    let managed = mm::meminfo().total;
-    // Without DEFLATE_ON_OOM the balloon's pages left the managed count: the
-    // reserve is a share of the guest's RAM with them.
-    let total = if core.accounts() {
-        let held = sh.stats.actual_frames.load(Ordering::Relaxed);
-        managed + logic::frames_to_pages(held, sh.fpp)
-    } else {
-        managed
-    };
-    logic::inflate_budget(available, total, PAGE_SIZE)
-}
-
 /// Allocates pages into `pages` until it holds `want`: in bulk, from the
 /// per-CPU lists while memory is plentiful, a page at a time through the
 /// slow path when it is not. Of the new pages, those the host cannot be
@@ -227,6 +208,9 @@ pub(super) fn inflate(core: &BalloonCore, pages: usize, next: usize) -> Next {
     } else {
         inflate_budget(core, ahead as u64)
     };
+    if budget != 0 {
+        sh.floor.release();
+    }
     let held_back = budget < pages as u64;
     let pages = pages.min(budget as usize);
     while fresh.len() > pages {
@@ -270,16 +254,17 @@ pub(super) fn inflate(core: &BalloonCore, pages: usize, next: usize) -> Next {
         return Next::Idle;
     }
     if pages == 0 {
-        add(&sh.stats.reserve_holds, 1);
-        // Holding at the reserve may last: it must not keep the system
-        // from sleeping (the retries go on).
+        let new = sh.floor.hold(&sh.stats);
+        // Holding at the floor may last: it must not keep the system from
+        // sleeping (the retries go on).
         sh.wakeup.finish();
-        if sh.notes.first(Note::Short) {
+        if new && sh.notes.first(Note::Short) {
             dev_info!(
                 sh.dev,
-                "balloon holds at {} KiB: the guest keeps its last {} KiB available; retrying every {} ms\n",
+                "balloon holds at {} KiB: the guest keeps {} KiB available (floor {} KiB); retrying every {} ms\n",
                 st.held * 4,
                 mm::available_pages() * (PAGE_SIZE as u64 / 1024),
+                floor_pages(core) * (PAGE_SIZE as u64 / 1024),
                 logic::ALLOC_RETRY_MS
             );
         }

@@ -40,6 +40,10 @@ impl UpdateSize {
         // Pages on their way in count towards the target: the next round
         // is allocated while the host takes them.
         let step = logic::next_step(target, held + inflating, sh.fpp);
+        if !matches!(step, Step::Inflate(_)) {
+            // The host asks for no more memory: nothing is held at the floor.
+            sh.floor.release();
+        }
         let oom_pause = sh.oom_pause.load(Ordering::Acquire);
         if !matches!(step, Step::Inflate(_)) || oom_pause {
             // No inflation round follows: what was allocated for one goes

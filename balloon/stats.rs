@@ -39,7 +39,13 @@ pub(super) fn send_stats(
     mut buf: KBox<OutBuf>,
     snap: &MemSnapshot,
 ) {
-    let len = logic::encode_stats(snap, kernel::page::PAGE_SHIFT as u32, buf.as_mut_slice());
+    let tags = crate::STATS_TAGS.get();
+    let len = logic::encode_stats(
+        snap,
+        kernel::page::PAGE_SHIFT as u32,
+        tags,
+        buf.as_mut_slice(),
+    );
     buf.set_len(len);
     match q.post(buf) {
         Ok(()) => add(&sh.stats.stats_sent, 1),

@@ -283,7 +283,7 @@ pub(crate) fn stats_are_packed_le16_tags_and_le64_values() {
         cache_pages: 50,
     };
     let mut out = [0u8; stat::BUF_BYTES];
-    let used = encode_stats(&snap, 12, &mut out);
+    let used = encode_stats(&snap, 12, 16, &mut out);
     // 10 event entries and 4 memory entries, no hugetlb ones.
     check_eq!(used, 14 * stat::ENTRY_BYTES);
     fn entry(out: &[u8], i: usize) -> (u16, u64) {
@@ -309,7 +309,7 @@ pub(crate) fn stats_are_packed_le16_tags_and_le64_values() {
         hugetlb: Some((11, 12)),
         ..snap
     };
-    check_eq!(encode_stats(&snap, 16, &mut out), stat::BUF_BYTES);
+    check_eq!(encode_stats(&snap, 16, 16, &mut out), stat::BUF_BYTES);
     check_eq!(entry(&out, 10), (stat::HTLB_PGALLOC, 11));
     check_eq!(entry(&out, 15), (stat::CACHES, 50 << 16));
     // Without VM events: the memory figures only. A buffer too small for
@@ -320,23 +320,97 @@ pub(crate) fn stats_are_packed_le16_tags_and_le64_values() {
         ..snap
     };
     let mut small = [0u8; 25];
-    check_eq!(encode_stats(&snap, 12, &mut small), 20);
+    check_eq!(encode_stats(&snap, 12, 16, &mut small), 20);
     check_eq!(&small[12..20], &u64::MAX.to_le_bytes());
 }
 
-pub(crate) fn inflation_leaves_the_guest_its_reserve() {
-    // 512 MiB of 4 KiB pages: the reserve is 1/32 (16 MiB = 4096 pages).
+pub(crate) fn stats_for_older_hosts_carry_tags_0_to_9_only() {
+    let snap = MemSnapshot {
+        has_events: true,
+        swap_in_pages: 1,
+        swap_out_pages: 2,
+        major_faults: 3,
+        minor_faults: 4,
+        oom_kills: 5,
+        alloc_stalls: 6,
+        async_scan_pages: 7,
+        direct_scan_pages: 8,
+        async_reclaim_pages: 9,
+        direct_reclaim_pages: 10,
+        hugetlb: Some((11, 12)),
+        free_pages: 100,
+        total_pages: 1000,
+        available_pages: 200,
+        cache_pages: 50,
+    };
+    let mut out = [0u8; stat::BUF_BYTES];
+    let used = encode_stats(&snap, 12, stat::KNOWN_EVERYWHERE, &mut out);
+    check_eq!(used, 10 * stat::ENTRY_BYTES);
+    // Each of tags 0 to 9 once, and nothing after them.
+    let mut seen = [0u32; stat::NR];
+    for e in out[..used].chunks(stat::ENTRY_BYTES) {
+        let tag = u16::from_le_bytes([e[0], e[1]]) as usize;
+        check!(tag < 10);
+        seen[tag] += 1;
+    }
+    check_eq!(&seen[..10], &[1u32; 10]);
+    check!(out[used..].iter().all(|&b| b == 0));
+    // Without hugetlb counters: 8 entries; all 16 tags: 16.
+    let snap = MemSnapshot {
+        hugetlb: None,
+        ..snap
+    };
+    check_eq!(encode_stats(&snap, 12, 10, &mut out), 8 * stat::ENTRY_BYTES);
+    check_eq!(encode_stats(&snap, 12, 11, &mut out), 9 * stat::ENTRY_BYTES);
+}
+
+pub(crate) fn the_automatic_floor_is_a_32nd_of_ram_and_at_least_4_mib() {
+    use floor::*;
+    // 512 MiB of 4 KiB pages: the floor is 1/32 (16 MiB = 4096 pages).
     let total = 512 * 256;
-    check_eq!(inflate_budget(10_000, total, 4 * KIB), 10_000 - 4096);
-    check_eq!(inflate_budget(4096, total, 4 * KIB), 0);
-    check_eq!(inflate_budget(100, total, 4 * KIB), 0);
+    check_eq!(floor_pages(0, total, 4 * KIB), 4096);
+    check_eq!(budget(10_000, 4096, false, 4 * KIB), 10_000 - 4096);
+    check_eq!(budget(4096, 4096, false, 4 * KIB), 0);
+    check_eq!(budget(100, 4096, false, 4 * KIB), 0);
     // Small guests keep at least 4 MiB; 64 KiB pages count in their size.
-    check_eq!(inflate_budget(2000, 32 * 256, 4 * KIB), 2000 - 1024);
-    check_eq!(inflate_budget(100, 64, 64 * KIB), 100 - 64);
+    check_eq!(floor_pages(0, 32 * 256, 4 * KIB), 1024);
+    check_eq!(floor_pages(0, 64, 64 * KIB), 64);
+    check_eq!(floor_pages(0, u64::MAX, 0), u64::MAX / 32);
     check_eq!(
-        inflate_budget(u64::MAX, u64::MAX, 0),
+        budget(u64::MAX, u64::MAX / 32, false, 0),
         u64::MAX - u64::MAX / 32
     );
+}
+
+pub(crate) fn a_floor_in_mib_counts_in_kernel_pages() {
+    use floor::*;
+    // Whatever the RAM: 100 MiB are 25600 4 KiB pages, 6400 of 16 KiB,
+    // 1600 of 64 KiB; a part of a page counts as a whole one.
+    check_eq!(floor_pages(100, 1 << 30, 4 * KIB), 25_600);
+    check_eq!(floor_pages(100, 8, 16 * KIB), 6400);
+    check_eq!(floor_pages(100, 0, 64 * KIB), 1600);
+    check_eq!(floor_pages(1, 0, 2 * 1024 * KIB), 1);
+    check_eq!(floor_pages(LIMIT_MIB, 0, 4 * KIB), (LIMIT_MIB as u64) << 8);
+}
+
+pub(crate) fn held_at_the_floor_inflation_resumes_a_margin_above_it() {
+    use floor::*;
+    // A 64 MiB floor of 4 KiB pages: the margin is a quarter, 16 MiB.
+    let floor = 64 * 256;
+    check_eq!(resume_at(floor, 4 * KIB), 80 * 256);
+    // Not held: everything above the floor may go.
+    check_eq!(budget(floor + 10, floor, false, 4 * KIB), 10);
+    // Held: a few freed pages stay with the guest ...
+    check_eq!(budget(floor + 10, floor, true, 4 * KIB), 0);
+    check_eq!(budget(80 * 256 - 1, floor, true, 4 * KIB), 0);
+    // ... until the margin is there; then down to the floor again.
+    check_eq!(budget(80 * 256, floor, true, 4 * KIB), 16 * 256);
+    // The margin is at least 1 MiB and at most 64 MiB.
+    check_eq!(resume_at(256, 4 * KIB), 512);
+    check_eq!(resume_at(1 << 20, 4 * KIB), (1 << 20) + 64 * 256);
+    check_eq!(resume_at(1, 64 * KIB), 17);
+    check_eq!(resume_at(u64::MAX, 4 * KIB), u64::MAX);
+    check_eq!(budget(u64::MAX - 1, u64::MAX - 1, true, 4 * KIB), 0);
 }
 
 pub(crate) fn poison_val_tells_the_host_what_freed_pages_hold() {

@@ -119,7 +119,7 @@ macro_rules! kunit_case {
     }};
 }
 
-const N_CASES: usize = 25;
+const N_CASES: usize = 28;
 
 /// The cases, terminated by an all-zero entry as KUnit requires.
 static mut CASES: [bindings::kunit_case; N_CASES + 1] = [
@@ -140,8 +140,11 @@ static mut CASES: [bindings::kunit_case; N_CASES + 1] = [
     kunit_case!(oom_ramp_overshoot_stays_below_the_need_and_the_cap),
     kunit_case!(oom_ramp_starts_again_after_a_quiet_period),
     kunit_case!(stats_are_packed_le16_tags_and_le64_values),
+    kunit_case!(stats_for_older_hosts_carry_tags_0_to_9_only),
     kunit_case!(poison_val_tells_the_host_what_freed_pages_hold),
-    kunit_case!(inflation_leaves_the_guest_its_reserve),
+    kunit_case!(the_automatic_floor_is_a_32nd_of_ram_and_at_least_4_mib),
+    kunit_case!(a_floor_in_mib_counts_in_kernel_pages),
+    kunit_case!(held_at_the_floor_inflation_resumes_a_margin_above_it),
     kunit_case!(hint_cmd_ids_drive_runs_stops_and_done),
     kunit_case!(shrinker_gives_back_whole_hint_blocks),
     kunit_case!(work_dropped_by_its_own_handler_does_not_wait_for_itself),

@@ -178,7 +178,7 @@ def test_oversized_target_leaves_a_healthy_guest(boot):
     # 16 MiB: 15.0 to 17.4 MiB with 64 KiB pages (drift bound 4.5 MiB),
     # 17.5 to 22.6 MiB on x86_64 (0.3 MiB).
     snap = g.run("f=$(ls -d /sys/kernel/debug/virtio_balloon_rs/virtio*); "
-                 "while read h < $f/reserve_holds && [ $h = 0 ]; do "
+                 "while read h < $f/floor_waits && [ $h = 0 ]; do "
                  "read a < $f/alloc_failures; [ $a = 0 ] || break; done; "
                  "cat /proc/meminfo /proc/zoneinfo; echo actual $(cat $f/actual_frames)",
                  timeout=300 if vm.DEBUG else 120).splitlines()
@@ -191,11 +191,11 @@ def test_oversized_target_leaves_a_healthy_guest(boot):
     reserve = (field["MemTotal"] + actual * 4) // 32
     print(f"held at {actual // 256} MiB: MemAvailable and the per-CPU lists {available} KiB, "
           f"reserve {reserve} KiB, counter drift up to {drift_kib} KiB")
-    if g.counters()["reserve_holds"] > 0:
+    if g.counters()["floor_waits"] > 0:
         assert available >= reserve - drift_kib, (available, reserve, drift_kib, pcp_kib)
     # Held at the reserve (or failing to allocate) several times, however
     # slow the guest; then the size must stay put.
-    g.wait_counters(lambda c: c["reserve_holds"] + c["alloc_failures"] > 3,
+    g.wait_counters(lambda c: c["floor_waits"] + c["alloc_failures"] > 3,
                     timeout=300 if vm.DEBUG else 120)
     # Ten readings 0.3 s apart that agree: the size settled. A size that
     # keeps moving for 100 readings (30 s) fails.

@@ -249,8 +249,8 @@ def test_oom_storm_during_inflation_does_not_deadlock(boot):
         # 16 KiB pages after the first round: the balloon then waits for the
         # host to ask again, as designed, and the storm below meets a work
         # that stopped short of its target).
-        c1 = g.wait_counters(lambda c: c["reserve_holds"] + c["alloc_failures"]
-                             > c0["reserve_holds"] + c0["alloc_failures"] + 1
+        c1 = g.wait_counters(lambda c: c["floor_waits"] + c["alloc_failures"]
+                             > c0["floor_waits"] + c0["alloc_failures"] + 1
                              or c["oom_notifications"] > c0["oom_notifications"],
                              timeout=wait // 5)
         size = g.balloon_mib()
@@ -259,7 +259,7 @@ def test_oom_storm_during_inflation_does_not_deadlock(boot):
         assert "memhog: 150 MiB ok" in out
         c2 = g.counters()
         print(f"round {i}: inflated to {size:.0f} of 420 MiB and held "
-              f"{c1['reserve_holds'] - c0['reserve_holds']} times "
+              f"{c1['floor_waits'] - c0['floor_waits']} times "
               f"({c1['oom_notifications'] - c0['oom_notifications']} OOM notifications "
               "on the way), then "
               f"{c2['oom_notifications'] - c1['oom_notifications']} OOM notifications gave back "

@@ -182,3 +182,48 @@ def test_stats_figures_are_the_guests_own(boot):
     assert s["stat-total-memory"] == after["MemTotal"] * 1024
     assert s["stat-disk-caches"] >= 32 * 1024 * 1024
     g.run("rmmod virtio_balloon_rs")
+
+
+def test_stats_tags_limit_what_the_host_receives(boot):
+    # What QEMU receives, read from the buffer it holds (QEMU 7.2 drops the
+    # tags it does not know before guest-stats shows them). Polling stays
+    # off, so QEMU keeps the buffer the driver sent last.
+    g = boot(mem_mib=512)
+    params = "/sys/module/virtio_balloon_rs/parameters"
+
+    def received():
+        # The driver sent its first buffer at probe; QEMU took it.
+        return vm.wait_until(g.stats_buffer_on_host, lambda st: len(st) > 0,
+                             10, 0.2, "a stats buffer on the host")
+
+    def tags(st):
+        return sorted(t for t, _ in st)
+
+    load(g)
+    assert g.run(f"cat {params}/stats_tags").strip() == "16"
+    # Tags 8 and 9 (huge pages) come with CONFIG_HUGETLB_PAGE, as in C.
+    huge = "HugePages_Total" in g.meminfo()
+    every = [t for t in range(16) if huge or t not in (8, 9)]
+    st = received()
+    # C's 6.12 set: all 16 tags.
+    assert tags(st) == every, st
+    total = dict(st)[5]
+    assert total == g.meminfo()["MemTotal"] * 1024
+    g.run("rmmod virtio_balloon_rs")
+
+    g.run("insmod /modules/virtio_balloon_rs.ko stats_tags=10")
+    st = received()
+    assert tags(st) == [t for t in every if t < 10], st
+    assert dict(st)[5] == g.meminfo()["MemTotal"] * 1024
+    # Changed at run time: the next buffer the host asks for follows it.
+    g.run(f"echo 16 > {params}/stats_tags")
+    g.qmp.cmd("qom-set", path=BALLOON, property="guest-stats-polling-interval", value=1)
+    fresh_stats(g, int(time.time()))
+    g.qmp.cmd("qom-set", path=BALLOON, property="guest-stats-polling-interval", value=0)
+    time.sleep(1)
+    assert tags(received()) == every
+    # Out of range: refused, the value stays.
+    assert g.run_rc(f"echo 9 > {params}/stats_tags")[0] != 0
+    assert "stats_tags: 9 is out of range (10 to 16)" in g.run("dmesg | tail -n 20")
+    assert g.run(f"cat {params}/stats_tags").strip() == "16"
+    g.run("rmmod virtio_balloon_rs")

@@ -764,6 +764,30 @@ class Guest:
         """QEMU's view of the balloon device (features, status)."""
         return self.qmp.cmd("x-query-virtio-status", path=self.balloon_qom_path(backend=True))
 
+    def stats_buffer_on_host(self):
+        """The stats buffer QEMU took last, as (tag, value) pairs read from
+        guest memory: the stats queue's (2) last available descriptor, from
+        QEMU's own view of the ring (`x-query-virtio-queue-element`), and
+        its bytes (HMP `xp`). QEMU keeps the buffer until it asks for fresh
+        stats, so with polling off it holds still."""
+        path = self.balloon_qom_path(backend=True)
+        status = self.qmp.cmd("x-query-virtio-queue-status", path=path, queue=2)
+        last = status["last-avail-idx"]
+        assert last > 0, status
+        elem = self.qmp.cmd("x-query-virtio-queue-element", path=path, queue=2,
+                            index=(last - 1) % status["vring-num"])
+        descs = elem["descs"]
+        assert len(descs) == 1, elem
+        addr, length = descs[0]["addr"], descs[0]["len"]
+        out = self.qmp.cmd("human-monitor-command",
+                           **{"command-line": f"xp /{length}xb {addr:#x}"})
+        data = bytes(int(b, 16) for line in out.splitlines()
+                     for b in line.split(":", 1)[1].split())
+        assert len(data) == length, (length, out)
+        return [(int.from_bytes(data[i:i + 2], "little"),
+                 int.from_bytes(data[i + 2:i + 10], "little"))
+                for i in range(0, length, 10)]
+
     def balloon_qom_path(self, backend=False):
         """The balloon device in QEMU's object tree: the PCI proxy (whose
         virtio device is its `virtio-backend` child), or the virtio-mmio
