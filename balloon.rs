@@ -34,6 +34,7 @@
 //! | `free_page_reporting.rs` | free page reporting |
 //! | `free_page_hinting.rs` | free page hinting and its shrinker |
 //! | `counters.rs` | counters, fault knobs, once-per-episode messages |
+//! | `sysfs.rs` | the driver's state in sysfs |
 #![forbid(unsafe_code)]
 
 use crate::kapi::{
@@ -97,6 +98,7 @@ mod migrate;
 mod oom;
 mod size;
 mod stats;
+mod sysfs;
 
 use self::{
     counters::*, deflate::*, floor::*, free_page_hinting::*, free_page_reporting::*, inflate::*,

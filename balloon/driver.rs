@@ -27,11 +27,25 @@ pub(super) fn registering<'a>(dev: &'a Device<Core>, what: &'a str) -> impl FnOn
     move |e| dev_err!(dev, "cannot register {}: error {}\n", what, e.to_errno())
 }
 
+impl Balloon {
+    /// The balloon's pages and the driver data.
+    pub(super) fn core(&self) -> &BalloonCore {
+        &self.core
+    }
+
+    /// The driver data.
+    pub(super) fn shared(&self) -> &Shared {
+        self.core.data()
+    }
+}
+
 #[vtable]
 impl virtio::Driver for Balloon {
     const NAME: &'static CStr = c_str!("virtio_balloon_rs");
     const ID_TABLE: virtio::IdTableRef = crate::BALLOON_IDS.as_ref();
     const FEATURES: &'static [Feature] = &FEATURES;
+    const ATTRIBUTES: &'static [crate::kapi::sysfs::Attr<Self>] = &sysfs::ATTRIBUTES;
+    const ATTRIBUTE_DIR: &'static CStr = c_str!("balloon");
 
     fn validate(dev: &Device<Validate>) -> Result {
         // PAGE_POISON only when freed pages have a known content (poisoned

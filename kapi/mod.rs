@@ -27,6 +27,7 @@ pub(crate) mod pages;
 pub(crate) mod param;
 pub(crate) mod reporting;
 pub(crate) mod shrinker;
+pub(crate) mod sysfs;
 pub(crate) mod virtio_balloon;
 pub(crate) mod wakeup;
 #[macro_use]

@@ -43,6 +43,7 @@ pub(crate) use self::{config::*, device::*, driver::*, id::*};
 use super::{
     debugfs::Dir,
     sync::{RwSem, RwSemRead, RwSemWrite},
+    sysfs,
 };
 use crate::kapi::bindings;
 use core::{

@@ -3,7 +3,7 @@
 //! The cases for the parts of the safe layer (`kapi/`) whose guarantees
 //! are behaviour rather than types: work items that end themselves,
 //! debugfs entries that keep their parent, batches that neither drop nor
-//! lose their items.
+//! lose their items, sysfs values that keep to their page.
 
 use super::*;
 
@@ -206,4 +206,40 @@ pub(crate) fn batches_move_their_tail_and_filter_from_an_index() {
     pages.retain_from(0, |p| p.pfn() % 2 == 1);
     check_eq!(pages.len(), odd);
     check!(pages.as_slice().iter().all(|p| p.pfn() % 2 == 1));
+}
+
+pub(crate) fn sysfs_values_keep_to_their_page() {
+    let mut page = match KVec::<u8>::with_capacity(kernel::page::PAGE_SIZE, GFP_KERNEL) {
+        Ok(p) => p,
+        Err(_) => {
+            check!(false);
+            return;
+        }
+    };
+    for _ in 0..kernel::page::PAGE_SIZE {
+        page.push(0, GFP_KERNEL).ok();
+    }
+    check_eq!(page.len(), kernel::page::PAGE_SIZE);
+    // SAFETY: `page` is PAGE_SIZE bytes, valid for writes, used by nothing
+    // else while `out` lives.
+    let mut out = unsafe { kapi::sysfs::Show::from_raw(page.as_mut_ptr().cast()) };
+    check!(out.line(format_args!("{}", 4096u64)).is_ok());
+    check_eq!(out.len(), 5);
+    // A value that would run past the page is refused, and written nowhere.
+    let size = kernel::page::PAGE_SIZE;
+    let mut xs = KVec::<u8>::new();
+    for _ in 0..size - 4 {
+        xs.push(b'x', GFP_KERNEL).ok();
+    }
+    let long = core::str::from_utf8(&xs).unwrap_or("");
+    check_eq!(long.len(), size - 4);
+    check!(out.line(format_args!("{}", long)).is_err());
+    check_eq!(out.len(), 5);
+    // What fits to the last byte is taken.
+    check!(out.line(format_args!("{}", &long[..size - 6])).is_ok());
+    check_eq!(out.len(), kernel::page::PAGE_SIZE);
+    check!(out.line(format_args!("")).is_err());
+    // `out` is not used after this point; the page is read directly.
+    check_eq!(&page[..5], b"4096\n");
+    check_eq!(page[kernel::page::PAGE_SIZE - 1], b'\n');
 }

@@ -119,7 +119,7 @@ macro_rules! kunit_case {
     }};
 }
 
-const N_CASES: usize = 28;
+const N_CASES: usize = 29;
 
 /// The cases, terminated by an all-zero entry as KUnit requires.
 static mut CASES: [bindings::kunit_case; N_CASES + 1] = [
@@ -151,6 +151,7 @@ static mut CASES: [bindings::kunit_case; N_CASES + 1] = [
     kunit_case!(work_stopped_by_its_own_handler_runs_no_more),
     kunit_case!(debugfs_entries_keep_their_parent),
     kunit_case!(batches_move_their_tail_and_filter_from_an_index),
+    kunit_case!(sysfs_values_keep_to_their_page),
     // SAFETY: the all-zero terminator KUnit looks for.
     unsafe { core::mem::zeroed() },
 ];

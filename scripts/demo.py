@@ -133,6 +133,9 @@ def main():
             show("/proc/vmstat", f"balloon_inflate {vmst['balloon_inflate']}, "
                  f"balloon_deflate {vmst['balloon_deflate']}, "
                  f"balloon_migrate {vmst['balloon_migrate']}")
+            say(f"the driver's state in sysfs: /sys/bus/virtio/devices/{dev}/balloon/")
+            for k, v in g.balloon_sysfs().items():
+                show("  " + k, v)
 
             if hold:
                 say("holding the guest; Ctrl-C to stop")
@@ -160,7 +163,7 @@ def main():
             t0 = time.monotonic()
             while True:
                 out = g.run("cat /tmp/hog.out")
-                c = g.counters()
+                c = g.balloon_sysfs()
                 print(f"    t={time.monotonic() - t0:5.2f}s  balloon {g.balloon_mib():6.1f} MiB  "
                       f"OOM notifications {c['oom_notifications']:4}  "
                       f"pages given back {c['oom_deflated_pages']}", flush=True)

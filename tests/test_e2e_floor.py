@@ -59,46 +59,59 @@ def test_the_floor_holds_has_a_margin_and_moves_the_balloon(boot):
     size = settled(g)
     avail, drift = available_mib(g)
     print(f"held at {size:.0f} MiB with {avail:.1f} MiB available (floor 256, drift {drift:.1f})")
-    assert 256 - drift - 4 <= avail <= 256 + 16, (avail, drift)
+    # At most the floor when it held; what the guest frees afterwards stays
+    # with it up to the margin (a quarter of 256: held below 320 MiB). On
+    # the debug kernel, KASAN's quarantine gives back tens of MiB after the
+    # hold (298 MiB seen).
+    assert 256 - drift - 4 <= avail < 320 + drift, (avail, drift)
     assert 400 < size < 1000
     c = g.counters()
     assert c["floor_holds"] == 1 and c["floor_waits"] >= 1
     assert c["target_frames"] == 1000 * 256 and c["actual_frames"] == size * 256
 
-    # Give the guest 32 MiB, half the margin (a quarter of 256 is 64 MiB):
-    # the balloon takes none of it, and stays held in the same hold.
-    g.run("rm /tmp/fill/[1-8]")
-    wait_waits(g)
-    assert g.balloon_mib() == size
-    c = g.counters()
-    assert c["floor_holds"] == 1, c
-    # 64 MiB more (96 in all): beyond the margin, inflation resumes down to
-    # the floor and holds again.
+    # Free 4 MiB files worth less than what is left of the margin (8 MiB
+    # of it spare, at least one file): the balloon takes none of it, and
+    # stays held in the same hold. Not on the debug kernel: there KASAN's
+    # quarantine goes on giving memory back for seconds after the hold, by
+    # more than what is left of the margin (the balloon resumed there, 58
+    # MiB, with 4 MiB freed), so the step cannot be set up.
+    files = max(1, int(320 - avail - 8) // 4)
+    if not vm.DEBUG:
+        g.run(f"for i in $(seq 1 {files}); do rm /tmp/fill/$i; done")
+        wait_waits(g)
+        assert g.balloon_mib() == size
+        c = g.counters()
+        assert c["floor_holds"] == 1, (files, c)
+    # All 96 MiB: beyond the margin, inflation resumes down to the floor
+    # and holds again.
+    holds = g.counters()["floor_holds"]
     g.run("rm /tmp/fill/*")
-    g.wait_counters(lambda c: c["floor_holds"] == 2, timeout=300 if vm.DEBUG else 60)
+    g.wait_counters(lambda c: c["floor_holds"] > holds, timeout=300 if vm.DEBUG else 60)
     size2 = settled(g)
-    print(f"after 96 MiB freed: {size2:.0f} MiB")
+    print(f"after {'no' if vm.DEBUG else files * 4} MiB freed: held; after 96 MiB: {size2:.0f} MiB")
     assert size2 >= size + 64, (size, size2)
     avail, drift = available_mib(g)
-    assert 256 - drift - 4 <= avail <= 256 + 16, (avail, drift)
+    assert 256 - drift - 4 <= avail < 320 + drift, (avail, drift)
 
     # Lowered while held: the balloon takes what the new floor allows.
+    holds = g.counters()["floor_holds"]
     g.run(f"echo 128 > {PARAMS}/floor_mib")
-    size3 = g.wait_balloon(lambda s: s >= size2 + 100, timeout=300 if vm.DEBUG else 60)
-    g.wait_counters(lambda c: c["floor_holds"] == 3, timeout=300 if vm.DEBUG else 60)
+    g.wait_balloon(lambda s: s >= size2 + 100, timeout=300 if vm.DEBUG else 60)
+    g.wait_counters(lambda c: c["floor_holds"] > holds, timeout=300 if vm.DEBUG else 60)
     size3 = settled(g)
     avail, drift = available_mib(g)
     print(f"floor 128: {size3:.0f} MiB with {avail:.1f} MiB available")
-    assert 128 - drift - 4 <= avail <= 128 + 16, (avail, drift)
+    assert 128 - drift - 4 <= avail < 160 + drift, (avail, drift)
     # Raised while held: the balloon keeps what it has (the floor limits
     # inflation; giving memory back is deflate-on-OOM's and the host's).
     g.run(f"echo 512 > {PARAMS}/floor_mib")
     wait_waits(g)
     assert g.balloon_mib() == size3
     # The host asks for less: the balloon deflates, and nothing is held.
+    holds = g.counters()["floor_holds"]
     g.set_balloon_mib(64)
     g.wait_balloon(lambda s: s == 64, timeout=300 if vm.DEBUG else 60)
-    assert g.counters()["floor_holds"] == 3
+    assert g.counters()["floor_holds"] == holds
     assert "balloon holds at" in g.console_text()
     g.run("rmmod virtio_balloon_rs")
 

@@ -848,6 +848,14 @@ class Guest:
         return (vm1["balloon_inflate"] - vm0["balloon_inflate"],
                 vm1["balloon_deflate"] - vm0["balloon_deflate"])
 
+    def balloon_sysfs(self):
+        """The driver's state in sysfs (/sys/bus/virtio/devices/virtioN/
+        balloon/): numbers as ints, words as they are."""
+        dev = self.balloon_virtio_dev()
+        out = self.run(f"cd /sys/bus/virtio/devices/{dev}/balloon && grep . *")
+        pairs = (l.split(":", 1) for l in out.split())
+        return {k: int(v) if v.isdigit() else v for k, v in pairs}
+
     def counters(self, driver="virtio_balloon_rs"):
         """The driver's debugfs counters for the balloon device."""
         dev = self.balloon_virtio_dev()

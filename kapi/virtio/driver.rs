@@ -15,6 +15,13 @@ pub(crate) trait Driver: Sized + Send + Sync + 'static {
     const ID_TABLE: IdTableRef;
     /// Feature bits the driver understands.
     const FEATURES: &'static [Feature];
+    /// Read-only attributes the driver gives each device it is bound to,
+    /// in `/sys/bus/virtio/devices/<dev>/<ATTRIBUTE_DIR>/`: they exist
+    /// from the end of a successful probe to the start of remove, and each
+    /// is shown from the driver's data. None by default.
+    const ATTRIBUTES: &'static [sysfs::Attr<Self>] = &[];
+    /// The directory of [`Driver::ATTRIBUTES`].
+    const ATTRIBUTE_DIR: &'static CStr = Self::NAME;
 
     /// Before feature negotiation completes: may refuse offered features.
     fn validate(_dev: &Device<Validate>) -> Result {
@@ -104,6 +111,9 @@ pub(super) struct DriverStorage {
     pub(super) drv: Opaque<bindings::virtio_driver>,
     /// `/sys/kernel/debug/<NAME>/`.
     pub(super) debugfs: Option<Arc<Dir>>,
+    /// The sysfs attributes `drv` points to (`dev_groups`), if any; they
+    /// go after it is unregistered (fields drop after `Drop::drop`).
+    pub(super) attributes: Option<Pin<KBox<sysfs::Group>>>,
 }
 
 // SAFETY: the registration is only touched at creation and drop; the bus
@@ -116,15 +126,31 @@ impl<T: Driver> Registration<T> {
     /// Registers `T` with the virtio bus on behalf of `module`.
     pub(crate) fn new(module: &'static ThisModule) -> Result<Self> {
         let debugfs = Dir::new(T::NAME, None).ok();
+        let attributes = if T::ATTRIBUTES.is_empty() {
+            None
+        } else {
+            Some(sysfs::Group::new(
+                T::ATTRIBUTE_DIR,
+                T::ATTRIBUTES.iter().map(|a| a.name),
+                Adapter::<T>::show_callback,
+            )?)
+        };
+        let dev_groups = attributes
+            .as_ref()
+            .map_or(core::ptr::null_mut(), |g| g.as_ref().as_dev_groups());
         let storage = KBox::pin_init(
             pin_init!(DriverStorage {
                 // SAFETY: all-zero is a valid `virtio_driver` (null pointers
                 // and `None`s); the fields set are the ones the bus reads.
+                // `dev_groups` is null or points into `attributes`, which
+                // lives in the same storage and does not move (pinned).
                 drv <- Opaque::ffi_init(|drv: *mut bindings::virtio_driver| unsafe {
                     drv.write(core::mem::zeroed());
                     Adapter::<T>::fill(drv);
+                    (*drv).driver.dev_groups = dev_groups;
                 }),
                 debugfs,
+                attributes,
             }),
             GFP_KERNEL,
         )?;
@@ -216,6 +242,43 @@ impl<T: Driver> Adapter<T> {
     pub(super) unsafe fn binding<'a>(vdev: *mut bindings::virtio_device) -> &'a Binding {
         // SAFETY: `priv` is our binding while bound.
         unsafe { &*(*vdev).priv_.cast::<Binding>() }
+    }
+
+    /// Shows one of [`Driver::ATTRIBUTES`].
+    ///
+    /// # Safety
+    ///
+    /// Called by sysfs for an attribute of the group the driver core made
+    /// from `dev_groups` for `dev`, a virtio device bound to `T`: the group
+    /// exists from the end of a successful probe to the start of remove,
+    /// and removing it waits for the reads in progress.
+    pub(super) unsafe extern "C" fn show_callback(
+        dev: *mut bindings::device,
+        attr: *mut bindings::device_attribute,
+        buf: *mut kernel::ffi::c_char,
+    ) -> isize {
+        // SAFETY: `dev` is the `dev` field of a `virtio_device` (a device
+        // on the virtio bus, per the function's contract).
+        let vdev = unsafe { kernel::container_of!(dev, bindings::virtio_device, dev) }.cast_mut();
+        // SAFETY: bound to `T` between probe and remove (see above).
+        let bind = unsafe { Self::binding(vdev) };
+        // SAFETY: the group is removed before the remove callback takes
+        // the data (see above).
+        let Some(data) = (unsafe { Self::data(bind) }) else {
+            return ENODEV.to_errno() as isize;
+        };
+        // SAFETY: `attr` is an attribute of our group, alive while it is
+        // registered.
+        let index = unsafe { sysfs::Group::index_of(attr) };
+        let Some(a) = T::ATTRIBUTES.get(index) else {
+            return EINVAL.to_errno() as isize;
+        };
+        // SAFETY: `buf` is the page sysfs hands a show callback.
+        let mut out = unsafe { sysfs::Show::from_raw(buf) };
+        match (a.show)(&data, &mut out) {
+            Ok(()) => out.len() as isize,
+            Err(e) => e.to_errno() as isize,
+        }
     }
 
     /// Tells the driver that posted queue `q` returned buffers.

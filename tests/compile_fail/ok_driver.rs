@@ -6,6 +6,7 @@
 
 use crate::kapi::{
     sync::Mutex,
+    sysfs::Attr,
     virtio::{
         self,
         queue::{OutBuf, PostedQueue, QueueId, QueueSetup, SyncQueue},
@@ -31,6 +32,11 @@ impl virtio::Driver for Control {
     const NAME: &'static CStr = c_str!("vbrs_control");
     const ID_TABLE: virtio::IdTableRef = CONTROL_IDS.as_ref();
     const FEATURES: &'static [Feature] = &FEATURES;
+    const ATTRIBUTES: &'static [Attr<Self>] = &[Attr {
+        name: c_str!("target_frames"),
+        show: |c, out| out.line(format_args!("{}", c.config.read(vb::NUM_PAGES)?)),
+    }];
+    const ATTRIBUTE_DIR: &'static CStr = c_str!("control");
 
     fn validate(dev: &Device<Validate>) -> Result {
         if dev.offers(feature::STATS_VQ) {
