@@ -27,6 +27,7 @@
 //! | `size.rs` | the work that follows the host's target |
 //! | `inflate.rs` | inflation rounds, allocated ahead on another CPU |
 //! | `floor.rs` | the guest floor inflation stops at |
+//! | `workingset.rs` | working-set protection: holding while inflation evicts the working set |
 //! | `deflate.rs` | deflation, freeing on both CPUs, draining |
 //! | `migrate.rs` | balloon pages moved by compaction or offlining |
 //! | `oom.rs` | deflate-on-OOM |
@@ -99,10 +100,11 @@ mod oom;
 mod size;
 mod stats;
 mod sysfs;
+mod workingset;
 
 use self::{
     counters::*, deflate::*, floor::*, free_page_hinting::*, free_page_reporting::*, inflate::*,
-    oom::*, size::*, stats::*,
+    oom::*, size::*, stats::*, workingset::*,
 };
 pub(crate) use driver::Balloon;
 
@@ -234,6 +236,11 @@ struct Shared {
     oom_pause: AtomicBool,
     /// Whether inflation is held at the guest floor.
     floor: Floor,
+    /// The working set's refaults as inflation last saw them. Innermost:
+    /// taken by the update work (alone, or under the balloon lock) and by
+    /// sysfs readers; nothing is taken or allocated under it.
+    #[pin]
+    workingset: Mutex<logic::workingset::Monitor>,
     /// The balloon lock.
     #[pin]
     state: Mutex<State>,

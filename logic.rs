@@ -154,6 +154,9 @@ pub(crate) mod oom;
 #[path = "logic/floor.rs"]
 pub(crate) mod floor;
 
+#[path = "logic/workingset.rs"]
+pub(crate) mod workingset;
+
 /// How long to wait before trying to allocate balloon pages again when
 /// the guest's reserve holds inflation back, and the longest wait after
 /// allocations failed (the C driver sleeps as long after each failure).

@@ -61,6 +61,16 @@ module_param!(
     "MiB of available memory (MemAvailable) inflation leaves the guest (default 0; 0 to 16777216). 0 is automatic: 1/32 of RAM, at least 4 MiB. Held at the floor, inflation resumes when a quarter more (1 to 64 MiB) is available"
 );
 
+// Working-set protection (README.md, "For operators"): off by default, as
+// the host's target wins in C. May be changed at any time.
+pub(crate) static PROTECT_WORKING_SET: UintParam = UintParam::new(0, 0, 1);
+module_param!(
+    crate::PROTECT_WORKING_SET,
+    "protect_working_set",
+    0o644,
+    "Hold inflation while it evicts the guest's working set: refaults judged recent (workingset_activate_*) at 4 MiB/s or more (default 0; 0 to 1). 1 holds, and retries every second; 0 follows the host's target as the C driver"
+);
+
 // The stats tags the host is sent (README.md, "For operators"); read at
 // each stats request.
 pub(crate) static STATS_TAGS: UintParam = UintParam::new(

@@ -37,6 +37,14 @@ counters! {
         floor_holds,
         /// Inflation rounds that waited at the floor.
         floor_waits,
+        /// Times inflation held because it was evicting the guest's working
+        /// set (`protect_working_set`).
+        workingset_holds,
+        /// Milliseconds those holds lasted, counted when each ends.
+        workingset_held_ms,
+        /// Kernel pages those holds gave back (what inflation took in the
+        /// second before each).
+        workingset_returned_pages,
         /// Config-change interrupts seen.
         config_changes,
         /// Buffers the host returned with a used length other than 0.
@@ -107,6 +115,8 @@ pub(super) enum Note {
     SendError = 1 << 1,
     /// A free page hint could not be sent.
     HintError = 1 << 2,
+    /// Inflation holds to protect the working set.
+    WorkingSet = 1 << 3,
 }
 
 impl Notes {

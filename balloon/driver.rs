@@ -139,6 +139,7 @@ impl virtio::Driver for Balloon {
                     freer,
                     filler,
                     scratch <- new_mutex!(Batch::with_capacity(round)?, "Balloon::scratch"),
+                    workingset <- new_mutex!(Default::default(), "Balloon::workingset"),
                     hint_cmd: HintCmd::new(),
                     hints_in_flight: AtomicU64::new(0),
                     stats_queue,

@@ -197,6 +197,14 @@ pub(super) fn post_inflate(sh: &Shared, q: &mut Queues, fresh: &mut Batch<NewPag
 /// asked of the fill work for the round after (0: none follows).
 pub(super) fn inflate(core: &BalloonCore, pages: usize, next: usize) -> Next {
     let sh = core.data();
+    // With working-set protection, no round while inflation evicts the
+    // working set; what was allocated ahead goes back.
+    if let Err(ms) = workingset_allows(core) {
+        sh.filler.clear();
+        settle(core, &mut sh.state.lock());
+        sh.wakeup.finish();
+        return Next::After(ms);
+    }
     let mut fresh = sh.scratch.lock();
     // Round start: `fresh` is empty (every exit below empties it).
     sh.filler.take(&mut fresh);
@@ -213,6 +221,9 @@ pub(super) fn inflate(core: &BalloonCore, pages: usize, next: usize) -> Next {
     }
     let held_back = budget < pages as u64;
     let pages = pages.min(budget as usize);
+    // With working-set protection, a round that takes page cache is
+    // followed by a look at the refaults before the next one.
+    let paced = workingset_paces(core, pages);
     while fresh.len() > pages {
         drop(fresh.pop());
     }
@@ -228,7 +239,7 @@ pub(super) fn inflate(core: &BalloonCore, pages: usize, next: usize) -> Next {
     // to the host, within what the guest can spare once this one is gone.
     // Not after a failure (the retry waits) or a hold (the next round
     // decides again).
-    if !failed && !held_back && pages != 0 && !sh.oom_pause.load(Ordering::Acquire) {
+    if !failed && !held_back && !paced && pages != 0 && !sh.oom_pause.load(Ordering::Acquire) {
         let budget = inflate_budget(core, 0).min(usize::MAX as u64) as usize;
         sh.filler.request(next.min(budget));
     }
@@ -271,6 +282,7 @@ pub(super) fn inflate(core: &BalloonCore, pages: usize, next: usize) -> Next {
         return Next::After(logic::ALLOC_RETRY_MS);
     }
     let sent = post_inflate(sh, q, &mut fresh);
+    workingset_inflated(sh, sent, paced);
     // Whatever could not be handed over goes back to the guest now.
     fresh.clear();
     drop(fresh);
@@ -297,5 +309,8 @@ pub(super) fn inflate(core: &BalloonCore, pages: usize, next: usize) -> Next {
         return Next::After(logic::alloc_retry_ms(failures));
     }
     sh.alloc_failures_in_a_row.store(0, Ordering::Relaxed);
+    if paced {
+        return Next::After(logic::workingset::WINDOW_MS as u32);
+    }
     Next::Again
 }

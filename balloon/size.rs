@@ -41,8 +41,10 @@ impl UpdateSize {
         // is allocated while the host takes them.
         let step = logic::next_step(target, held + inflating, sh.fpp);
         if !matches!(step, Step::Inflate(_)) {
-            // The host asks for no more memory: nothing is held at the floor.
+            // The host asks for no more memory: nothing is held at the floor
+            // or for the working set.
             sh.floor.release();
+            workingset_idle(sh);
         }
         let oom_pause = sh.oom_pause.load(Ordering::Acquire);
         if !matches!(step, Step::Inflate(_)) || oom_pause {

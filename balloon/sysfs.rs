@@ -43,6 +43,8 @@ pub(super) const ATTRIBUTES: [Attr<Balloon>; 10] = [
         show: |b, out| {
             let held = if b.shared().floor.is_held() {
                 "floor"
+            } else if workingset_held(b.shared()) {
+                "working_set"
             } else {
                 "no"
             };

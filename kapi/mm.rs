@@ -139,6 +139,21 @@ pub(crate) fn available_pages() -> u64 {
     unsafe { bindings::si_mem_available() }.max(0) as u64
 }
 
+/// Refaults the kernel judged recent and activated, anonymous and file
+/// (`workingset_activate_anon` + `workingset_activate_file` in
+/// /proc/vmstat), ever, in pages: pages of the working set that came back
+/// soon after they were evicted.
+pub(crate) fn workingset_activations() -> u64 {
+    [
+        bindings::node_stat_item_WORKINGSET_ACTIVATE_ANON,
+        bindings::node_stat_item_WORKINGSET_ACTIVATE_FILE,
+    ]
+    .into_iter()
+    // SAFETY: no preconditions; both are node stat items.
+    .map(|item| unsafe { bindings::global_node_page_state(item) } as u64)
+    .fold(0u64, u64::wrapping_add)
+}
+
 /// Pages of file-backed memory, the page cache (`NR_FILE_PAGES`).
 pub(crate) fn file_pages() -> u64 {
     // SAFETY: no preconditions.

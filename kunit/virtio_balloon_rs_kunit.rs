@@ -119,7 +119,7 @@ macro_rules! kunit_case {
     }};
 }
 
-const N_CASES: usize = 29;
+const N_CASES: usize = 30;
 
 /// The cases, terminated by an all-zero entry as KUnit requires.
 static mut CASES: [bindings::kunit_case; N_CASES + 1] = [
@@ -145,6 +145,7 @@ static mut CASES: [bindings::kunit_case; N_CASES + 1] = [
     kunit_case!(the_automatic_floor_is_a_32nd_of_ram_and_at_least_4_mib),
     kunit_case!(a_floor_in_mib_counts_in_kernel_pages),
     kunit_case!(held_at_the_floor_inflation_resumes_a_margin_above_it),
+    kunit_case!(working_set_refaults_hold_inflation_until_a_quiet_second),
     kunit_case!(hint_cmd_ids_drive_runs_stops_and_done),
     kunit_case!(shrinker_gives_back_whole_hint_blocks),
     kunit_case!(work_dropped_by_its_own_handler_does_not_wait_for_itself),

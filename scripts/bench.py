@@ -27,6 +27,19 @@ cache    The 2 GiB guest (deflate-on-oom=on) reads a disk in a loop, so the
 sweep    Balloons of 256 MiB, 1, 4 and 8 GiB in guests 512 MiB plus 1/16
          larger (the Rust driver leaves the guest 1/32 of its RAM):
          inflation time per GiB, which should not grow with the balloon.
+workingset
+         Working-set protection, three ways: C, Rust as it loads
+         (protection off) and Rust with protect_working_set=1, in one
+         1 GiB guest with a disk throttled to 100 MiB/s (refaults cost
+         I/O), at most 3 repetitions (WS_REPS). A process re-reads the
+         disk's first 400 MiB in a loop (it fits before inflation, not
+         after) while the host asks for an 800 MiB balloon: for the 20 s
+         after the request, the reader's throughput, the refaults
+         (workingset_refault_file) and the recent ones
+         (workingset_activate_file), and the balloon's size at the end.
+         Then the streaming case: a reader of the whole 2 GiB disk in a
+         loop, the host asking for 700 MiB: time to the target and
+         balloon_deflate meanwhile.
 
 The table shows the ratio of medians, the median of the per-repetition
 ratios (both drivers run back to back in each repetition) and in how many
@@ -311,10 +324,144 @@ def bench_sweep(ctx, reps, results, traces):
               f" ms/GiB", flush=True)
 
 
+# -- workingset -----------------------------------------------------------
+WS_MEM, WS_SET, WS_BALLOON, WS_STREAM_BALLOON, WS_SECONDS = 1024, 400, 800, 700, 20
+WS_VARIANTS = {"C": ("virtio_balloon", "/modules/virtio_balloon.ko"),
+               "Rust": ("virtio_balloon_rs", "/modules/virtio_balloon_rs.ko"),
+               "Rust, protected": ("virtio_balloon_rs",
+                                   "/modules/virtio_balloon_rs.ko protect_working_set=1")}
+
+
+def ws_reader(g, mib):
+    """A process reading the disk's first `mib` MiB in a loop, one line in
+    /tmp/passes per pass; the disk stays open (its page cache would go at
+    its last close)."""
+    g.run("rm -f /tmp/passes; (sleep 100000 < /dev/sda) </dev/null >/dev/null 2>&1 & "
+          "echo $! > /tmp/holder.pid")
+    g.run(f"(while :; do dd if=/dev/sda of=/dev/null bs=1M count={mib} 2>/dev/null; "
+          "echo >> /tmp/passes; done) </dev/null >/dev/null 2>&1 & echo $! > /tmp/reader.pid")
+
+
+def ws_stop(g):
+    g.run("kill $(cat /tmp/reader.pid) $(cat /tmp/holder.pid); wait 2>/dev/null; sleep 0.2; "
+          "sync; echo 3 > /proc/sys/vm/drop_caches")
+
+
+def ws_passes(g):
+    return int(g.run("cat /tmp/passes 2>/dev/null | wc -l").strip())
+
+
+def ws_load(g, variant):
+    mod, ko = WS_VARIANTS[variant]
+    g.set_balloon_mib(0)
+    g.run(f"insmod {ko}")
+    dev = g.balloon_virtio_dev()
+    bound = g.run(f"basename $(readlink /sys/bus/virtio/devices/{dev}/driver)").strip()
+    if bound != mod:
+        raise vm.GuestError(f"{mod} did not bind (driver: {bound})")
+
+
+def bench_workingset(ctx, reps, results, traces):
+    reps = min(reps, int(os.environ.get("WS_REPS", "3")))
+    disk = ctx.tmp / "ws-disk.raw"
+    with open(disk, "wb") as f:
+        f.truncate(2048 << 20)
+    qemu_args = ("-device", "virtio-scsi-pci,id=scsi0",
+                 "-drive", f"file={disk},if=none,id=d0,format=raw,"
+                 f"throttling.bps-total={100 << 20}",
+                 "-device", "scsi-hd,drive=d0")
+    rows = {}
+    with ctx.guest(mem_mib=WS_MEM, balloon="deflate-on-oom=on", qemu_args=qemu_args) as g:
+        g.run("test -b /dev/sda")
+
+        def one(rep, variant):
+            ws_load(g, variant)
+            ws_reader(g, WS_SET)
+            # Cached: a pass at memory speed.
+            vm.wait_until(lambda: g.meminfo()["Buffers"] // 1024, lambda b: b >= WS_SET - 8,
+                          300, 0.5, "the reader's pages cached (MiB)")
+            v0, p0 = g.vmstat(), ws_passes(g)
+            time.sleep(5)
+            before = (ws_passes(g) - p0) * WS_SET / 5
+            v0, p0, t0 = g.vmstat(), ws_passes(g), time.monotonic()
+            g.set_balloon_mib(WS_BALLOON)
+            time.sleep(WS_SECONDS)
+            v1, p1, t1 = g.vmstat(), ws_passes(g), time.monotonic()
+            size = g.balloon_mib()
+            during = (p1 - p0) * WS_SET / (t1 - t0)
+            refaults = (v1["workingset_refault_file"] - v0["workingset_refault_file"]) / MIB
+            recent = (v1["workingset_activate_file"] - v0["workingset_activate_file"]) / MIB
+            ws_stop(g)
+            g.set_balloon_mib(0)
+            g.wait_balloon(lambda s: s == 0, timeout=600)
+            g.run(f"rmmod {WS_VARIANTS[variant][0]}")
+            if rep is None:
+                return
+            r = rows.setdefault(variant, {"before": [], "during": [], "refaults": [],
+                                          "recent": [], "size": []})
+            for k, x in (("before", before), ("during", during), ("refaults", refaults),
+                         ("recent", recent), ("size", size)):
+                r[k].append(x)
+            print(f"    rep {rep + 1} {variant:<15} reader {before:6.0f} MiB/s before, "
+                  f"{during:6.0f} MiB/s while the host asks; refaults {refaults:6.0f} MiB "
+                  f"({recent:5.0f} recent); balloon {size:4.0f} of {WS_BALLOON} MiB", flush=True)
+
+        for variant in WS_VARIANTS:
+            one(None, variant)
+        for rep in range(reps):
+            order = list(WS_VARIANTS)
+            for variant in (order if rep % 2 == 0 else list(reversed(order))):
+                one(rep, variant)
+
+    # The streaming case: a reader of the whole disk, larger than the guest.
+    with ctx.guest(mem_mib=WS_MEM, balloon="deflate-on-oom=on", qemu_args=qemu_args) as g:
+        g.run("test -b /dev/sda")
+
+        def stream(rep, variant):
+            ws_load(g, variant)
+            ws_reader(g, 2048)
+            vm.wait_until(lambda: g.meminfo()["Buffers"] // 1024, lambda b: b >= 700,
+                          300, 0.5, "page cache (MiB)")
+            v0 = g.vmstat()
+            took = timed_resize(g, WS_STREAM_BALLOON)
+            deflated = (g.vmstat()["balloon_deflate"] - v0["balloon_deflate"]) / MIB
+            ws_stop(g)
+            g.set_balloon_mib(0)
+            g.wait_balloon(lambda s: s == 0, timeout=600)
+            g.run(f"rmmod {WS_VARIANTS[variant][0]}")
+            if rep is None:
+                return
+            r = rows.setdefault(variant, {})
+            r.setdefault("stream", []).append(took)
+            r.setdefault("stream_deflated", []).append(deflated)
+            print(f"    rep {rep + 1} {variant:<15} streaming: {WS_STREAM_BALLOON} MiB in "
+                  f"{took * 1e3:7.1f} ms, {deflated:.0f} MiB deflated meanwhile", flush=True)
+
+        for variant in WS_VARIANTS:
+            stream(None, variant)
+        for rep in range(reps):
+            order = list(WS_VARIANTS)
+            for variant in (order if rep % 2 == 0 else list(reversed(order))):
+                stream(rep, variant)
+
+    med = statistics.median
+    print(f"\n    working set ({WS_SET} MiB re-read in a {WS_MEM} MiB guest, host asks "
+          f"{WS_BALLOON} MiB; medians of {reps}):")
+    print(f"    {'':17} {'reader before':>14} {'while asked':>12} {'refaults':>9} "
+          f"{'recent':>7} {'balloon':>8} {'streaming':>10} {'deflated':>9}")
+    for variant, r in rows.items():
+        print(f"    {variant:17} {med(r['before']):9.0f} MiB/s {med(r['during']):6.0f} MiB/s "
+              f"{med(r['refaults']):5.0f} MiB {med(r['recent']):3.0f} MiB "
+              f"{med(r['size']):4.0f} MiB {med(r['stream']) * 1e3:7.0f} ms "
+              f"{max(r['stream_deflated']):5.0f} MiB")
+    results.workingset = rows
+
+
 # -- results --------------------------------------------------------------
 class Results:
     def __init__(self):
         self.rows = {}  # label -> {"unit": .., "C": [..], "Rust": [..]}
+        self.workingset = None  # variant -> figure -> [..] (bench_workingset)
 
     def add(self, label, name, value, unit="s"):
         row = self.rows.setdefault(label, {"unit": unit, "C": [], "Rust": []})
@@ -382,6 +529,19 @@ def goals(res):
     if label in res.rows:
         d = max(res.values(label, "Rust"))
         out.append((f"page cache: Rust deflated {d:.0f} MiB while inflating (0)", d == 0))
+    ws = res.workingset
+    if ws and all(v in ws for v in WS_VARIANTS):
+        med = statistics.median
+        on, off = ws["Rust, protected"], ws["Rust"]
+        out.append((f"working set, protected: balloon {med(on['size']):.0f} MiB stays short of "
+                    f"the {WS_BALLOON} MiB target", med(on["size"]) < WS_BALLOON))
+        out.append((f"working set, protected: reader {med(on['during']):.0f} MiB/s while asked, "
+                    f"more than unprotected ({med(off['during']):.0f})",
+                    med(on["during"]) > med(off["during"])))
+        out.append((f"streaming, protected: target reached in {med(on['stream']) * 1e3:.0f} ms "
+                    f"(unprotected {med(off['stream']) * 1e3:.0f}) with "
+                    f"{max(on['stream_deflated']):.0f} MiB deflated (0)",
+                    max(on["stream_deflated"]) == 0))
     per_gib = [res.median(f"inflate {s} MiB, per GiB", "Rust") for s in SWEEP_MIB
                if s >= 1024 and f"inflate {s} MiB, per GiB" in res.rows]
     if len(per_gib) > 1:
@@ -435,7 +595,8 @@ class Context:
         return g
 
 
-PARTS = {"resize": bench_resize, "oom": bench_oom, "cache": bench_cache, "sweep": bench_sweep}
+PARTS = {"resize": bench_resize, "oom": bench_oom, "cache": bench_cache, "sweep": bench_sweep,
+         "workingset": bench_workingset}
 
 
 def main():
@@ -462,6 +623,7 @@ def main():
         # The raw figures, kept even if what follows fails.
         raw = png.with_suffix(".json")
         raw.write_text(json.dumps({"reps": reps, "accel": accel, "rows": results.rows,
+                                   "workingset": results.workingset,
                                    "traces": {f"{k[0]} {k[1]}": v for k, v in traces.items()}}))
         print(f"==> raw figures: {raw}")
         print()

@@ -137,12 +137,14 @@ def test_modinfo_documents_the_parameters(kdir):
     out = subprocess.run(["modinfo", "-F", "parm", str(vm.ROOT / "virtio_balloon_rs.ko")],
                          capture_output=True, text=True, check=True).stdout
     parms = dict(l.split(":", 1) for l in out.splitlines())
-    assert set(parms) == {"oom_deflate_max_mib", "oom_quiet_ms", "floor_mib", "stats_tags"}, parms
+    assert set(parms) == {"oom_deflate_max_mib", "oom_quiet_ms", "floor_mib", "stats_tags",
+                          "protect_working_set"}, parms
     assert "(default 64; 1 to 1024)" in parms["oom_deflate_max_mib"]
     assert "1 keeps the C driver's fixed 1 MiB" in parms["oom_deflate_max_mib"]
     assert "(default 1000; 1 to 60000)" in parms["oom_quiet_ms"]
     assert "(default 0; 0 to 16777216). 0 is automatic: 1/32 of RAM" in parms["floor_mib"]
     assert "(default 16; 10 to 16). 16 sends all, as the C driver" in parms["stats_tags"]
+    assert "(default 0; 0 to 1). 1 holds" in parms["protect_working_set"]
     assert all(p.endswith("(uint)") for p in parms.values()), parms
     logic = (vm.ROOT / "logic/oom.rs").read_text()
     assert "DEFAULT_MAX_MIB: u32 = 64;" in logic and "LIMIT_MAX_MIB: u32 = 1024;" in logic
