@@ -80,7 +80,7 @@ pub(super) fn workingset_inflated(sh: &Shared, pages: usize, paced: bool) {
 /// the refaults before the next round: with the protection on, when the
 /// round takes more than the guest's free memory above the floor (so
 /// reclaim evicts page cache for it). Rounds of at most 8 MiB then come
-/// at most every `WINDOW_MS` (80 MiB/s): the working set's refaults show
+/// at most every `PACE_MS` (80 MiB/s): the working set's refaults show
 /// before the balloon has gone far past the point where it stopped
 /// fitting (at full speed a balloon can take a GiB before the first of
 /// them, and refaults far past that point are no longer judged recent).

@@ -25,6 +25,42 @@ pub(crate) struct Attr<T> {
     pub(crate) show: fn(&T, &mut Show<'_>) -> Result,
 }
 
+/// Whether `attrs` can be the files of one sysfs directory: each name is
+/// a file name (not empty, no `/`) and none is used twice. Checked when a
+/// driver is built: sysfs would only refuse them at probe.
+pub(crate) const fn names_are_valid<T>(attrs: &[Attr<T>]) -> bool {
+    let mut i = 0;
+    while i < attrs.len() {
+        let a = attrs[i].name.as_bytes_with_nul();
+        if a.len() < 2 {
+            return false;
+        }
+        let mut k = 0;
+        while k < a.len() {
+            if a[k] == b'/' {
+                return false;
+            }
+            k += 1;
+        }
+        let mut j = i + 1;
+        while j < attrs.len() {
+            let b = attrs[j].name.as_bytes_with_nul();
+            if a.len() == b.len() {
+                let mut k = 0;
+                while k < a.len() && a[k] == b[k] {
+                    k += 1;
+                }
+                if k == a.len() {
+                    return false;
+                }
+            }
+            j += 1;
+        }
+        i += 1;
+    }
+    true
+}
+
 /// The C signature of a device attribute's show callback.
 pub(crate) type ShowCallback = unsafe extern "C" fn(
     *mut bindings::device,
@@ -117,9 +153,15 @@ impl Group {
         // SAFETY: nothing is moved out of the pinned box: only plain fields
         // are written and the C structs are filled in place.
         let this = unsafe { group.as_mut().get_unchecked_mut() };
-        for slot in this.slots.iter() {
-            // `attr` is the first field of `device_attribute`.
-            ptrs.push(slot.attr.get().cast::<bindings::attribute>(), GFP_KERNEL)?;
+        // Each pointer is to a whole `Slot` (its provenance covers `index`,
+        // which `index_of` reads back): `attr` is the first field of the
+        // `repr(C)` `Slot`, and `attr.attr` of the `device_attribute`.
+        let base = this.slots.as_mut_ptr();
+        for i in 0..this.slots.len() {
+            ptrs.push(
+                base.wrapping_add(i).cast::<bindings::attribute>(),
+                GFP_KERNEL,
+            )?;
         }
         ptrs.push(ptr::null_mut(), GFP_KERNEL)?;
         this.ptrs = ptrs;
@@ -150,13 +192,16 @@ impl Group {
     /// [`Group`] that is still alive.
     pub(crate) unsafe fn index_of(attr: *mut bindings::device_attribute) -> usize {
         // SAFETY: each attribute of a `Group` is the first field of a
-        // `repr(C)` `Slot` (type invariant), which is alive (per the
-        // function's contract); `Opaque` is transparent.
+        // `repr(C)` `Slot`, and sysfs was handed a pointer to the whole slot
+        // (type invariant), which is alive (per the function's contract);
+        // `Opaque` is transparent.
         unsafe { (*attr.cast::<Slot>()).index }
     }
 }
 
-/// The page a show callback writes its value into.
+/// The page a show callback writes its value into: at most
+/// `PAGE_SIZE - 1` bytes, as `sysfs_emit` (sysfs takes a full page for an
+/// error and cuts the value).
 pub(crate) struct Show<'a> {
     buf: &'a mut [u8],
     len: usize,
@@ -170,8 +215,9 @@ impl Show<'_> {
     /// returns.
     pub(crate) unsafe fn from_raw<'a>(buf: *mut c_char) -> Show<'a> {
         Show {
-            // SAFETY: per the function's contract.
-            buf: unsafe { core::slice::from_raw_parts_mut(buf.cast::<u8>(), PAGE_SIZE) },
+            // SAFETY: per the function's contract (the last byte is left
+            // alone).
+            buf: unsafe { core::slice::from_raw_parts_mut(buf.cast::<u8>(), PAGE_SIZE - 1) },
             len: 0,
         }
     }

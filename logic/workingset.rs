@@ -15,7 +15,10 @@
 //! refaults that are not (measured: a 400 MiB re-read loop squeezed into
 //! 170 MiB refaults 70,000 pages a second, none of them recent). So with
 //! the protection on, inflation that takes page cache goes a round at a
-//! time, each followed by a look ([`WINDOW_MS`]).
+//! time, one every [`PACE_MS`], each followed by a look. A rate is
+//! measured over [`WINDOW_MS`] at least: each CPU holds back part of its
+//! count until a threshold or the kernel's once-a-second fold, and over a
+//! shorter window that lump of real refaults would look like a burst.
 //!
 //! At [`THRESHOLD_BYTES_PER_S`] of those activations or more, inflation
 //! holds, and gives back the page cache it took in the last [`GIVE_MS`]:
@@ -33,9 +36,13 @@
 //! host asks for less). The host sees the balloon stay short of its
 //! target.
 
-/// The shortest time over which a rate is measured, and the pace of
-/// inflation rounds that take page cache.
-pub(crate) const WINDOW_MS: i64 = 100;
+/// The pace of inflation rounds that take page cache.
+pub(crate) const PACE_MS: i64 = 100;
+
+/// The shortest time over which a rate is measured: the kernel's vmstat
+/// interval (`sysctl_stat_interval`, 1 s), by which every CPU's held-back
+/// count reaches the global one.
+pub(crate) const WINDOW_MS: i64 = 1000;
 
 /// Activations at this rate (bytes of pages per second) or more mean the
 /// working set is being evicted: 4 MiB/s. A guest at rest, or one whose
@@ -46,15 +53,17 @@ pub(crate) const THRESHOLD_BYTES_PER_S: u64 = 4 << 20;
 /// quiet period.
 pub(crate) const RETRY_MS: u32 = 1000;
 
-/// How far back a new hold gives back the page cache inflation took.
-pub(crate) const GIVE_MS: i64 = 2000;
+/// How far back a new hold gives back the page cache inflation took: a
+/// window, and up to two seconds more for the workload to come back to
+/// what was evicted.
+pub(crate) const GIVE_MS: i64 = 3000;
 
 /// The longest quiet period a hold needs.
 pub(crate) const MAX_QUIET_MS: u32 = 64_000;
 
-/// Inflation rounds remembered for giving back (at most one per window
-/// in [`GIVE_MS`], and a spare).
-const ROUNDS: usize = (GIVE_MS / WINDOW_MS) as usize + 1;
+/// Inflation rounds remembered for giving back (at most one per
+/// [`PACE_MS`] in [`GIVE_MS`], and a spare).
+const ROUNDS: usize = (GIVE_MS / PACE_MS) as usize + 1;
 
 /// What inflation does after a look at the activations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,9 +169,17 @@ impl Monitor {
             return (Verdict::Go, None);
         };
         let elapsed = now_ms.saturating_sub(then);
-        if elapsed < WINDOW_MS && !self.held() {
+        if elapsed < WINDOW_MS {
             // Too short to measure: the count keeps accumulating.
-            return (Verdict::Go, None);
+            let verdict = if self.held() {
+                Verdict::Hold {
+                    new: false,
+                    give_back: 0,
+                }
+            } else {
+                Verdict::Go
+            };
+            return (verdict, None);
         }
         self.last = Some((now_ms, activations));
         let bytes = activations

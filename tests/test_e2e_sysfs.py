@@ -6,6 +6,8 @@ exactly while the driver is bound."""
 
 import re
 
+import pytest
+
 import vm
 from vm import FRAMES_PER_MIB, PAGES_PER_MIB
 
@@ -17,6 +19,8 @@ FILES = {"target_frames", "actual_frames", "balloon_pages", "page_size", "floor_
          "host_errors"}
 
 
+# Not on the debug kernel: a listing; the reads run there in the tests below.
+@pytest.mark.not_debug
 def test_the_abi_document_names_exactly_the_files(boot):
     g = boot(mem_mib=512)
     g.run("insmod /modules/virtio_balloon_rs.ko")

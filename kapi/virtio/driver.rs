@@ -125,6 +125,12 @@ unsafe impl<T: Driver> Sync for Registration<T> {}
 impl<T: Driver> Registration<T> {
     /// Registers `T` with the virtio bus on behalf of `module`.
     pub(crate) fn new(module: &'static ThisModule) -> Result<Self> {
+        const {
+            assert!(
+                sysfs::names_are_valid(T::ATTRIBUTES),
+                "sysfs attribute names are file names (not empty, no '/'), each used once"
+            )
+        };
         let debugfs = Dir::new(T::NAME, None).ok();
         let attributes = if T::ATTRIBUTES.is_empty() {
             None
@@ -221,9 +227,11 @@ impl<T: Driver> Adapter<T> {
     ///
     /// # Safety
     ///
-    /// The caller is in a callback the virtio core orders before the
-    /// remove callback takes the data (config change, queue interrupt,
-    /// freeze, restore), for a device bound to `T`.
+    /// The caller is in a callback ordered before the remove callback
+    /// takes the data, for a device bound to `T`: by the virtio core
+    /// (config change, queue interrupt, freeze, restore) or by the driver
+    /// core (a sysfs show of `dev_groups`, whose files are removed, and
+    /// their readers drained, before the bus's remove).
     pub(super) unsafe fn data<'a>(bind: &'a Binding) -> Option<Pin<&'a T>> {
         let ptr = bind.data.load(Ordering::Acquire);
         if ptr.is_null() {
