@@ -45,4 +45,5 @@ impl virtio::Driver for Twice {
 // Registering the driver (a function pointer kept in a `#[used]` static is
 // built even though nothing calls it).
 #[used]
-static REGISTER: fn(&'static ThisModule) -> Result<Registration<Twice>> = Registration::<Twice>::new;
+static REGISTER: fn(&'static ThisModule) -> Result<Registration<Twice>> =
+    Registration::<Twice>::new;
