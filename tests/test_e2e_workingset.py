@@ -98,6 +98,12 @@ def test_a_streaming_reader_is_not_a_working_set(boot, tmp_path):
     # The 2020 case: a file larger than the guest read in a loop fills the
     # page cache; inflation must take it, with no deflation.
     g = boot(mem_mib=1024, balloon="deflate-on-oom=on", qemu_args=disk_args(tmp_path, 2048))
+    # The reader's I/O allocates atomically (virtio-scsi's indirect
+    # descriptors) while inflation holds free memory at the watermarks:
+    # such an allocation may fail and warn (seen once in `make check`; the
+    # ring then uses direct descriptors). Allowed here, as long as this
+    # driver is not on the stack.
+    g.expect_oom = True
     g.run("insmod /modules/virtio_balloon_rs.ko protect_working_set=1")
     reader(g, 2048)
     g.wait(lambda: buffers_mib(g), lambda b: b >= 700, 300 if vm.DEBUG else 60, 0.5,
