@@ -125,8 +125,10 @@ def timed_resize(g, balloon_mib, samples=None, timeout=600):
         time.sleep(0.002)
 
 
-def load(g, name):
-    mod, ko = DRIVERS[name]
+def load(g, name, drivers=DRIVERS):
+    """Loads driver `name` of `drivers` (module name, insmod arguments) and
+    checks that it bound the balloon."""
+    mod, ko = drivers[name]
     g.set_balloon_mib(0)
     g.run(f"insmod {ko}")
     dev = g.balloon_virtio_dev()
@@ -135,10 +137,10 @@ def load(g, name):
         raise vm.GuestError(f"{mod} did not bind (driver: {bound})")
 
 
-def unload(g, name):
+def unload(g, name, drivers=DRIVERS):
     g.set_balloon_mib(0)
     g.wait_balloon(lambda s: s == 0, timeout=600)
-    g.run(f"rmmod {DRIVERS[name][0]}")
+    g.run(f"rmmod {drivers[name][0]}")
 
 
 def interleaved(reps, one):
@@ -351,16 +353,6 @@ def ws_passes(g):
     return int(g.run("cat /tmp/passes 2>/dev/null | wc -l").strip())
 
 
-def ws_load(g, variant):
-    mod, ko = WS_VARIANTS[variant]
-    g.set_balloon_mib(0)
-    g.run(f"insmod {ko}")
-    dev = g.balloon_virtio_dev()
-    bound = g.run(f"basename $(readlink /sys/bus/virtio/devices/{dev}/driver)").strip()
-    if bound != mod:
-        raise vm.GuestError(f"{mod} did not bind (driver: {bound})")
-
-
 def bench_workingset(ctx, reps, results, traces):
     reps = min(reps, int(os.environ.get("WS_REPS", "3")))
     disk = ctx.tmp / "ws-disk.raw"
@@ -375,7 +367,7 @@ def bench_workingset(ctx, reps, results, traces):
         g.run("test -b /dev/sda")
 
         def one(rep, variant):
-            ws_load(g, variant)
+            load(g, variant, WS_VARIANTS)
             ws_reader(g, WS_SET)
             # Cached: a pass at memory speed.
             vm.wait_until(lambda: g.meminfo()["Buffers"] // 1024, lambda b: b >= WS_SET - 8,
@@ -392,9 +384,7 @@ def bench_workingset(ctx, reps, results, traces):
             refaults = (v1["workingset_refault_file"] - v0["workingset_refault_file"]) / MIB
             recent = (v1["workingset_activate_file"] - v0["workingset_activate_file"]) / MIB
             ws_stop(g)
-            g.set_balloon_mib(0)
-            g.wait_balloon(lambda s: s == 0, timeout=600)
-            g.run(f"rmmod {WS_VARIANTS[variant][0]}")
+            unload(g, variant, WS_VARIANTS)
             if rep is None:
                 return
             r = rows.setdefault(variant, {"before": [], "during": [], "refaults": [],
@@ -418,7 +408,7 @@ def bench_workingset(ctx, reps, results, traces):
         g.run("test -b /dev/sda")
 
         def stream(rep, variant):
-            ws_load(g, variant)
+            load(g, variant, WS_VARIANTS)
             ws_reader(g, 2048)
             vm.wait_until(lambda: g.meminfo()["Buffers"] // 1024, lambda b: b >= 700,
                           300, 0.5, "page cache (MiB)")
@@ -426,9 +416,7 @@ def bench_workingset(ctx, reps, results, traces):
             took = timed_resize(g, WS_STREAM_BALLOON)
             deflated = (g.vmstat()["balloon_deflate"] - v0["balloon_deflate"]) / MIB
             ws_stop(g)
-            g.set_balloon_mib(0)
-            g.wait_balloon(lambda s: s == 0, timeout=600)
-            g.run(f"rmmod {WS_VARIANTS[variant][0]}")
+            unload(g, variant, WS_VARIANTS)
             if rep is None:
                 return
             r = rows.setdefault(variant, {})
