@@ -109,8 +109,10 @@ vbrs_busybox() {
 # cache, and prints its path: its name and contents key the kernel build.
 vbrs_fragment() {
 	local kind=${1:-guest} k=$VBRS_ROOT/scripts/kernel
-	local out=$VBRS_CACHE/fragments/$kind-$VBRS_TARGET.config
+	local out=$VBRS_CACHE/fragments/$kind-$VBRS_TARGET.config tmp
 	mkdir -p "$VBRS_CACHE/fragments"
+	# A file of its own: the test workers may write the fragment at once.
+	tmp=$(mktemp "$out.XXXXXX")
 	{
 		cat "$k/guest.config" "$k/$VBRS_ARCH.config"
 		if [ "$VBRS_ARCH" = arm64 ]; then
@@ -121,8 +123,9 @@ vbrs_fragment() {
 		debug) cat "$k/debug.config" ;;
 		*) vbrs_die "kernel kind '$kind': guest or debug" ;;
 		esac
-	} >"$out.tmp"
-	mv "$out.tmp" "$out"
+	} >"$tmp"
+	chmod 644 "$tmp"
+	mv "$tmp" "$out"
 	echo "$out"
 }
 
