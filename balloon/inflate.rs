@@ -310,7 +310,7 @@ pub(super) fn inflate(core: &BalloonCore, pages: usize, next: usize) -> Next {
     }
     sh.alloc_failures_in_a_row.store(0, Ordering::Relaxed);
     if paced {
-        return Next::After(logic::workingset::PACE_MS as u32);
+        return Next::After(workingset_pace(sh));
     }
     Next::Again
 }

@@ -42,8 +42,10 @@ impl UpdateSize {
         let step = logic::next_step(target, held + inflating, sh.fpp);
         if !matches!(step, Step::Inflate(_)) {
             // The host asks for no more memory: nothing is held at the floor
-            // or for the working set.
+            // or (below) for the working set.
             sh.floor.release();
+        }
+        if matches!(step, Step::Deflate(_)) {
             workingset_idle(sh);
         }
         let oom_pause = sh.oom_pause.load(Ordering::Acquire);
@@ -89,7 +91,14 @@ impl UpdateSize {
                         held * 4
                     );
                 }
-                Next::Idle
+                // The last rounds' refaults may show only now.
+                match workingset_settles(core) {
+                    Some(ms) => {
+                        sh.wakeup.finish();
+                        Next::After(ms)
+                    }
+                    None => Next::Idle,
+                }
             }
         }
     }

@@ -6,7 +6,7 @@
 //! rounds that evict page cache are paced so that the refaults can show.
 
 use super::*;
-use logic::workingset::{Verdict, RETRY_MS};
+use logic::workingset::{Verdict, RETRY_MS, SETTLE_LOOK_MS};
 
 fn now_ms() -> i64 {
     Ktime::ktime_get().to_ms()
@@ -35,19 +35,52 @@ pub(super) fn workingset_allows(core: &BalloonCore) -> core::result::Result<(), 
     match verdict {
         Verdict::Go => Ok(()),
         Verdict::Hold { new, give_back } => {
-            if new {
-                add(&sh.stats.workingset_holds, 1);
-                if sh.notes.first(Note::WorkingSet) {
-                    dev_info!(
-                        sh.dev,
-                        "balloon holds: inflating evicts the guest's working set (protect_working_set); gives back {} KiB, looking again every {} ms\n",
-                        give_back * (PAGE_SIZE as u64 / 1024),
-                        RETRY_MS
-                    );
-                }
-            }
-            give_back_pages(core, give_back);
+            hold(core, new, give_back);
             Err(RETRY_MS)
+        }
+    }
+}
+
+/// Inflation holds (`new`: a hold starts) and gives back `give_back`
+/// kernel pages.
+fn hold(core: &BalloonCore, new: bool, give_back: u64) {
+    let sh = core.data();
+    if new {
+        add(&sh.stats.workingset_holds, 1);
+        if sh.notes.first(Note::WorkingSet) {
+            dev_info!(
+                sh.dev,
+                "balloon holds: inflating evicts the guest's working set (protect_working_set); gives back {} KiB, looking again every {} ms\n",
+                give_back * (PAGE_SIZE as u64 / 1024),
+                RETRY_MS
+            );
+        }
+    }
+    give_back_pages(core, give_back);
+}
+
+/// The balloon is at the host's target. If the rounds that brought it
+/// there took page cache lately, their refaults are still looked at:
+/// returns when to look again (ms), having given back what a hold that
+/// starts now gives back. Otherwise inflation is idle ([`workingset_idle`]).
+/// May sleep.
+pub(super) fn workingset_settles(core: &BalloonCore) -> Option<u32> {
+    let sh = core.data();
+    let now = now_ms();
+    let mut m = sh.workingset.lock();
+    if crate::PROTECT_WORKING_SET.get() == 0 || !m.settling(now) {
+        drop(m);
+        workingset_idle(sh);
+        return None;
+    }
+    let (verdict, end) = m.look(now, mm::workingset_activations(), PAGE_SIZE);
+    drop(m);
+    ended(sh, end);
+    match verdict {
+        Verdict::Go => Some(SETTLE_LOOK_MS),
+        Verdict::Hold { new, give_back } => {
+            hold(core, new, give_back);
+            Some(RETRY_MS)
         }
     }
 }
@@ -76,11 +109,17 @@ pub(super) fn workingset_inflated(sh: &Shared, pages: usize, paced: bool) {
     }
 }
 
+/// How long after a round that took page cache the next one goes: slower
+/// after each hold. May sleep.
+pub(super) fn workingset_pace(sh: &Shared) -> u32 {
+    sh.workingset.lock().pace_ms()
+}
+
 /// Whether a round of `pages` kernel pages must be followed by a look at
 /// the refaults before the next round: with the protection on, when the
 /// round takes more than the guest's free memory above the floor (so
 /// reclaim evicts page cache for it). Rounds of at most 8 MiB then come
-/// at most every `PACE_MS` (80 MiB/s): the working set's refaults show
+/// at most every `PACE_MS` (80 MiB/s; slower after holds): the working set's refaults show
 /// before the balloon has gone far past the point where it stopped
 /// fitting (at full speed a balloon can take a GiB before the first of
 /// them, and refaults far past that point are no longer judged recent).

@@ -501,6 +501,10 @@ pub(crate) fn working_set_refaults_hold_inflation_until_a_quiet_second() {
     m.inflated(0, 2048);
     m.inflated(1500, 2048);
     m.inflated(1800, 2048);
+    // At the target, the last round's refaults are looked at for 3 s.
+    check!(m.settling(1800));
+    check!(m.settling(4799));
+    check!(!m.settling(4800));
     // 1024 pages in a second: at the rate; held, and the rounds of the
     // last three seconds go back.
     check_eq!(
@@ -514,6 +518,8 @@ pub(crate) fn working_set_refaults_hold_inflation_until_a_quiet_second() {
         )
     );
     check!(m.held());
+    // Held at the target: the host asks for no more, nothing to look at.
+    check!(!m.settling(2000));
     // Still climbing, but too soon after to measure: nothing more back.
     check_eq!(m.look(2500, 20_000, 4 * KIB), (HOLD, None));
     // A second after the give-back: as much again, but only what is left
@@ -530,9 +536,12 @@ pub(crate) fn working_set_refaults_hold_inflation_until_a_quiet_second() {
     );
     // Quiet, but for less than the quiet period (1 s): still held.
     check_eq!(m.look(3600, 20_000, 4 * KIB), (HOLD, None));
-    // A whole quiet second from 3000: the hold ends, having lasted 2 s.
+    // A whole quiet second from 3000: the hold ends, having lasted 2 s;
+    // inflation goes on at half the pace.
+    check_eq!(m.pace_ms(), PACE_MS);
     check_eq!(m.look(4000, 20_010, 4 * KIB), (Verdict::Go, Some(2000)));
     check!(!m.held());
+    check_eq!(m.pace_ms(), 2 * PACE_MS);
     // The next hold needs two quiet seconds; nothing left to give back.
     check_eq!(
         m.look(5000, 30_000, 4 * KIB),
@@ -556,7 +565,12 @@ pub(crate) fn working_set_refaults_hold_inflation_until_a_quiet_second() {
         }
     );
     check_eq!(m.reset(8500), Some(500));
+    check_eq!(m.pace_ms(), PACE_MS);
     check_eq!(m.reset(8600), None);
+    m.inflated(8600, 1);
+    check!(m.settling(8600));
+    check_eq!(m.reset(8600), None);
+    check!(!m.settling(8600));
     check_eq!(m.look(9000, 1_000_000, 4 * KIB), (Verdict::Go, None));
     check_eq!(
         m.look(10_000, 1_002_000, 4 * KIB).0,
@@ -599,6 +613,8 @@ pub(crate) fn working_set_refaults_hold_inflation_until_a_quiet_second() {
         }
     }
     check_eq!(lasted, 64_000);
+    // And the pace halves down to a round every 1.6 s.
+    check_eq!(m.pace_ms(), MAX_PACE_MS);
     // Time that did not move or ran backwards, a counter that went
     // backwards, huge pages and counts do not panic.
     let mut m = Monitor::default();

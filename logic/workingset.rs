@@ -34,10 +34,24 @@
 //! first, twice as long at each hold that follows, up to
 //! [`MAX_QUIET_MS`], until inflation is idle (the target reached, or the
 //! host asks for less). The host sees the balloon stay short of its
-//! target.
+//! target. Each hold also halves the pace of the rounds that follow, down
+//! to one every [`MAX_PACE_MS`]: a workload that has shown its working
+//! set near the balloon's size is approached slower the next time, so
+//! that its refaults show before the balloon has gone past it (a slow
+//! workload, such as one on a loaded host, may take seconds to come back
+//! to what was evicted).
+//!
+//! The refaults of the last rounds may show only once the balloon has
+//! reached its target (a slow workload comes back to its pages up to a
+//! pass later): inflation that took page cache goes on looking for
+//! [`SETTLE_MS`] after its last round, every [`SETTLE_LOOK_MS`], and a
+//! hold that starts then gives back as one during inflation would.
 
 /// The pace of inflation rounds that take page cache.
-pub(crate) const PACE_MS: i64 = 100;
+pub(crate) const PACE_MS: u32 = 100;
+
+/// The slowest pace, after holds.
+pub(crate) const MAX_PACE_MS: u32 = 1600;
 
 /// The shortest time over which a rate is measured: the kernel's vmstat
 /// interval (`sysctl_stat_interval`, 1 s), by which every CPU's held-back
@@ -58,12 +72,20 @@ pub(crate) const RETRY_MS: u32 = 1000;
 /// what was evicted.
 pub(crate) const GIVE_MS: i64 = 3000;
 
+/// How long after the last round that took page cache its refaults are
+/// still looked at once inflation has reached the target: as far back as
+/// a hold gives back.
+pub(crate) const SETTLE_MS: i64 = GIVE_MS;
+
+/// How often they are looked at then (a rate still needs [`WINDOW_MS`]).
+pub(crate) const SETTLE_LOOK_MS: u32 = 250;
+
 /// The longest quiet period a hold needs.
 pub(crate) const MAX_QUIET_MS: u32 = 64_000;
 
 /// Inflation rounds remembered for giving back (at most one per
 /// [`PACE_MS`] in [`GIVE_MS`], and a spare).
-const ROUNDS: usize = (GIVE_MS / PACE_MS) as usize + 1;
+const ROUNDS: usize = (GIVE_MS / PACE_MS as i64) as usize + 1;
 
 /// What inflation does after a look at the activations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,6 +108,8 @@ pub(crate) struct Monitor {
     quiet_since: Option<i64>,
     /// The quiet period the current (or next) hold needs.
     quiet_ms: u32,
+    /// The pace of rounds that take page cache.
+    pace_ms: u32,
     /// Pages of recent inflation rounds that took page cache, and when
     /// they went, oldest first.
     rounds: [(i64, u64); ROUNDS],
@@ -103,6 +127,7 @@ impl Default for Monitor {
             held_since: None,
             quiet_since: None,
             quiet_ms: RETRY_MS,
+            pace_ms: PACE_MS,
             rounds: [(0, 0); ROUNDS],
             taken: 0,
             last_give: (0, 0),
@@ -114,6 +139,11 @@ impl Monitor {
     /// Whether inflation is held now.
     pub(crate) const fn held(&self) -> bool {
         self.held_since.is_some()
+    }
+
+    /// How long after a round that took page cache the next one goes.
+    pub(crate) const fn pace_ms(&self) -> u32 {
+        self.pace_ms
     }
 
     /// Inflation is idle, or the protection off: the next look starts a
@@ -132,6 +162,15 @@ impl Monitor {
         self.rounds.rotate_left(1);
         self.rounds[ROUNDS - 1] = (now_ms, pages);
         self.taken = self.taken.saturating_add(pages);
+    }
+
+    /// Inflation has reached the target at `now_ms`: whether a round that
+    /// took page cache went recently enough that its refaults are still
+    /// looked at. Not in a hold (the host asked for no more than the
+    /// balloon holds: the hold is over).
+    pub(crate) fn settling(&self, now_ms: i64) -> bool {
+        let (when, pages) = self.rounds[ROUNDS - 1];
+        !self.held() && pages != 0 && now_ms.saturating_sub(when) < SETTLE_MS
     }
 
     /// Gives back `pages`, at most what inflation took; returns how many.
@@ -230,12 +269,14 @@ impl Monitor {
                 if now_ms.saturating_sub(quiet) < self.quiet_ms as i64 {
                     return (hold, None);
                 }
-                // Over: the working set fits at this size, and the next hold
-                // (before inflation is idle) waits twice as long.
+                // Over: the working set fits at this size. Inflation goes on
+                // at half the pace, and the next hold (before inflation is
+                // idle) waits twice as long.
                 self.held_since = None;
                 self.quiet_since = None;
                 self.taken = 0;
                 self.quiet_ms = self.quiet_ms.saturating_mul(2).min(MAX_QUIET_MS);
+                self.pace_ms = self.pace_ms.saturating_mul(2).min(MAX_PACE_MS);
                 (Verdict::Go, Some(now_ms.saturating_sub(start).max(0)))
             }
         }
