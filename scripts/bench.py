@@ -24,9 +24,26 @@ cache    The 2 GiB guest (deflate-on-oom=on) reads a disk in a loop, so the
          page cache holds most of its memory, while the balloon inflates to
          1792 MiB: time to the target, and `balloon_deflate` meanwhile
          (any is memory the balloon took and had to give back).
-sweep    Balloons of 256 MiB, 1, 4 and 8 GiB in guests 512 MiB plus 1/16
-         larger (the Rust driver leaves the guest 1/32 of its RAM):
+sweep    Balloons of 256 MiB, 1, 4, 8 and 16 GiB in guests 512 MiB plus
+         1/16 larger (the Rust driver leaves the guest 1/32 of its RAM):
          inflation time per GiB, which should not grow with the balloon.
+busy     resize and sweep again with every vCPU running a CPU-bound shell
+         loop at normal priority for the whole measurement (the Rust
+         driver allocates the next round on another CPU; here there is
+         no idle one).
+poll     resize again with QMP asked every 20 ms instead of every 2 ms
+         (each `query-balloon` takes QEMU's global lock, which the
+         device's kicks need too).
+policy   oom again with the Rust driver on C's policy
+         (oom_deflate_max_mib=1: 1 MiB per notification), so that the
+         implementation's gain shows without the ramp's.
+migrate  x86_64: a 2 GiB guest with a 1 GiB DIMM plugged in and onlined
+         movable, a 960 MiB balloon over it; the DIMM's memory blocks
+         offlined through sysfs (timed; every balloon page on it
+         migrates) and onlined again. Then the balloon is filled again
+         while a process faults in 960 MiB beside it and exits, leaving
+         holes between the balloon's pages, and `compact_memory` is
+         timed. The balloon pages each moved count (balloon_migrate).
 workingset
          Working-set protection, three ways: C, Rust as it loads
          (protection off) and Rust with protect_working_set=1, in one
@@ -46,6 +63,9 @@ ratios (both drivers run back to back in each repetition) and in how many
 repetitions Rust was faster. A plot of the balloon's size over time (QMP
 samples) during an inflate, a deflate and an OOM rescue, for both drivers,
 is written to scripts/bench-<arch>.png (BENCH_PNG overrides).
+
+The "spread" column is the interquartile range of the paired ratios:
+the run's noise.
 
     make bench                  11 repetitions (REPS=...), every part
     make bench PARTS=resize,oom only some parts
@@ -71,7 +91,11 @@ MIB = vm.PAGES_PER_MIB  # kernel pages per MiB
 MEM_MIB = 2048
 BALLOON_MIB = MEM_MIB - 256
 OOM_CASES = ((1024, 800, 256), (2048, 1700, 1024))  # guest, balloon, short (MiB)
-SWEEP_MIB = (256, 1024, 4096, 8192)
+SWEEP_MIB = (256, 1024, 4096, 8192, 16384)
+POLL_S = 0.002  # how often `query-balloon` is asked while a resize is timed
+SLOW_POLL_S = 0.020  # the poll part's
+RUST_1MIB = {"C": DRIVERS["C"],
+             "Rust": ("virtio_balloon_rs", "/modules/virtio_balloon_rs.ko oom_deflate_max_mib=1")}
 
 
 class Samples:
@@ -108,9 +132,10 @@ class Sampler:
         self.thread.join()
 
 
-def timed_resize(g, balloon_mib, samples=None, timeout=600):
+def timed_resize(g, balloon_mib, samples=None, timeout=600, poll=POLL_S):
     """Sets the balloon to `balloon_mib` and returns the seconds until the
-    device reports it (sampling the size into `samples` if given)."""
+    device reports it, asking QMP every `poll` seconds (sampling the size
+    into `samples` if given)."""
     t0 = time.monotonic()
     g.set_balloon_mib(balloon_mib)
     deadline = t0 + timeout
@@ -122,7 +147,38 @@ def timed_resize(g, balloon_mib, samples=None, timeout=600):
             return time.monotonic() - t0
         if time.monotonic() > deadline:
             raise vm.GuestError(f"balloon did not reach {balloon_mib} MiB in {timeout}s")
-        time.sleep(0.002)
+        time.sleep(poll)
+
+
+class Busy:
+    """One CPU-bound shell loop per vCPU, at normal priority, for as long
+    as the `with` block lasts (a production guest's vCPUs are often
+    busy: the balloon's work and the host's kicks compete with them)."""
+
+    def __init__(self, g):
+        self.g = g
+
+    def __enter__(self):
+        self.g.run("rm -f /tmp/busy.pids; for i in $(seq $(nproc)); do "
+                   "(while :; do :; done) </dev/null >/dev/null 2>&1 & "
+                   "echo $! >> /tmp/busy.pids; done")
+        return self
+
+    def __exit__(self, *exc):
+        self.g.run("kill $(cat /tmp/busy.pids); wait 2>/dev/null; rm -f /tmp/busy.pids")
+
+
+class Idle:
+    """Nothing runs beside the balloon."""
+
+    def __init__(self, g):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
 
 
 def load(g, name, drivers=DRIVERS):
@@ -143,33 +199,37 @@ def unload(g, name, drivers=DRIVERS):
     g.run(f"rmmod {drivers[name][0]}")
 
 
-def interleaved(reps, one):
+def interleaved(reps, one, drivers=DRIVERS):
     """Runs one(rep, name) for both drivers in each repetition, the order
     alternating, after one untimed warm-up round each (rep None)."""
-    for name in DRIVERS:
+    for name in drivers:
         one(None, name)
     for rep in range(reps):
-        order = list(DRIVERS) if rep % 2 == 0 else list(reversed(DRIVERS))
+        order = list(drivers) if rep % 2 == 0 else list(reversed(drivers))
         for name in order:
             one(rep, name)
 
 
 # -- resize ---------------------------------------------------------------
-def bench_resize(ctx, reps, results, traces):
+def resize(ctx, reps, results, traces, prefix="", beside=Idle, poll=POLL_S):
+    """Inflate, deflate and rmmod full; `prefix` names the condition,
+    `beside` what runs in the guest meanwhile, `poll` how often QMP is
+    asked."""
     with ctx.guest(mem_mib=MEM_MIB) as g:
         def one(rep, name):
             mod = DRIVERS[name][0]
             load(g, name)
             g.run("sync; echo 3 > /proc/sys/vm/drop_caches")
-            trace = rep == 0
+            trace = rep == 0 and not prefix
             inf_s = Samples()
-            inflate = timed_resize(g, BALLOON_MIB, inf_s if trace else None)
-            dfl_s = Samples()
-            deflate = timed_resize(g, 0, dfl_s if trace else None)
-            timed_resize(g, BALLOON_MIB)
-            t0 = time.monotonic()
-            g.run(f"rmmod {mod}")
-            rmmod = time.monotonic() - t0
+            with beside(g):
+                inflate = timed_resize(g, BALLOON_MIB, inf_s if trace else None, poll=poll)
+                dfl_s = Samples()
+                deflate = timed_resize(g, 0, dfl_s if trace else None, poll=poll)
+                timed_resize(g, BALLOON_MIB, poll=poll)
+                t0 = time.monotonic()
+                g.run(f"rmmod {mod}")
+                rmmod = time.monotonic() - t0
             if g.balloon_mib() != 0:
                 raise vm.GuestError(f"{mod}: rmmod left {g.balloon_mib()} MiB in the balloon")
             if rep is None:
@@ -177,12 +237,21 @@ def bench_resize(ctx, reps, results, traces):
             if trace:
                 traces[("inflate", name)] = inf_s.points
                 traces[("deflate", name)] = dfl_s.points
-            results.add(f"inflate {BALLOON_MIB} MiB", name, inflate)
-            results.add(f"deflate {BALLOON_MIB} MiB", name, deflate)
-            results.add(f"rmmod, {BALLOON_MIB} MiB full", name, rmmod)
+            results.add(f"{prefix}inflate {BALLOON_MIB} MiB", name, inflate)
+            results.add(f"{prefix}deflate {BALLOON_MIB} MiB", name, deflate)
+            results.add(f"{prefix}rmmod, {BALLOON_MIB} MiB full", name, rmmod)
             print(f"    rep {rep + 1} {name:<4} inflate {inflate * 1e3:7.1f} ms   deflate "
                   f"{deflate * 1e3:7.1f} ms   rmmod {rmmod * 1e3:7.1f} ms", flush=True)
         interleaved(reps, one)
+
+
+def bench_resize(ctx, reps, results, traces):
+    resize(ctx, reps, results, traces)
+
+
+def bench_poll(ctx, reps, results, traces):
+    resize(ctx, reps, results, traces, prefix=f"poll {SLOW_POLL_S * 1e3:.0f} ms: ",
+           poll=SLOW_POLL_S)
 
 
 # -- oom ------------------------------------------------------------------
@@ -198,9 +267,9 @@ def memhog(g, need):
         raise vm.GuestError(f"memhog {need} failed:\n{out}")
 
 
-def bench_oom(ctx, reps, results, traces):
+def bench_oom(ctx, reps, results, traces, drivers=DRIVERS, prefix=""):
     for mem, balloon, short in OOM_CASES:
-        label = f"OOM: obtain {short} MiB"
+        label = f"{prefix}OOM: obtain {short} MiB"
         print(f"==> {label}: {mem} MiB guest, deflate-on-oom=on, {balloon} MiB balloon",
               flush=True)
         with ctx.guest(mem_mib=mem, balloon="deflate-on-oom=on") as g:
@@ -208,7 +277,7 @@ def bench_oom(ctx, reps, results, traces):
             fixed = {}
 
             def one(rep, name):
-                load(g, name)
+                load(g, name, drivers)
                 timed_resize(g, balloon)
                 g.run("sync; echo 3 > /proc/sys/vm/drop_caches")
                 need = g.meminfo()["MemAvailable"] // 1024 + short
@@ -231,12 +300,12 @@ def bench_oom(ctx, reps, results, traces):
                 if calls == 0 or gave == 0:
                     raise vm.GuestError(f"{name}: no OOM notification freed anything")
                 handler = (sw1["ns"] - sw0["ns"]) / 1e9
-                unload(g, name)
+                unload(g, name, drivers)
                 if rep is None:
                     return
                 # The same process with an empty balloon: no OOM at all, from
                 # the same start (caches dropped, as before the rescue).
-                if name == "C":
+                if name == "C" and not prefix:
                     g.run("sync; echo 3 > /proc/sys/vm/drop_caches")
                     floor_t0 = time.monotonic()
                     memhog(g, need)
@@ -244,8 +313,9 @@ def bench_oom(ctx, reps, results, traces):
                     results.add(f"{label}: floor", "C", floor)
                     print(f"    rep {rep + 1} floor {floor * 1e3:8.1f} ms   (the same process, "
                           f"the balloon empty)", flush=True)
+                if name == "C":
                     fixed[rep] = gave
-                if trace:
+                if trace and not prefix:
                     traces[("oom", name)] = samples.points
                 results.add(label, name, took)
                 results.add(f"{label}: handler per rescue", name, handler)
@@ -256,12 +326,18 @@ def bench_oom(ctx, reps, results, traces):
                       f"notifications, {gave:6.1f} MiB given back, {handler * 1e3:6.1f} ms "
                       f"in the handler", flush=True)
 
-            interleaved(reps, one)
+            interleaved(reps, one, drivers)
             # The overshoot, per repetition: beyond what 1 MiB steps gave.
             for name in DRIVERS:
                 gave = results.values(f"{label}: MiB given back", name)
                 over = [gv - fixed[rep] for rep, gv in enumerate(gave)]
                 results.add_all(f"{label}: overshoot", name, over, unit="MiB")
+
+
+def bench_policy(ctx, reps, results, traces):
+    """The OOM rescues with the Rust driver on C's policy (1 MiB per
+    notification): what the implementation gains, without the ramp."""
+    bench_oom(ctx, reps, results, traces, drivers=RUST_1MIB, prefix="same policy: ")
 
 
 # -- cache ----------------------------------------------------------------
@@ -310,20 +386,110 @@ def bench_cache(ctx, reps, results, traces):
 
 
 # -- sweep ----------------------------------------------------------------
-def bench_sweep(ctx, reps, results, traces):
+def sweep(ctx, reps, results, prefix="", beside=Idle):
     for size in SWEEP_MIB:
+        label = f"{prefix}inflate {size} MiB, per GiB"
         with ctx.guest(mem_mib=size + 512 + size // 16) as g:
             def one(rep, name):
                 load(g, name)
                 g.run("sync; echo 3 > /proc/sys/vm/drop_caches")
-                took = timed_resize(g, size)
+                with beside(g):
+                    took = timed_resize(g, size)
                 unload(g, name)
                 if rep is not None:
-                    results.add(f"inflate {size} MiB, per GiB", name, took * 1024 / size)
+                    results.add(label, name, took * 1024 / size)
             interleaved(reps, one)
-        print(f"    {size} MiB: C {results.median(f'inflate {size} MiB, per GiB', 'C') * 1e3:.0f}"
-              f" ms/GiB, Rust {results.median(f'inflate {size} MiB, per GiB', 'Rust') * 1e3:.0f}"
-              f" ms/GiB", flush=True)
+        print(f"    {size} MiB: C {results.median(label, 'C') * 1e3:.0f} ms/GiB, "
+              f"Rust {results.median(label, 'Rust') * 1e3:.0f} ms/GiB", flush=True)
+
+
+def bench_sweep(ctx, reps, results, traces):
+    sweep(ctx, reps, results)
+
+
+def bench_busy(ctx, reps, results, traces):
+    """The resize, rmmod and sweep parts with every vCPU busy."""
+    resize(ctx, reps, results, traces, prefix="busy: ", beside=Busy)
+    sweep(ctx, reps, results, prefix="busy: ", beside=Busy)
+
+
+# -- migrate --------------------------------------------------------------
+MIG_MEM, MIG_DIMM, MIG_BALLOON, MIG_HOG = 2048, 1024, 960, 960
+
+
+def movable_blocks(g):
+    """The memory blocks (sysfs names) online in ZONE_MOVABLE: the DIMM's."""
+    out = g.run("cd /sys/devices/system/memory && grep -lx Movable memory*/valid_zones || true")
+    return [line.split("/")[0] for line in out.split()]
+
+
+def set_blocks(g, blocks, state):
+    g.run(" && ".join(f"echo {state} > /sys/devices/system/memory/{b}/state" for b in blocks),
+          timeout=900)
+
+
+def bench_migrate(ctx, reps, results, traces):
+    """A DIMM plugged in and onlined movable, the balloon inflated over it,
+    then the DIMM's memory offlined (memory hot-unplug's first step: every
+    balloon page on it migrates); then compaction of the balloon-filled
+    guest (`compact_memory`)."""
+    if vm.ARCH != "x86_64":
+        print("    skipped: DIMM hot-plug on arm64 virt needs ACPI firmware (UEFI)", flush=True)
+        return
+    with ctx.guest(mem_mib=MIG_MEM, mem_opts="slots=2,maxmem=4G",
+                   extra_append="memhp_default_state=online_movable") as g:
+        total = g.meminfo()["MemTotal"]
+        g.qmp.cmd("object-add", **{"qom-type": "memory-backend-ram", "id": "mem1",
+                                   "size": MIG_DIMM << 20})
+        g.qmp.cmd("device_add", driver="pc-dimm", id="dimm1", memdev="mem1")
+        g.mem_mib += MIG_DIMM  # QEMU's target counts the DIMM
+        vm.wait_until(lambda: g.meminfo()["MemTotal"], lambda t: t == total + (MIG_DIMM << 10),
+                      60, 0.2, "the DIMM to be onlined")
+        blocks = movable_blocks(g)
+        if not blocks:
+            raise vm.GuestError("no memory block onlined movable")
+
+        def one(rep, name):
+            load(g, name)
+            g.run("sync; echo 3 > /proc/sys/vm/drop_caches")
+            timed_resize(g, MIG_BALLOON)
+            v0 = g.vmstat()
+            t0 = time.monotonic()
+            set_blocks(g, blocks, "offline")
+            offline = time.monotonic() - t0
+            v_off = g.vmstat()
+            set_blocks(g, blocks, "online_movable")
+            # A fragmented balloon: a process faults its memory in while the
+            # balloon inflates beside it, then exits, leaving holes between
+            # the balloon's pages that compaction fills by moving them.
+            timed_resize(g, 0)
+            g.run("sync; echo 3 > /proc/sys/vm/drop_caches; rm -f /tmp/hog.out; "
+                  f"(MEMHOG_MEMFREE=1 memhog {MIG_HOG} 600 > /tmp/hog.out 2>&1 &) ; "
+                  "echo started")
+            timed_resize(g, MIG_BALLOON)
+            vm.wait_until(lambda: g.run("cat /tmp/hog.out"), lambda o: "MemFree" in o, 300, 0.2,
+                          "memhog's pages touched")
+            g.run("killall memhog; while pidof memhog >/dev/null; do sleep 0.1; done")
+            v1 = g.vmstat()
+            t0 = time.monotonic()
+            g.run("echo 1 > /proc/sys/vm/compact_memory", timeout=900)
+            compact = time.monotonic() - t0
+            v2 = g.vmstat()
+            unload(g, name)
+            moved = (v_off["balloon_migrate"] - v0["balloon_migrate"]) / MIB
+            compacted = (v2["balloon_migrate"] - v1["balloon_migrate"]) / MIB
+            if moved == 0:
+                raise vm.GuestError(f"{name}: offlining the DIMM migrated no balloon page")
+            if rep is None:
+                return
+            results.add(f"offline the {MIG_DIMM} MiB DIMM", name, offline)
+            results.add("  balloon pages migrated", name, moved, unit="MiB")
+            results.add(f"compact_memory, {MIG_BALLOON} MiB balloon", name, compact)
+            results.add("  balloon pages compacted", name, compacted, unit="MiB")
+            print(f"    rep {rep + 1} {name:<4} offline {offline * 1e3:7.1f} ms "
+                  f"({moved:.0f} MiB of balloon migrated)   compact_memory "
+                  f"{compact * 1e3:7.1f} ms ({compacted:.0f} MiB)", flush=True)
+        interleaved(reps, one)
 
 
 # -- workingset -----------------------------------------------------------
@@ -364,6 +530,11 @@ def bench_workingset(ctx, reps, results, traces):
                  "-device", "scsi-hd,drive=d0")
     rows = {}
     with ctx.guest(mem_mib=WS_MEM, balloon="deflate-on-oom=on", qemu_args=qemu_args) as g:
+        # As in tests/test_e2e_workingset.py: the reader's I/O allocates
+        # atomically (virtio-scsi's indirect descriptors, which fall back to
+        # direct ones) while inflation keeps free memory at the watermarks,
+        # and may warn; allowed unless this driver is on the stack.
+        g.expect_oom = True
         g.run("test -b /dev/sda")
 
         def one(rep, variant):
@@ -405,6 +576,7 @@ def bench_workingset(ctx, reps, results, traces):
 
     # The streaming case: a reader of the whole disk, larger than the guest.
     with ctx.guest(mem_mib=WS_MEM, balloon="deflate-on-oom=on", qemu_args=qemu_args) as g:
+        g.expect_oom = True  # as above
         g.run("test -b /dev/sda")
 
         def stream(rep, variant):
@@ -467,7 +639,7 @@ class Results:
 
     def table(self):
         lines = [f"    {'':42} {'C':>10} {'Rust':>10} {'Rust/C':>7} {'paired':>7} "
-                 f"{'Rust faster':>12}"]
+                 f"{'spread':>11} {'Rust faster':>12}"]
         for label, row in self.rows.items():
             unit = row["unit"]
             c = statistics.median(row["C"]) if row["C"] else 0
@@ -477,18 +649,29 @@ class Results:
                 if unit == "s":
                     return f"{x * 1e3:7.1f} ms" if x >= 1e-3 else f"{x * 1e6:7.1f} us"
                 return f"{x:7.1f} {unit:2}"
-            ratio = paired = wins = ""
+            ratio = paired = spread = wins = ""
             if (unit == "s" or unit == "") and row["C"] and row["Rust"]:
                 if c > 0:
                     ratio = f"{r / c:7.2f}"
-                pairs = [rr / cc for rr, cc in zip(row["Rust"], row["C"]) if cc > 0]
-                if pairs and len(row["Rust"]) == len(row["C"]):
+                pairs = self.pairs(label)
+                if pairs:
                     paired = f"{statistics.median(pairs):7.2f}"
                     wins = f"{sum(1 for x in pairs if x < 1.0):>6}/{len(pairs)}"
+                    if len(pairs) >= 4:
+                        q1, _, q3 = statistics.quantiles(pairs, n=4)
+                        spread = f"{q1:.2f}-{q3:.2f}"
             cs = fmt(c) if row["C"] else ""
             rs = fmt(r) if row["Rust"] else ""
-            lines.append(f"    {label:42} {cs:>10} {rs:>10} {ratio:>7} {paired:>7} {wins:>12}")
+            lines.append(f"    {label:42} {cs:>10} {rs:>10} {ratio:>7} {paired:>7} {spread:>11} "
+                         f"{wins:>12}")
         return "\n".join(lines)
+
+    def pairs(self, label):
+        """Rust/C per repetition (both drivers ran back to back in each)."""
+        row = self.rows[label]
+        if len(row["Rust"]) != len(row["C"]):
+            return []
+        return [rr / cc for rr, cc in zip(row["Rust"], row["C"]) if cc > 0]
 
     def ratio(self, label):
         return self.median(label, "Rust") / self.median(label, "C")
@@ -502,9 +685,19 @@ def goals(res):
         if label in res.rows:
             r = res.ratio(label)
             out.append((f"{what or label}: Rust/C {r:.2f} <= {limit}", r <= limit))
-    want(f"inflate {BALLOON_MIB} MiB", 0.7)
-    want(f"deflate {BALLOON_MIB} MiB", 0.6)
-    want(f"rmmod, {BALLOON_MIB} MiB full", 0.8)
+    # x86_64 (TCG): 0.6 idle, and 0.7 for deflation with busy vCPUs;
+    # arm64 with 64 KiB pages: 0.8, and no part slower than C.
+    arm = vm.ARCH == "arm64"
+    want(f"inflate {BALLOON_MIB} MiB", 0.8 if arm else 0.6)
+    want(f"deflate {BALLOON_MIB} MiB", 0.8 if arm else 0.6)
+    want(f"rmmod, {BALLOON_MIB} MiB full", 1.0 if arm else 0.8)
+    want(f"busy: inflate {BALLOON_MIB} MiB", 0.8 if arm else 0.6)
+    want(f"busy: deflate {BALLOON_MIB} MiB", 0.8 if arm else 0.7)
+    want(f"busy: rmmod, {BALLOON_MIB} MiB full", 1.0)
+    for _, _, short in OOM_CASES:
+        want(f"same policy: OOM: obtain {short} MiB: handler per rescue", 0.8)
+    want(f"offline the {MIG_DIMM} MiB DIMM", 1.0)
+    want(f"compact_memory, {MIG_BALLOON} MiB balloon", 1.0)
     for _, _, short in OOM_CASES:
         want(f"OOM: obtain {short} MiB", 0.4 if short == 256 else 0.3)
         label = f"OOM: obtain {short} MiB: overshoot"
@@ -534,8 +727,8 @@ def goals(res):
                if s >= 1024 and f"inflate {s} MiB, per GiB" in res.rows]
     if len(per_gib) > 1:
         spread = max(per_gib) / min(per_gib)
-        out.append((f"Rust time per GiB from 1 to 8 GiB within 15%: {spread:.2f}x",
-                    spread <= 1.15))
+        out.append((f"Rust time per GiB from 1 to {SWEEP_MIB[-1] // 1024} GiB within 15%: "
+                    f"{spread:.2f}x", spread <= 1.15))
     return out
 
 
@@ -583,8 +776,9 @@ class Context:
         return g
 
 
-PARTS = {"resize": bench_resize, "oom": bench_oom, "cache": bench_cache, "sweep": bench_sweep,
-         "workingset": bench_workingset}
+PARTS = {"resize": bench_resize, "busy": bench_busy, "poll": bench_poll, "oom": bench_oom,
+         "policy": bench_policy, "cache": bench_cache, "sweep": bench_sweep,
+         "migrate": bench_migrate, "workingset": bench_workingset}
 
 
 def main():
