@@ -6,7 +6,8 @@
 //! rounds that evict page cache are paced so that the refaults can show.
 
 use super::*;
-use logic::workingset::{Verdict, RETRY_MS, SETTLE_LOOK_MS};
+use crate::kapi::sync::MutexGuard;
+use logic::workingset::{Monitor, Verdict, RETRY_MS, SETTLE_LOOK_MS};
 
 fn now_ms() -> i64 {
     Ktime::ktime_get().to_ms()
@@ -29,22 +30,40 @@ pub(super) fn workingset_allows(core: &BalloonCore) -> core::result::Result<(), 
         ended(sh, m.reset(now));
         return Ok(());
     }
-    let (verdict, end) = m.look(now, mm::workingset_activations(), PAGE_SIZE);
-    drop(m);
-    ended(sh, end);
-    match verdict {
-        Verdict::Go => Ok(()),
-        Verdict::Hold { new, give_back } => {
-            hold(core, new, give_back);
-            Err(RETRY_MS)
-        }
+    match look(core, m, now) {
+        None => Ok(()),
+        Some(ms) => Err(ms),
     }
 }
 
-/// Inflation holds (`new`: a hold starts) and gives back `give_back`
-/// kernel pages.
-fn hold(core: &BalloonCore, new: bool, give_back: u64) {
+/// The balloon is at the host's target. If the rounds that brought it
+/// there took page cache lately, their refaults are still looked at:
+/// returns when to look again (ms), having given back what a hold that
+/// starts now gives back. Otherwise inflation is idle ([`workingset_idle`]).
+/// May sleep.
+pub(super) fn workingset_settles(core: &BalloonCore) -> Option<u32> {
     let sh = core.data();
+    let now = now_ms();
+    let m = sh.workingset.lock();
+    if crate::PROTECT_WORKING_SET.get() == 0 || !m.settling(now) {
+        drop(m);
+        workingset_idle(sh);
+        return None;
+    }
+    Some(look(core, m, now).unwrap_or(SETTLE_LOOK_MS))
+}
+
+/// Looks at the activations at `now` with the monitor `m` (released
+/// before anything is given back). In a hold, gives back what the look
+/// says and returns when to look again; `None`: inflation may go on.
+fn look(core: &BalloonCore, mut m: MutexGuard<'_, Monitor>, now: i64) -> Option<u32> {
+    let sh = core.data();
+    let (verdict, end) = m.look(now, mm::workingset_activations(), PAGE_SIZE);
+    drop(m);
+    ended(sh, end);
+    let Verdict::Hold { new, give_back } = verdict else {
+        return None;
+    };
     if new {
         add(&sh.stats.workingset_holds, 1);
         if sh.notes.first(Note::WorkingSet) {
@@ -57,32 +76,7 @@ fn hold(core: &BalloonCore, new: bool, give_back: u64) {
         }
     }
     give_back_pages(core, give_back);
-}
-
-/// The balloon is at the host's target. If the rounds that brought it
-/// there took page cache lately, their refaults are still looked at:
-/// returns when to look again (ms), having given back what a hold that
-/// starts now gives back. Otherwise inflation is idle ([`workingset_idle`]).
-/// May sleep.
-pub(super) fn workingset_settles(core: &BalloonCore) -> Option<u32> {
-    let sh = core.data();
-    let now = now_ms();
-    let mut m = sh.workingset.lock();
-    if crate::PROTECT_WORKING_SET.get() == 0 || !m.settling(now) {
-        drop(m);
-        workingset_idle(sh);
-        return None;
-    }
-    let (verdict, end) = m.look(now, mm::workingset_activations(), PAGE_SIZE);
-    drop(m);
-    ended(sh, end);
-    match verdict {
-        Verdict::Go => Some(SETTLE_LOOK_MS),
-        Verdict::Hold { new, give_back } => {
-            hold(core, new, give_back);
-            Some(RETRY_MS)
-        }
-    }
+    Some(RETRY_MS)
 }
 
 /// Gives the guest back `pages` kernel pages of the balloon, the host told

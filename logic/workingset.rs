@@ -108,8 +108,6 @@ pub(crate) struct Monitor {
     quiet_since: Option<i64>,
     /// The quiet period the current (or next) hold needs.
     quiet_ms: u32,
-    /// The pace of rounds that take page cache.
-    pace_ms: u32,
     /// Pages of recent inflation rounds that took page cache, and when
     /// they went, oldest first.
     rounds: [(i64, u64); ROUNDS],
@@ -127,7 +125,6 @@ impl Default for Monitor {
             held_since: None,
             quiet_since: None,
             quiet_ms: RETRY_MS,
-            pace_ms: PACE_MS,
             rounds: [(0, 0); ROUNDS],
             taken: 0,
             last_give: (0, 0),
@@ -141,9 +138,12 @@ impl Monitor {
         self.held_since.is_some()
     }
 
-    /// How long after a round that took page cache the next one goes.
-    pub(crate) const fn pace_ms(&self) -> u32 {
-        self.pace_ms
+    /// How long after a round that took page cache the next one goes:
+    /// halved at each hold, as the quiet period doubles.
+    pub(crate) fn pace_ms(&self) -> u32 {
+        (self.quiet_ms / RETRY_MS)
+            .saturating_mul(PACE_MS)
+            .min(MAX_PACE_MS)
     }
 
     /// Inflation is idle, or the protection off: the next look starts a
@@ -276,7 +276,6 @@ impl Monitor {
                 self.quiet_since = None;
                 self.taken = 0;
                 self.quiet_ms = self.quiet_ms.saturating_mul(2).min(MAX_QUIET_MS);
-                self.pace_ms = self.pace_ms.saturating_mul(2).min(MAX_PACE_MS);
                 (Verdict::Go, Some(now_ms.saturating_sub(start).max(0)))
             }
         }
