@@ -71,6 +71,7 @@ the run's noise.
     make bench PARTS=resize,oom only some parts
 """
 
+import contextlib
 import json
 import os
 import statistics
@@ -168,19 +169,6 @@ class Busy:
         self.g.run("kill $(cat /tmp/busy.pids); wait 2>/dev/null; rm -f /tmp/busy.pids")
 
 
-class Idle:
-    """Nothing runs beside the balloon."""
-
-    def __init__(self, g):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
-
-
 def load(g, name, drivers=DRIVERS):
     """Loads driver `name` of `drivers` (module name, insmod arguments) and
     checks that it bound the balloon."""
@@ -200,7 +188,7 @@ def unload(g, name, drivers=DRIVERS):
 
 
 def interleaved(reps, one, drivers=DRIVERS):
-    """Runs one(rep, name) for both drivers in each repetition, the order
+    """Runs one(rep, name) for each of `drivers` in each repetition, the order
     alternating, after one untimed warm-up round each (rep None)."""
     for name in drivers:
         one(None, name)
@@ -211,7 +199,7 @@ def interleaved(reps, one, drivers=DRIVERS):
 
 
 # -- resize ---------------------------------------------------------------
-def resize(ctx, reps, results, traces, prefix="", beside=Idle, poll=POLL_S):
+def resize(ctx, reps, results, traces, prefix="", beside=contextlib.nullcontext, poll=POLL_S):
     """Inflate, deflate and rmmod full; `prefix` names the condition,
     `beside` what runs in the guest meanwhile, `poll` how often QMP is
     asked."""
@@ -386,7 +374,7 @@ def bench_cache(ctx, reps, results, traces):
 
 
 # -- sweep ----------------------------------------------------------------
-def sweep(ctx, reps, results, prefix="", beside=Idle):
+def sweep(ctx, reps, results, prefix="", beside=contextlib.nullcontext):
     for size in SWEEP_MIB:
         label = f"{prefix}inflate {size} MiB, per GiB"
         with ctx.guest(mem_mib=size + 512 + size // 16) as g:
@@ -567,12 +555,7 @@ def bench_workingset(ctx, reps, results, traces):
                   f"{during:6.0f} MiB/s while the host asks; refaults {refaults:6.0f} MiB "
                   f"({recent:5.0f} recent); balloon {size:4.0f} of {WS_BALLOON} MiB", flush=True)
 
-        for variant in WS_VARIANTS:
-            one(None, variant)
-        for rep in range(reps):
-            order = list(WS_VARIANTS)
-            for variant in (order if rep % 2 == 0 else list(reversed(order))):
-                one(rep, variant)
+        interleaved(reps, one, WS_VARIANTS)
 
     # The streaming case: a reader of the whole disk, larger than the guest.
     with ctx.guest(mem_mib=WS_MEM, balloon="deflate-on-oom=on", qemu_args=qemu_args) as g:
@@ -597,12 +580,7 @@ def bench_workingset(ctx, reps, results, traces):
             print(f"    rep {rep + 1} {variant:<15} streaming: {WS_STREAM_BALLOON} MiB in "
                   f"{took * 1e3:7.1f} ms, {deflated:.0f} MiB deflated meanwhile", flush=True)
 
-        for variant in WS_VARIANTS:
-            stream(None, variant)
-        for rep in range(reps):
-            order = list(WS_VARIANTS)
-            for variant in (order if rep % 2 == 0 else list(reversed(order))):
-                stream(rep, variant)
+        interleaved(reps, stream, WS_VARIANTS)
 
     med = statistics.median
     print(f"\n    working set ({WS_SET} MiB re-read in a {WS_MEM} MiB guest, host asks "
