@@ -11,7 +11,7 @@
 #                        (x86_64), then KUnit and end-to-end on arm64 with 64k pages
 #   make check-arm64     KUnit and end-to-end on arm64 with 16k and with 4k pages
 #   make check-configs   the module against Debian's 6.12 configurations and a
-#                        small one (modules_prepare trees; CONFIGS= picks)
+#                        small and a microVM one (modules_prepare trees; CONFIGS= picks)
 #   make bench           Rust vs the in-tree C driver, side by side (REPS=11), and a plot
 #
 #   ARCH=x86_64|arm64 PAGE=4k|16k|64k select the guest for every target
@@ -128,7 +128,7 @@ build-tests: module
 # (scripts/kernel/config-tree.sh --list; CONFIGS="name ..." picks some).
 check-configs: deps
 	@$(ROOT)/scripts/deps.sh configs
-	@echo "==> build matrix (Debian's 6.12 configurations and a small one, modules_prepare trees)"
+	@echo "==> build matrix (Debian's 6.12 configurations, a small one and a microVM's, modules_prepare trees)"
 	@$(VENV_PY) $(ROOT)/tests/configs/run.py $(CONFIGS)
 
 fmt:

@@ -156,11 +156,3 @@ pub(super) fn drain(core: &BalloonCore) {
         }
     }
 }
-
-/// Freeze: every page goes back to the guest (the host told first), then
-/// [`stop_queues`]. Remove does the same in two steps, with the OOM
-/// notifier taken off its chain in between.
-pub(super) fn drain_and_stop(core: &BalloonCore) {
-    drain(core);
-    stop_queues(core);
-}

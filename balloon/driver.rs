@@ -328,10 +328,15 @@ impl virtio::Driver for Balloon {
 
     fn freeze(&self, _dev: &Device<Core>) -> Result {
         // The freezable works are frozen already. The hinted blocks go back
-        // (the image need not hold them), then every page, and the driver
-        // lets go of the queues (restore sets them up again).
+        // (the image need not hold them), then every page (the host told
+        // first), and the driver lets go of the queues (restore sets them
+        // up again). Remove does the same with the OOM notifier taken off
+        // its chain in between. (Only a kernel with CONFIG_PM_SLEEP calls
+        // this; nothing else may live for it alone, or kernels without
+        // sleep warn that it is unused.)
         free_all_hints(self.core.data(), None);
-        drain_and_stop(&self.core);
+        drain(&self.core);
+        stop_queues(&self.core);
         Ok(())
     }
 

@@ -22,6 +22,8 @@
 #   debian-cloud-arm64-64k  Debian's cloud-arm64 with 64 KiB pages (as
 #                           RHEL ships arm64 kernels)
 #   small-x86_64            tinyconfig plus configs/small-x86_64.config
+#   micro-x86_64            tinyconfig plus configs/micro-x86_64.config
+#                           (a microVM guest: virtio-mmio, no PCI, no sleep)
 #
 # Only what 6.12's Rust support rules out is changed in Debian's
 # configurations: CONFIG_RUST on; MODVERSIONS, DEBUG_INFO_BTF, randstruct
@@ -38,6 +40,7 @@ debian-cloud-arm64 arm64
 debian-arm64-16k arm64
 debian-cloud-arm64-64k arm64
 small-x86_64 x86_64
+micro-x86_64 x86_64
 "
 
 name=${1:-}
@@ -66,6 +69,7 @@ debian-amd64) deb=amd64_none_amd64 ;;
 debian-cloud-arm64 | debian-cloud-arm64-64k) deb=arm64_none_cloud-arm64 ;;
 debian-arm64-16k) deb=arm64_none_arm64-16k ;;
 small-x86_64) base=tinyconfig frag=$here/configs/small-x86_64.config ;;
+micro-x86_64) base=tinyconfig frag=$here/configs/micro-x86_64.config ;;
 esac
 if [ -n "$deb" ]; then
 	base=$(vbrs_debian_config "${deb%%_*}")/config.$deb.xz
@@ -141,6 +145,12 @@ fi
 for w in $want; do
 	grep -qx "$w" "$out/.config" || vbrs_die "configuration $name: $w did not survive olddefconfig (see $out/.config)"
 done
+# And what it must have left out.
+if [ -n "$frag" ]; then
+	for opt in $(sed -n 's/^\(CONFIG_[A-Z0-9_]*\)=n$/\1/p' "$frag"); do
+		! grep -q "^$opt=[ym]$" "$out/.config" || vbrs_die "configuration $name: $opt is on after olddefconfig (something selects it; see $out/.config)"
+	done
+fi
 
 vbrs_log "preparing the $name tree for external modules (make modules_prepare) in $out"
 start=$(date +%s)

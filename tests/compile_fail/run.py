@@ -51,7 +51,10 @@ mod case;
 """
 
 
-def run_case(case, kdir, kvars, workdir, extra=()):
+def run_case(case, kdir, kvars, workdir, extra=(), repo=vm.ROOT):
+    """Builds `case` against `kdir` with the kapi of `repo`, whose
+    generated bindings (kapi/bindings_generated.rs) must be those of a
+    build against `kdir`: they differ between configurations."""
     text = case.read_text()
     expects = re.findall(r"^// expect: (.+)$", text, re.M)
     want_ok = re.search(r"^// expect-ok$", text, re.M) is not None
@@ -60,8 +63,8 @@ def run_case(case, kdir, kvars, workdir, extra=()):
     d.mkdir(parents=True)
     # Composite, as the driver is: the crate and the C helpers kapi calls.
     (d / "Kbuild").write_text("obj-m := vbrs_cf.o\nvbrs_cf-y := cf.o helpers.o\n")
-    (d / "helpers.c").write_text(f'#include "{vm.ROOT}/kapi/helpers.c"\n')
-    (d / "cf.rs").write_text(ROOT_RS.format(name=case.stem, repo=vm.ROOT, case=case))
+    (d / "helpers.c").write_text(f'#include "{repo}/kapi/helpers.c"\n')
+    (d / "cf.rs").write_text(ROOT_RS.format(name=case.stem, repo=repo, case=case))
     r = subprocess.run(["make", "-C", str(kdir), f"M={d}", *kvars, *extra, "modules"],
                        capture_output=True, text=True, timeout=600)
     log = r.stdout + r.stderr
@@ -81,7 +84,7 @@ def run_case(case, kdir, kvars, workdir, extra=()):
     # the assertion is: its case names that file (`// expect-at: <path>`),
     # and the expected message says which assertion it was.
     locations = re.findall(r"^\s*(?:-->|:::) (\S+?):\d+:\d+", log, re.M)
-    allowed = [case.name] + [str(vm.ROOT / p) for p in re.findall(r"^// expect-at: (\S+)$", text, re.M)]
+    allowed = [case.name] + [str(Path(repo) / p) for p in re.findall(r"^// expect-at: (\S+)$", text, re.M)]
     if not any(loc == a or loc.endswith(a) for loc in locations for a in allowed):
         return False, f"FAIL  {case.stem}: no error located in {', '.join(allowed)}:\n{log[-4000:]}"
     code = next((e for e in expects if re.fullmatch(r"E\d{4}", e)), expects[0] if expects else "")

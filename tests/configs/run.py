@@ -90,9 +90,11 @@ def check(name, arch, tree, workdir):
     if not has_kunit and (kunit_ko or len(skips) != 1):
         return False, (f"FAIL  {name} ({arch}): no CONFIG_KUNIT=y, so the build must skip the KUnit "
                        f"module and say so in one line; said {len(skips)} such lines:\n{log[-2000:]}")
+    # With the copy's kapi: its bindings were just generated against this
+    # tree (the repository's are those of its last build, another tree's).
     control = compile_fail.HERE / "ok_driver.rs"
     ok, line = compile_fail.run_case(control, tree, kmake_vars(arch), Path(workdir) / name,
-                                     extra=["KBUILD_MODPOST_WARN=1"])
+                                     extra=["KBUILD_MODPOST_WARN=1"], repo=src)
     if not ok:
         return False, f"FAIL  {name} ({arch}): the compile-fail control case does not build: {first_error(line)}"
     what = "driver, KUnit module" if has_kunit else "driver (KUnit module skipped: no CONFIG_KUNIT)"
