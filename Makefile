@@ -89,10 +89,15 @@ check-debug: debug-kernel
 
 # Rust vs the in-tree C driver, side by side in the same guests (REPS=11;
 # PARTS=resize,oom,cache,sweep picks parts); also writes
-# scripts/bench-<arch>.png, the balloon's size over time.
-bench: module
+# scripts/bench-<arch>.png, the balloon's size over time. KERNEL=lean runs
+# it on the guest kernel without memory hot-plug and system sleep
+# (scripts/kernel/lean.config), built once and cached like the others.
+BENCH_KERNEL := $(or $(KERNEL),guest)
+bench:
+	@case "$(BENCH_KERNEL)" in guest|lean) ;; *) echo "make bench: KERNEL=$(BENCH_KERNEL): guest (the default) or lean" >&2; exit 2 ;; esac
 	@$(ROOT)/scripts/deps.sh bench
-	@REPS=$(or $(REPS),11) $(VENV_PY) $(ROOT)/scripts/bench.py
+	@$(ROOT)/scripts/build-module.sh "$$($(ROOT)/scripts/kernel/build.sh $(BENCH_KERNEL))"
+	@VBRS_KERNEL_KIND=$(BENCH_KERNEL) REPS=$(or $(REPS),11) $(VENV_PY) $(ROOT)/scripts/bench.py
 
 # Misuses of the safe layer that must not build (tests/compile_fail/).
 compile-fail: module

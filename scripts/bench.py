@@ -44,6 +44,15 @@ migrate  x86_64: a 2 GiB guest with a 1 GiB DIMM plugged in and onlined
          while a process faults in 960 MiB beside it and exits, leaving
          holes between the balloon's pages, and `compact_memory` is
          timed. The balloon pages each moved count (balloon_migrate).
+split    Where the time goes, from QEMU's own trace of the balloon's kicks
+         (virtio_queue_notify to the last virtqueue_flush after it: under
+         TCG the kicking vCPU handles its kick, so the guest waits that
+         long): the resize part's inflate and deflate, and the 256 MiB OOM
+         rescue on C's policy (1 MiB per notification), each split into
+         the host's handling of the kicks and the guest's own work (from
+         its first kick to the last buffer returned, or the OOM handler's
+         time, minus the host's). Traced, so a little slower than the
+         untraced parts; the split, not the total, is the figure.
 workingset
          Working-set protection, three ways: C, Rust as it loads
          (protection off) and Rust with protect_working_set=1, in one
@@ -69,11 +78,16 @@ the run's noise.
 
     make bench                  11 repetitions (REPS=...), every part
     make bench PARTS=resize,oom only some parts
+    make bench KERNEL=lean      on the guest kernel without memory hot-plug
+                                and system sleep (scripts/kernel/lean.config);
+                                writes scripts/bench-<arch>-lean.png/.json
 """
 
+import collections
 import contextlib
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -595,6 +609,122 @@ def bench_workingset(ctx, reps, results, traces):
     results.workingset = rows
 
 
+# -- split ----------------------------------------------------------------
+# QEMU's own trace of the balloon's kicks: each kick is handled by the
+# vCPU that made it (TCG has no ioeventfd), from the notify until the last
+# used buffer is pushed, one element at a time.
+SPLIT_TRACE = ("virtio_queue_notify", "virtqueue_flush")
+TRACE_LINE = re.compile(r"^\d+@(\d+\.\d+):(virtio_queue_notify|virtqueue_flush) (.*)$")
+
+
+class KickTrace:
+    """Reads QEMU's trace log (`-D`, `-msg timestamp=on`) as it grows."""
+
+    def __init__(self, path):
+        self.path, self.offset = path, 0
+
+    def args(self):
+        return ["-msg", "timestamp=on", "-D", str(self.path)] + \
+            [a for e in SPLIT_TRACE for a in ("-trace", e)]
+
+    def read(self, t0, t1, vdev=None):
+        """The balloon's kicks between wall-clock times t0 and t1: their
+        count, the seconds the host spent handling them, the seconds from
+        the first kick to the last buffer returned, and the balloon's
+        device. Without `vdev`, the balloon is the device kicked most (a
+        resize: nothing else runs then)."""
+        time.sleep(0.2)  # QEMU writes its log through stdio
+        with open(self.path) as f:
+            f.seek(self.offset)
+            lines = f.readlines()
+            self.offset = f.tell()
+        ev, vq_dev = [], {}
+        for line in lines:
+            m = TRACE_LINE.match(line)
+            if not m or not t0 <= float(m.group(1)) <= t1:
+                continue
+            a = m.group(3).split()
+            if m.group(2) == "virtio_queue_notify":  # "vdev V n N vq Q"
+                vq_dev[a[5]] = a[1]
+                ev.append((float(m.group(1)), True, a[5]))
+            else:  # "vq Q count N"
+                ev.append((float(m.group(1)), False, a[1]))
+        if vdev is None:
+            counts = collections.Counter(vq_dev[vq] for _, notify, vq in ev if notify)
+            vdev = counts.most_common(1)[0][0] if counts else None
+        kicks, host, first, last, start, end = 0, 0.0, None, None, None, None
+        for t, notify, vq in ev:
+            if vq_dev.get(vq) != vdev:
+                continue
+            if notify:
+                if start is not None and end is not None:
+                    host += end - start
+                start, end = t, None
+                kicks += 1
+                first = t if first is None else first
+            elif start is not None:
+                end = last = t
+        if start is not None and end is not None:
+            host += end - start
+        if not kicks or last is None:
+            raise vm.GuestError("split: no kick of the balloon in QEMU's trace")
+        return kicks, host, last - first, vdev
+
+
+def bench_split(ctx, reps, results, traces):
+    """Where the time goes: the host's handling of the kicks against the
+    guest's own work, for the resize and for OOM rescues on C's policy."""
+    kt = KickTrace(ctx.tmp / "split-trace.log")
+    with ctx.guest(mem_mib=MEM_MIB, qemu_args=kt.args()) as g:
+        def one(rep, name):
+            load(g, name)
+            g.run("sync; echo 3 > /proc/sys/vm/drop_caches")
+            for op, size in (("inflate", BALLOON_MIB), ("deflate", 0)):
+                t0 = time.time()
+                took = timed_resize(g, size)
+                kicks, host, span, _ = kt.read(t0, time.time())
+                if rep is None:
+                    continue
+                label = f"split: {op} {BALLOON_MIB} MiB"
+                results.add(f"{label}: the host's handling", name, host)
+                results.add(f"{label}: the guest's work", name, span - host)
+                results.add(f"{label}: kicks", name, kicks, unit="")
+                print(f"    rep {rep + 1} {name:<4} {op} {took * 1e3:7.1f} ms: {kicks:5} kicks, "
+                      f"host {host * 1e3:6.1f} ms, guest {(span - host) * 1e3:6.1f} ms "
+                      f"(first kick to last buffer {span * 1e3:6.1f} ms)", flush=True)
+            unload(g, name)
+        interleaved(reps, one)
+    mem, balloon, short = OOM_CASES[0]
+    kt = KickTrace(ctx.tmp / "split-oom-trace.log")  # QEMU truncates its log
+    with ctx.guest(mem_mib=mem, balloon="deflate-on-oom=on", qemu_args=kt.args()) as g:
+        g.run("insmod /modules/oom_stopwatch.ko")
+
+        def rescue(rep, name):
+            load(g, name, RUST_1MIB)
+            t0 = time.time()
+            timed_resize(g, balloon)
+            *_, balloon_dev = kt.read(t0, time.time())
+            g.run("sync; echo 3 > /proc/sys/vm/drop_caches")
+            need = g.meminfo()["MemAvailable"] // 1024 + short
+            sw0 = stopwatch(g)
+            t0 = time.time()
+            memhog(g, need)
+            kicks, host, _, _ = kt.read(t0, time.time(), balloon_dev)
+            sw1 = stopwatch(g)
+            unload(g, name, RUST_1MIB)
+            if rep is None:
+                return
+            handler = (sw1["ns"] - sw0["ns"]) / 1e9
+            label = f"split: OOM {short} MiB, C's policy"
+            results.add(f"{label}: handler", name, handler)
+            results.add(f"{label}: the host's handling", name, host)
+            results.add(f"{label}: the guest's work", name, handler - host)
+            results.add(f"{label}: kicks", name, kicks, unit="")
+            print(f"    rep {rep + 1} {name:<4} OOM rescue: handler {handler * 1e3:6.1f} ms, "
+                  f"{kicks:4} kicks, host {host * 1e3:6.1f} ms", flush=True)
+        interleaved(reps, rescue, RUST_1MIB)
+
+
 # -- results --------------------------------------------------------------
 class Results:
     def __init__(self):
@@ -756,7 +886,7 @@ class Context:
 
 PARTS = {"resize": bench_resize, "busy": bench_busy, "poll": bench_poll, "oom": bench_oom,
          "policy": bench_policy, "cache": bench_cache, "sweep": bench_sweep,
-         "migrate": bench_migrate, "workingset": bench_workingset}
+         "migrate": bench_migrate, "workingset": bench_workingset, "split": bench_split}
 
 
 def main():
@@ -766,8 +896,13 @@ def main():
     if unknown:
         print(f"bench: unknown PARTS {unknown}; choose from {', '.join(PARTS)}", file=sys.stderr)
         return 2
-    png = Path(os.environ.get("BENCH_PNG") or ROOT / "scripts" / f"bench-{vm.ARCH}.png")
+    # The guest kernel: guest (scripts/kernel/guest.config), or lean (the
+    # same without memory hot-plug and system sleep, `make bench KERNEL=lean`).
+    kind = os.environ.get("VBRS_KERNEL_KIND") or "guest"
+    suffix = "" if kind == "guest" else f"-{kind}"
+    png = Path(os.environ.get("BENCH_PNG") or ROOT / "scripts" / f"bench-{vm.ARCH}{suffix}.png")
     kdir = vm.kernel_dir()
+    print(f"==> guest kernel: {kind} ({kdir})", flush=True)
     with tempfile.TemporaryDirectory(prefix="vbrs-bench-") as tmp:
         tmp = Path(tmp)
         initrd = vm.build_initramfs(kdir, tmp / "initramfs.cpio.gz")
@@ -782,7 +917,8 @@ def main():
             splats += g.splats()
         # The raw figures, kept even if what follows fails.
         raw = png.with_suffix(".json")
-        raw.write_text(json.dumps({"reps": reps, "accel": accel, "rows": results.rows,
+        raw.write_text(json.dumps({"reps": reps, "accel": accel, "kernel": kind,
+                                   "rows": results.rows,
                                    "workingset": results.workingset,
                                    "traces": {f"{k[0]} {k[1]}": v for k, v in traces.items()}}))
         print(f"==> raw figures: {raw}")

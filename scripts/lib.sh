@@ -113,15 +113,24 @@ vbrs_fragment() {
 	mkdir -p "$VBRS_CACHE/fragments"
 	# A file of its own: the test workers may write the fragment at once.
 	tmp=$(mktemp "$out.XXXXXX")
+	case "$kind" in
+	guest | debug | lean) ;;
+	*) vbrs_die "kernel kind '$kind': guest, debug or lean" ;;
+	esac
 	{
-		cat "$k/guest.config" "$k/$VBRS_ARCH.config"
+		if [ "$kind" = lean ]; then
+			# The guest fragments without the lines lean.config turns off.
+			cat "$k/guest.config" "$k/$VBRS_ARCH.config" \
+				| grep -v -F -f <(sed -n 's/^\(CONFIG_[A-Z0-9_]*=\)n$/\1/p' "$k/lean.config")
+		else
+			cat "$k/guest.config" "$k/$VBRS_ARCH.config"
+		fi
 		if [ "$VBRS_ARCH" = arm64 ]; then
 			echo "CONFIG_ARM64_$(echo "$VBRS_PAGE" | tr k K)_PAGES=y"
 		fi
 		case "$kind" in
-		guest) ;;
 		debug) cat "$k/debug.config" ;;
-		*) vbrs_die "kernel kind '$kind': guest or debug" ;;
+		lean) cat "$k/lean.config" ;;
 		esac
 	} >"$tmp"
 	chmod 644 "$tmp"
