@@ -45,14 +45,17 @@ migrate  x86_64: a 2 GiB guest with a 1 GiB DIMM plugged in and onlined
          holes between the balloon's pages, and `compact_memory` is
          timed. The balloon pages each moved count (balloon_migrate).
 split    Where the time goes, from QEMU's own trace of the balloon's kicks
-         (virtio_queue_notify to the last virtqueue_flush after it: under
-         TCG the kicking vCPU handles its kick, so the guest waits that
-         long): the resize part's inflate and deflate, and the 256 MiB OOM
-         rescue on C's policy (1 MiB per notification), each split into
-         the host's handling of the kicks and the guest's own work (from
-         its first kick to the last buffer returned, or the OOM handler's
-         time, minus the host's). Traced, so a little slower than the
-         untraced parts; the split, not the total, is the figure.
+         (virtio_queue_notify to the last virtqueue_flush after it) and
+         config writes (the access to the device's config region to
+         virtio_balloon_set_config): under TCG the vCPU that made them
+         handles them, so the guest waits that long. The resize part's
+         inflate, deflate and rmmod, and the 256 MiB OOM rescue on C's
+         policy (1 MiB per notification), each split into the host's
+         handling of the kicks, of the writes of `actual`, and the guest's
+         own work (the rest of the time from its first kick to the last
+         buffer returned; of the rmmod command; of the OOM handler's time).
+         Traced, so a little slower than the untraced parts; the split,
+         not the total, is the figure.
 workingset
          Working-set protection, three ways: C, Rust as it loads
          (protection off) and Rust with protect_working_set=1, in one
@@ -610,11 +613,15 @@ def bench_workingset(ctx, reps, results, traces):
 
 
 # -- split ----------------------------------------------------------------
-# QEMU's own trace of the balloon's kicks: each kick is handled by the
-# vCPU that made it (TCG has no ioeventfd), from the notify until the last
-# used buffer is pushed, one element at a time.
-SPLIT_TRACE = ("virtio_queue_notify", "virtqueue_flush")
-TRACE_LINE = re.compile(r"^\d+@(\d+\.\d+):(virtio_queue_notify|virtqueue_flush) (.*)$")
+# QEMU's own trace of the balloon's kicks and of its config writes: each is
+# handled by the vCPU that made it (TCG has no ioeventfd), a kick from the
+# notify until the last used buffer is pushed (one element at a time), a
+# write of `actual` from the access to the device's config region until
+# the device has set it.
+SPLIT_TRACE = ("virtio_queue_notify", "virtqueue_flush", "memory_region_ops_write",
+               "virtio_balloon_set_config")
+TRACE_LINE = re.compile(r"^\d+@(\d+\.\d+):(" + "|".join(SPLIT_TRACE) + r") ?(.*)$")
+Traced = collections.namedtuple("Traced", "kicks host span vdev writes write_host")
 
 
 class KickTrace:
@@ -628,27 +635,37 @@ class KickTrace:
             [a for e in SPLIT_TRACE for a in ("-trace", e)]
 
     def read(self, t0, t1, vdev=None):
-        """The balloon's kicks between wall-clock times t0 and t1: their
-        count, the seconds the host spent handling them, the seconds from
-        the first kick to the last buffer returned, and the balloon's
-        device. Without `vdev`, the balloon is the device kicked most (a
-        resize: nothing else runs then)."""
+        """What the balloon asked of the host between wall-clock times t0
+        and t1: its kicks, the seconds the host spent handling them, the
+        seconds from the first kick to the last buffer returned, its
+        device, its config writes and the seconds the host spent on them.
+        Without `vdev`, the balloon is the device kicked most (a resize:
+        nothing else runs then)."""
         time.sleep(0.2)  # QEMU writes its log through stdio
         with open(self.path) as f:
             f.seek(self.offset)
             lines = f.readlines()
             self.offset = f.tell()
         ev, vq_dev = [], {}
+        writes, write_host, got_config = 0, 0.0, None
         for line in lines:
             m = TRACE_LINE.match(line)
             if not m or not t0 <= float(m.group(1)) <= t1:
                 continue
-            a = m.group(3).split()
-            if m.group(2) == "virtio_queue_notify":  # "vdev V n N vq Q"
+            t, what, a = float(m.group(1)), m.group(2), m.group(3).split()
+            if what == "memory_region_ops_write":
+                if "virtio-pci-device" in m.group(3):
+                    got_config = t
+            elif what == "virtio_balloon_set_config":
+                if got_config is not None:
+                    writes += 1
+                    write_host += t - got_config
+                got_config = None
+            elif what == "virtio_queue_notify":  # "vdev V n N vq Q"
                 vq_dev[a[5]] = a[1]
-                ev.append((float(m.group(1)), True, a[5]))
-            else:  # "vq Q count N"
-                ev.append((float(m.group(1)), False, a[1]))
+                ev.append((t, True, a[5]))
+            else:  # virtqueue_flush: "vq Q count N"
+                ev.append((t, False, a[1]))
         if vdev is None:
             counts = collections.Counter(vq_dev[vq] for _, notify, vq in ev if notify)
             vdev = counts.most_common(1)[0][0] if counts else None
@@ -668,12 +685,20 @@ class KickTrace:
             host += end - start
         if not kicks or last is None:
             raise vm.GuestError("split: no kick of the balloon in QEMU's trace")
-        return kicks, host, last - first, vdev
+        return Traced(kicks, host, last - first, vdev, writes, write_host)
 
 
 def bench_split(ctx, reps, results, traces):
-    """Where the time goes: the host's handling of the kicks against the
-    guest's own work, for the resize and for OOM rescues on C's policy."""
+    """Where the time goes: the host's handling of the kicks and of the
+    config writes against the guest's own work, for the resize and for OOM
+    rescues on C's policy."""
+    def add(label, name, tr, total):
+        results.add(f"{label}: the host's handling of kicks", name, tr.host)
+        results.add(f"{label}: ... and of config writes", name, tr.write_host)
+        results.add(f"{label}: the guest's own work", name, total - tr.host - tr.write_host)
+        results.add(f"{label}: kicks", name, tr.kicks, unit="")
+        results.add(f"{label}: config writes", name, tr.writes, unit="")
+
     kt = KickTrace(ctx.tmp / "split-trace.log")
     with ctx.guest(mem_mib=MEM_MIB, qemu_args=kt.args()) as g:
         def one(rep, name):
@@ -682,17 +707,28 @@ def bench_split(ctx, reps, results, traces):
             for op, size in (("inflate", BALLOON_MIB), ("deflate", 0)):
                 t0 = time.time()
                 took = timed_resize(g, size)
-                kicks, host, span, _ = kt.read(t0, time.time())
+                tr = kt.read(t0, time.time())
                 if rep is None:
                     continue
-                label = f"split: {op} {BALLOON_MIB} MiB"
-                results.add(f"{label}: the host's handling", name, host)
-                results.add(f"{label}: the guest's work", name, span - host)
-                results.add(f"{label}: kicks", name, kicks, unit="")
-                print(f"    rep {rep + 1} {name:<4} {op} {took * 1e3:7.1f} ms: {kicks:5} kicks, "
-                      f"host {host * 1e3:6.1f} ms, guest {(span - host) * 1e3:6.1f} ms "
-                      f"(first kick to last buffer {span * 1e3:6.1f} ms)", flush=True)
-            unload(g, name)
+                add(f"split: {op} {BALLOON_MIB} MiB", name, tr, tr.span)
+                print(f"    rep {rep + 1} {name:<4} {op} {took * 1e3:7.1f} ms: {tr.kicks:5} kicks, "
+                      f"host {tr.host * 1e3:6.1f} ms, {tr.writes:5} config writes "
+                      f"{tr.write_host * 1e3:6.1f} ms, first kick to last buffer "
+                      f"{tr.span * 1e3:6.1f} ms", flush=True)
+            # rmmod with the balloon full: the whole command, shell round
+            # trip and module teardown included, is the total.
+            timed_resize(g, BALLOON_MIB)
+            t0, m0 = time.time(), time.monotonic()
+            g.run(f"rmmod {DRIVERS[name][0]}")
+            took = time.monotonic() - m0
+            tr = kt.read(t0, time.time())
+            g.set_balloon_mib(0)
+            if rep is None:
+                return
+            add(f"split: rmmod, {BALLOON_MIB} MiB full", name, tr, took)
+            print(f"    rep {rep + 1} {name:<4} rmmod {took * 1e3:7.1f} ms: {tr.kicks:5} kicks, "
+                  f"host {tr.host * 1e3:6.1f} ms, {tr.writes:5} config writes "
+                  f"{tr.write_host * 1e3:6.1f} ms", flush=True)
         interleaved(reps, one)
     mem, balloon, short = OOM_CASES[0]
     kt = KickTrace(ctx.tmp / "split-oom-trace.log")  # QEMU truncates its log
@@ -703,13 +739,13 @@ def bench_split(ctx, reps, results, traces):
             load(g, name, RUST_1MIB)
             t0 = time.time()
             timed_resize(g, balloon)
-            *_, balloon_dev = kt.read(t0, time.time())
+            balloon_dev = kt.read(t0, time.time()).vdev
             g.run("sync; echo 3 > /proc/sys/vm/drop_caches")
             need = g.meminfo()["MemAvailable"] // 1024 + short
             sw0 = stopwatch(g)
             t0 = time.time()
             memhog(g, need)
-            kicks, host, _, _ = kt.read(t0, time.time(), balloon_dev)
+            tr = kt.read(t0, time.time(), balloon_dev)
             sw1 = stopwatch(g)
             unload(g, name, RUST_1MIB)
             if rep is None:
@@ -717,11 +753,10 @@ def bench_split(ctx, reps, results, traces):
             handler = (sw1["ns"] - sw0["ns"]) / 1e9
             label = f"split: OOM {short} MiB, C's policy"
             results.add(f"{label}: handler", name, handler)
-            results.add(f"{label}: the host's handling", name, host)
-            results.add(f"{label}: the guest's work", name, handler - host)
-            results.add(f"{label}: kicks", name, kicks, unit="")
+            add(label, name, tr, handler)
             print(f"    rep {rep + 1} {name:<4} OOM rescue: handler {handler * 1e3:6.1f} ms, "
-                  f"{kicks:4} kicks, host {host * 1e3:6.1f} ms", flush=True)
+                  f"{tr.kicks:4} kicks, host {tr.host * 1e3:6.1f} ms, {tr.writes:4} config "
+                  f"writes {tr.write_host * 1e3:6.1f} ms", flush=True)
         interleaved(reps, rescue, RUST_1MIB)
 
 
