@@ -368,13 +368,14 @@ impl Shared {
     }
 
     /// The kernel pages just dequeued into `st.out` (`got` of them), the
-    /// host told, go back to the guest; the balloon's count, the counters
-    /// and `actual` follow. With `later`, the free work gives them back on
+    /// host told, go back to the guest; the balloon's count and the
+    /// counters follow, and `actual` too with `publish` (the caller writes
+    /// it otherwise). With `later`, the free work gives them back on
     /// another CPU while this one goes on with the next round (what it has
     /// not freed of the last batch by then, this CPU frees beside it);
     /// otherwise they are back, with every page the free work had, before
     /// the host sees the new size.
-    fn free_deflated(&self, st: &mut State, got: usize, later: bool) {
+    fn free_deflated(&self, st: &mut State, got: usize, later: bool, publish: bool) {
         let freeing = &*self.freer.batch;
         // What the free work has not got to yet: this CPU frees its share
         // beside it.
@@ -389,7 +390,9 @@ impl Shared {
         }
         st.held -= got as u64 * u64::from(self.fpp);
         add(&self.stats.deflated_pages, got as u64);
-        self.publish(st);
+        if publish {
+            self.publish(st);
+        }
     }
 
     /// The host's free page hint command id (re-read only after a config

@@ -63,8 +63,15 @@ impl WorkHandler for FreeDeflated {
 /// Why pages leave the balloon.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Why {
-    /// The host's target (or the driver going).
+    /// The host's target.
     Host,
+    /// The driver going (remove, freeze): as [`Why::Host`], but `actual`
+    /// is written once, when the queues stop ([`stop_queues`]), not after
+    /// every round. Each write is a trap to the host that costs as much as
+    /// a round's own work in the guest, and nobody waits on the count
+    /// while the balloon empties for good (the C driver writes it once
+    /// too).
+    Drain,
     /// An OOM notification: inflation then waits for the host to ask again.
     Oom,
 }
@@ -132,11 +139,12 @@ pub(super) fn deflate_locked(
     }
     // Now the guest gets the pages back: later (on another CPU) while the
     // host is being told of the next round, unless this is the last.
-    sh.free_deflated(st, got, why == Why::Host && !last);
+    sh.free_deflated(st, got, why != Why::Oom && !last, why != Why::Drain);
     Deflated::Pages(got)
 }
 
-/// Deflates the whole balloon (remove, freeze), telling the host.
+/// Deflates the whole balloon (remove, freeze), telling the host of every
+/// page; the caller then stops the queues, which writes `actual`.
 pub(super) fn drain(core: &BalloonCore) {
     let sh = core.data();
     // No inflation round follows (the update work is stopped or frozen).
@@ -151,7 +159,7 @@ pub(super) fn drain(core: &BalloonCore) {
         if held == 0 {
             break;
         }
-        if let Deflated::Busy = deflate(core, round, Why::Host, held <= round) {
+        if let Deflated::Busy = deflate(core, round, Why::Drain, held <= round) {
             msleep(10);
         }
     }
