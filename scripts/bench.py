@@ -699,6 +699,10 @@ def bench_split(ctx, reps, results, traces):
         results.add(f"{label}: kicks", name, tr.kicks, unit="")
         results.add(f"{label}: config writes", name, tr.writes, unit="")
 
+    def host(tr):
+        return (f"{tr.kicks:5} kicks, host {tr.host * 1e3:6.1f} ms, {tr.writes:5} config writes "
+                f"{tr.write_host * 1e3:6.1f} ms")
+
     kt = KickTrace(ctx.tmp / "split-trace.log")
     with ctx.guest(mem_mib=MEM_MIB, qemu_args=kt.args()) as g:
         def one(rep, name):
@@ -711,10 +715,8 @@ def bench_split(ctx, reps, results, traces):
                 if rep is None:
                     continue
                 add(f"split: {op} {BALLOON_MIB} MiB", name, tr, tr.span)
-                print(f"    rep {rep + 1} {name:<4} {op} {took * 1e3:7.1f} ms: {tr.kicks:5} kicks, "
-                      f"host {tr.host * 1e3:6.1f} ms, {tr.writes:5} config writes "
-                      f"{tr.write_host * 1e3:6.1f} ms, first kick to last buffer "
-                      f"{tr.span * 1e3:6.1f} ms", flush=True)
+                print(f"    rep {rep + 1} {name:<4} {op} {took * 1e3:7.1f} ms: {host(tr)}, "
+                      f"first kick to last buffer {tr.span * 1e3:6.1f} ms", flush=True)
             # rmmod with the balloon full: the whole command, shell round
             # trip and module teardown included, is the total.
             timed_resize(g, BALLOON_MIB)
@@ -726,9 +728,7 @@ def bench_split(ctx, reps, results, traces):
             if rep is None:
                 return
             add(f"split: rmmod, {BALLOON_MIB} MiB full", name, tr, took)
-            print(f"    rep {rep + 1} {name:<4} rmmod {took * 1e3:7.1f} ms: {tr.kicks:5} kicks, "
-                  f"host {tr.host * 1e3:6.1f} ms, {tr.writes:5} config writes "
-                  f"{tr.write_host * 1e3:6.1f} ms", flush=True)
+            print(f"    rep {rep + 1} {name:<4} rmmod {took * 1e3:7.1f} ms: {host(tr)}", flush=True)
         interleaved(reps, one)
     mem, balloon, short = OOM_CASES[0]
     kt = KickTrace(ctx.tmp / "split-oom-trace.log")  # QEMU truncates its log
@@ -755,8 +755,7 @@ def bench_split(ctx, reps, results, traces):
             results.add(f"{label}: handler", name, handler)
             add(label, name, tr, handler)
             print(f"    rep {rep + 1} {name:<4} OOM rescue: handler {handler * 1e3:6.1f} ms, "
-                  f"{tr.kicks:4} kicks, host {tr.host * 1e3:6.1f} ms, {tr.writes:4} config "
-                  f"writes {tr.write_host * 1e3:6.1f} ms", flush=True)
+                  f"{host(tr)}", flush=True)
         interleaved(reps, rescue, RUST_1MIB)
 
 

@@ -110,18 +110,19 @@ vbrs_busybox() {
 vbrs_fragment() {
 	local kind=${1:-guest} k=$VBRS_ROOT/scripts/kernel
 	local out=$VBRS_CACHE/fragments/$kind-$VBRS_TARGET.config tmp
-	mkdir -p "$VBRS_CACHE/fragments"
-	# A file of its own: the test workers may write the fragment at once.
-	tmp=$(mktemp "$out.XXXXXX")
 	case "$kind" in
 	guest | debug | lean) ;;
 	*) vbrs_die "kernel kind '$kind': guest, debug or lean" ;;
 	esac
+	mkdir -p "$VBRS_CACHE/fragments"
+	# A file of its own: the test workers may write the fragment at once.
+	tmp=$(mktemp "$out.XXXXXX")
 	{
 		if [ "$kind" = lean ]; then
-			# The guest fragments without the lines lean.config turns off.
+			# The guest fragments without the lines of the options
+			# lean.config turns off (whole names: ^CONFIG_X=).
 			cat "$k/guest.config" "$k/$VBRS_ARCH.config" \
-				| grep -v -F -f <(sed -n 's/^\(CONFIG_[A-Z0-9_]*=\)n$/\1/p' "$k/lean.config")
+				| grep -v -f <(sed -n 's/^\(CONFIG_[A-Z0-9_]*=\)n$/^\1/p' "$k/lean.config")
 		else
 			cat "$k/guest.config" "$k/$VBRS_ARCH.config"
 		fi
